@@ -1,0 +1,124 @@
+# faceverify service image.
+#
+#   docker build -t faceverify:cpu .                    # CPU image (the default, last stage)
+#   docker build --target gpu -t faceverify:gpu .       # CUDA 12 image (onnxruntime-gpu, faiss-gpu)
+#
+# Without registry access, make a local base first (scripts/make_base_image.sh) and pass
+# --build-arg BASE_IMAGE=localhost/debian-python:bookworm. See docs/deployment.md.
+#
+# The model pack is mounted at run time on /models (FACEVERIFY_PACK_DIR=/models/$MODEL_PACK);
+# --build-arg FETCH_MODEL_PACK=1 downloads and checksum-verifies it into the image instead.
+
+ARG BASE_IMAGE=python:3.11-slim
+# CUDA 12.8 + cuDNN 9: onnxruntime-gpu 1.26.0 is the last release built for CUDA 12 (1.27 and
+# later link libcudart.so.13), and faiss-gpu 1.15.1 loads CUDA 12 runtime wheels.
+ARG CUDA_BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+# ============================================================================================
+# GPU: python on the CUDA runtime base, then the same virtual environment with GPU builds.
+# ============================================================================================
+FROM ${CUDA_BASE_IMAGE} AS gpu-python
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+FROM gpu-python AS build-gpu
+ARG ONNXRUNTIME_GPU_VERSION=1.26.0
+ARG FAISS_GPU_VERSION=1.15.1
+# faiss-gpu requires these CUDA 12 runtime wheels and dlopens them itself; pinning them to the
+# base image's CUDA 12.8 keeps one CUDA minor in the process.
+ARG CUDA_RUNTIME_WHEELS="nvidia-cuda-runtime-cu12==12.8.* nvidia-cublas-cu12==12.8.* nvidia-curand-cu12==10.3.9.*"
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/faceverify/bin:$PATH
+RUN python3 -m venv /opt/faceverify
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > requirements.txt \
+    && pip install -r requirements.txt \
+    && pip install --no-deps insightface==2.1 \
+    && pip uninstall -y onnxruntime faiss-cpu \
+    && pip install "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" "faiss-gpu==${FAISS_GPU_VERSION}" \
+        ${CUDA_RUNTIME_WHEELS} \
+    && python -c "import onnxruntime, faiss; assert 'CUDAExecutionProvider' in onnxruntime.get_available_providers(), onnxruntime.get_available_providers()"
+
+FROM gpu-python AS gpu
+ARG MODEL_PACK=buffalo_l
+ARG FETCH_MODEL_PACK=0
+ARG PORT=8000
+ARG UID=10001
+RUN useradd --uid "${UID}" --user-group --create-home --home-dir /home/faceverify faceverify \
+    && mkdir -p /models /data && chown faceverify:faceverify /models /data
+COPY --from=build-gpu /opt/faceverify /opt/faceverify
+WORKDIR /app
+COPY models/catalogue.json models/catalogue.json
+COPY service service
+COPY deploy/healthcheck.py /usr/local/bin/faceverify-healthcheck
+ENV PATH=/opt/faceverify/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    FACEVERIFY_HOST=0.0.0.0 \
+    FACEVERIFY_PORT=${PORT} \
+    FACEVERIFY_PACK_DIR=/models/${MODEL_PACK} \
+    FACEVERIFY_DATA_DIR=/data \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+RUN python -m compileall -q service \
+    && if [ "${FETCH_MODEL_PACK}" = 1 ]; then \
+        python -m service fetch-models "${MODEL_PACK}" --dir /models \
+        && chown -R faceverify:faceverify /models; fi
+USER faceverify
+VOLUME ["/models", "/data"]
+EXPOSE ${PORT}
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "/usr/local/bin/faceverify-healthcheck"]
+ENTRYPOINT ["python", "-m", "service"]
+CMD ["serve"]
+
+# ============================================================================================
+# CPU (default target): build the virtual environment, then copy it into a clean base.
+# ============================================================================================
+FROM ${BASE_IMAGE} AS build-cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/faceverify/bin:$PATH
+RUN python3 -m venv /opt/faceverify
+WORKDIR /src
+COPY pyproject.toml ./
+# Dependencies come from pyproject.toml, so this layer is rebuilt only when they change.
+# insightface goes in without its own requirements (they pull opencv-python and onnxruntime
+# over opencv-python-headless and onnxruntime-gpu).
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > requirements.txt \
+    && pip install -r requirements.txt \
+    && pip install --no-deps insightface==2.1 \
+    && python -c "import cv2, faiss, insightface.utils.face_align, onnxruntime"
+
+FROM ${BASE_IMAGE} AS cpu
+ARG MODEL_PACK=buffalo_l
+ARG FETCH_MODEL_PACK=0
+ARG PORT=8000
+ARG UID=10001
+RUN useradd --uid "${UID}" --user-group --create-home --home-dir /home/faceverify faceverify \
+    && mkdir -p /models /data && chown faceverify:faceverify /models /data
+COPY --from=build-cpu /opt/faceverify /opt/faceverify
+WORKDIR /app
+COPY models/catalogue.json models/catalogue.json
+COPY service service
+COPY deploy/healthcheck.py /usr/local/bin/faceverify-healthcheck
+ENV PATH=/opt/faceverify/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    FACEVERIFY_HOST=0.0.0.0 \
+    FACEVERIFY_PORT=${PORT} \
+    FACEVERIFY_PACK_DIR=/models/${MODEL_PACK} \
+    FACEVERIFY_DATA_DIR=/data
+RUN python -m compileall -q service \
+    && if [ "${FETCH_MODEL_PACK}" = 1 ]; then \
+        python -m service fetch-models "${MODEL_PACK}" --dir /models \
+        && chown -R faceverify:faceverify /models; fi
+USER faceverify
+VOLUME ["/models", "/data"]
+EXPOSE ${PORT}
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "/usr/local/bin/faceverify-healthcheck"]
+ENTRYPOINT ["python", "-m", "service"]
+CMD ["serve"]

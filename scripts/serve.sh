@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Start the service. Without FACEVERIFY_PACK_DIR it serves models/buffalo_l, downloading it
+# (checksum-verified) on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+
+if [ -z "${FACEVERIFY_PACK_DIR:-}" ]; then
+  export FACEVERIFY_PACK_DIR="$PWD/models/buffalo_l"
+  if [ ! -d "$FACEVERIFY_PACK_DIR" ]; then
+    "$PY" -m service fetch-models buffalo_l --dir models || {
+      echo "faceverify: no model pack; offline, point at one: FACEVERIFY_PACK_DIR=../shared/assets/models/scrfd500m_mbf128 make serve" >&2
+      exit 1
+    }
+  fi
+fi
+exec "$PY" -m service serve

@@ -1,0 +1,91 @@
+"""Command line: `python -m service [serve]`, `python -m service fetch-models NAME`,
+`python -m service check-pack [DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from service.errors import PackError
+from service.settings import REPO_ROOT, Settings
+
+DEFAULT_MODELS_DIR = REPO_ROOT / "models"
+
+
+def _fail(message: str) -> int:
+    print(f"faceverify: {message}", file=sys.stderr)
+    return 2
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from service.packs import load_pack
+
+    try:  # fail fast, in one line, before any worker starts
+        load_pack(settings.pack_dir, verify_checksums=settings.verify_checksums)
+    except PackError as exc:
+        return _fail(str(exc))
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="faceverify-metrics-")
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+    )
+    return 0
+
+
+def fetch_models(name: str, models_dir: Path) -> int:
+    from service.fetch import FetchError, fetch_pack
+
+    try:
+        path = fetch_pack(name, models_dir)
+    except FetchError as exc:
+        return _fail(str(exc))
+    print(path)
+    return 0
+
+
+def check_pack(directory: Path) -> int:
+    from service.packs import load_pack
+
+    try:
+        pack = load_pack(directory)
+    except PackError as exc:
+        return _fail(str(exc))
+    print(pack.manifest.model_dump_json(indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="faceverify", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the HTTP service (default); settings from FACEVERIFY_*")
+    fetch = commands.add_parser("fetch-models", help="download a catalogue pack, checksum-verified")
+    fetch.add_argument("name", help="pack name, e.g. buffalo_l (see models/catalogue.json)")
+    fetch.add_argument("--dir", type=Path, default=DEFAULT_MODELS_DIR, help="models folder")
+    check = commands.add_parser("check-pack", help="verify a pack folder and print its manifest")
+    check.add_argument("directory", type=Path, nargs="?", help="default: FACEVERIFY_PACK_DIR")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "fetch-models":
+        return fetch_models(args.name, args.dir)
+    settings = Settings()
+    if args.command == "check-pack":
+        return check_pack(args.directory or settings.pack_dir)
+    return serve(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

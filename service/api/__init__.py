@@ -1,0 +1,1 @@
+"""HTTP edge of the service: routers, schemas and the error table."""

@@ -1,0 +1,47 @@
+"""POST /embed and POST /detect: every face of one photo, with or without embeddings."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import Services, get_services
+from service.api.routes.verify import ERROR_RESPONSES
+from service.api.schemas import DetectResponse, EmbeddedFaceOut, EmbedResponse, FaceOut
+from service.api.uploads import read_upload
+
+router = APIRouter(tags=["faces"])
+
+
+@router.post("/embed", response_model=EmbedResponse, responses=ERROR_RESPONSES)
+async def embed(
+    services: Annotated[Services, Depends(get_services)],
+    image: Annotated[UploadFile, File(description="Photo.")],
+    flip: Annotated[bool | None, Form(description="Flip-test (crop + mirror).")] = None,
+) -> EmbedResponse:
+    """Every face in the photo (largest first) with its L2-normalised embedding."""
+    data = await read_upload(image, services.settings)
+    analyzed = await run_in_threadpool(services.pipeline.analyze, data, flip=flip)
+    return EmbedResponse(
+        model=services.pack.model_id,
+        faces=[EmbeddedFaceOut.of(face) for face in analyzed.faces],
+        timings_ms={k: round(v, 3) for k, v in analyzed.timings_ms.items()},
+    )
+
+
+@router.post("/detect", response_model=DetectResponse, responses=ERROR_RESPONSES)
+async def detect(
+    services: Annotated[Services, Depends(get_services)],
+    image: Annotated[UploadFile, File(description="Photo.")],
+) -> DetectResponse:
+    """Every face in the photo (largest first): box, landmarks, detection score."""
+    data = await read_upload(image, services.settings)
+    detected = await run_in_threadpool(services.pipeline.detect, data)
+    return DetectResponse(
+        faces=[FaceOut.of(face) for face in detected.faces],
+        width=detected.width,
+        height=detected.height,
+        timings_ms={k: round(v, 3) for k, v in detected.timings_ms.items()},
+    )

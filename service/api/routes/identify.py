@@ -1,0 +1,97 @@
+"""POST /identify: who is this? Each face's best-matching enrolled identities, or "unknown"."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import Services, get_gallery, get_services
+from service.api.routes.identities import documented
+from service.api.schemas import FaceOut, IdentityRef
+from service.api.schemas_gallery import CandidateOut, IdentifyResponse, IdentifyResult
+from service.api.uploads import read_upload
+from service.faces.pipeline import select_face
+from service.gallery import Gallery
+from service.matching import decide
+
+router = APIRouter(tags=["gallery"])
+
+DEFAULT_TOP_K = 5
+# Candidates per face an answer may list: beyond this a client wants a search engine, and
+# each extra identity costs a wider index search.
+MAX_TOP_K = 100
+
+
+def _first(*values):
+    """The form value if sent, else the query value (both are accepted)."""
+    return next((v for v in values if v is not None), None)
+
+
+@router.post(
+    "/identify",
+    response_model=IdentifyResponse,
+    responses=documented(
+        {
+            400: "invalid_image",
+            409: "model_mismatch (gallery has faces enrolled with another model)",
+            413: "payload_too_large, image_too_large",
+            415: "unsupported_format",
+            422: "no_face, face_too_small, missing_field, validation_error",
+            503: "not_ready",
+        }
+    ),
+)
+async def identify(
+    services: Annotated[Services, Depends(get_services)],
+    gallery: Annotated[Gallery, Depends(get_gallery)],
+    image: Annotated[UploadFile, File(description="Photo to identify.")],
+    top_k: Annotated[
+        int | None, Form(ge=1, le=MAX_TOP_K, description=f"Candidates per face (default {DEFAULT_TOP_K}).")
+    ] = None,
+    threshold: Annotated[
+        float | None, Form(ge=-1.0, le=1.0, description="Cosine threshold for a known identity.")
+    ] = None,
+    all_faces: Annotated[
+        bool | None, Form(description="Identify every face, not only the largest.")
+    ] = None,
+    flip: Annotated[bool | None, Form(description="Flip-test (crop + mirror).")] = None,
+    top_k_query: Annotated[int | None, Query(alias="top_k", ge=1, le=MAX_TOP_K)] = None,
+    threshold_query: Annotated[float | None, Query(alias="threshold", ge=-1.0, le=1.0)] = None,
+    all_faces_query: Annotated[bool | None, Query(alias="all_faces")] = None,
+) -> IdentifyResponse:
+    """Search the gallery for the largest face (or every face with `all_faces`). Each result
+    lists up to `top_k` identities (the best face of each, with its similarity); `identity` is
+    the first of them when its similarity reaches the threshold, else null: unknown."""
+    start = time.perf_counter()
+    wanted = _first(top_k, top_k_query) or DEFAULT_TOP_K
+    given_threshold = _first(threshold, threshold_query)
+    used_threshold = services.threshold if given_threshold is None else given_threshold
+    data = await read_upload(image, services.settings)
+    analyzed = await run_in_threadpool(services.pipeline.analyze, data, flip=flip)
+    largest = select_face(analyzed, "largest")  # no_face / face_too_small when none is usable
+    faces = analyzed.faces if _first(all_faces, all_faces_query) else [largest]
+    search_start = time.perf_counter()
+    ranked = await run_in_threadpool(
+        gallery.identify, np.stack([face.embedding for face in faces]), wanted
+    )
+    timings = {stage: round(ms, 3) for stage, ms in analyzed.timings_ms.items()}
+    timings["search"] = round((time.perf_counter() - search_start) * 1000.0, 3)
+    results = []
+    for face, candidates in zip(faces, ranked, strict=True):
+        best = candidates[0] if candidates else None
+        known = best is not None and decide(best.similarity, used_threshold)
+        results.append(
+            IdentifyResult(
+                face=FaceOut.of(face),
+                identity=IdentityRef(id=best.identity_id, name=best.name) if known else None,
+                candidates=[CandidateOut.of(c) for c in candidates],
+            )
+        )
+    timings["total"] = round((time.perf_counter() - start) * 1000.0, 3)
+    return IdentifyResponse(
+        model=services.pack.model_id, threshold=used_threshold, results=results, timings_ms=timings
+    )

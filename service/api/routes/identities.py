@@ -1,0 +1,140 @@
+"""Identity CRUD and face enrolment: /identities and /identities/{id}/faces."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import partial
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import Services, get_gallery, get_services
+from service.api.errors import ErrorResponse
+from service.api.schemas_gallery import (
+    EnrolledFace,
+    IdentityCreate,
+    IdentityOut,
+    IdentityPage,
+    IdentitySummary,
+    IdentityUpdate,
+)
+from service.api.uploads import read_upload
+from service.gallery import Gallery
+from service.gallery.enrolment import choose_enrolment_face
+
+router = APIRouter(tags=["gallery"])
+
+# Page size of GET /identities: default, and the most one page may hold.
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+def documented(errors: dict[int, str]) -> dict[int | str, dict]:
+    """OpenAPI `responses` for error answers: status → the error codes it carries."""
+    return {status: {"model": ErrorResponse, "description": text} for status, text in errors.items()}
+
+
+NOT_FOUND = documented({404: "not_found (unknown identity)", 422: "validation_error"})
+
+GalleryDep = Annotated[Gallery, Depends(get_gallery)]
+
+
+@router.post("/identities", status_code=201, response_model=IdentityOut,
+             responses=documented({422: "missing_field, validation_error"}))
+def create_identity(body: IdentityCreate, gallery: GalleryDep) -> IdentityOut:
+    """Create an identity with no faces yet; enrol photos with POST /identities/{id}/faces."""
+    identity = gallery.create_identity(body.name, body.metadata)
+    return IdentityOut(**IdentitySummary.of(identity).model_dump(), faces=[])
+
+
+@router.get("/identities", response_model=IdentityPage)
+def list_identities(
+    gallery: GalleryDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> IdentityPage:
+    """Identities in creation order, one page at a time (`total` counts them all)."""
+    identities, total = gallery.list_identities(limit, offset)
+    return IdentityPage(
+        items=[IdentitySummary.of(i) for i in identities], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/identities/{identity_id}", response_model=IdentityOut, responses=NOT_FOUND)
+def get_identity(identity_id: str, gallery: GalleryDep) -> IdentityOut:
+    """One identity with its enrolled faces (ids, model, quality; never the photos)."""
+    return IdentityOut.of_details(gallery.get_identity(identity_id), gallery.model_id)
+
+
+@router.patch("/identities/{identity_id}", response_model=IdentityOut, responses=NOT_FOUND)
+def update_identity(identity_id: str, body: IdentityUpdate, gallery: GalleryDep) -> IdentityOut:
+    """Rename an identity or replace its metadata; searches show the new name at once."""
+    details = gallery.update_identity(identity_id, name=body.name, metadata=body.metadata)
+    return IdentityOut.of_details(details, gallery.model_id)
+
+
+@router.delete("/identities/{identity_id}", status_code=204, response_class=Response,
+               responses=NOT_FOUND)
+def delete_identity(identity_id: str, gallery: GalleryDep) -> Response:
+    """Delete an identity and erase its faces: rows deleted, freed pages zeroed, journal
+    truncated; every worker stops returning it at its next request."""
+    gallery.delete_identity(identity_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/identities/{identity_id}/faces",
+    status_code=201,
+    response_model=EnrolledFace,
+    responses=documented(
+        {
+            400: "invalid_image",
+            404: "not_found (unknown identity)",
+            413: "payload_too_large, image_too_large",
+            415: "unsupported_format",
+            422: "no_face, face_too_small, low_quality, multiple_faces, missing_field",
+        }
+    ),
+)
+async def add_face(
+    identity_id: str,
+    services: Annotated[Services, Depends(get_services)],
+    gallery: GalleryDep,
+    image: Annotated[UploadFile, File(description="Photo of the person (largest face is used).")],
+    flip: Annotated[bool | None, Form(description="Flip-test (crop + mirror).")] = None,
+) -> EnrolledFace:
+    """Enrol the largest face of the photo. The photo itself is not stored: only the
+    embedding, its model, quality, detection score and the photo's sha256."""
+    await run_in_threadpool(gallery.get_identity, identity_id)  # 404 before any inference
+    data = await read_upload(image, services.settings)
+    analyzed = await run_in_threadpool(services.pipeline.analyze, data, flip=flip)
+    settings = services.settings
+    face = choose_enrolment_face(
+        analyzed,
+        require_single_face=settings.require_single_face,
+        min_quality=settings.min_enrol_quality,
+    )
+    record = await run_in_threadpool(
+        partial(
+            gallery.add_face,
+            identity_id,
+            face.embedding,
+            quality=face.quality,
+            det_score=face.face.score,
+            image_sha256=hashlib.sha256(data).hexdigest(),
+        )
+    )
+    return EnrolledFace.of_enrolment(face, record)
+
+
+@router.delete(
+    "/identities/{identity_id}/faces/{face_id}",
+    status_code=204,
+    response_class=Response,
+    responses=documented({404: "not_found (unknown identity or face)"}),
+)
+def delete_face(identity_id: str, face_id: str, gallery: GalleryDep) -> Response:
+    """Delete one enrolled face (erased like DELETE /identities/{id})."""
+    gallery.delete_face(identity_id, face_id)
+    return Response(status_code=204)

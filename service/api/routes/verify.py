@@ -1,0 +1,107 @@
+"""POST /verify: are these two faces (or this face and an enrolled identity) the same person?"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import Services, get_services
+from service.api.errors import ErrorResponse
+from service.api.schemas import FaceOut, IdentityRef, VerifyResponse
+from service.api.uploads import read_upload
+from service.errors import ErrorCode, ServiceError
+from service.faces.pipeline import AnalyzedImage, FaceRule, select_face
+from service.matching import cosine_similarity, decide
+
+router = APIRouter(tags=["verification"])
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "invalid_image",
+        404: "not_found (unknown identity_id)",
+        409: "model_mismatch (identity enrolled with another model)",
+        413: "payload_too_large, image_too_large",
+        415: "unsupported_format",
+        422: "no_face, face_too_small, missing_field, validation_error",
+        503: "not_ready",
+    }.items()
+}
+
+
+def _sum_timings(*images: AnalyzedImage) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for image in images:
+        for stage, ms in image.timings_ms.items():
+            total[stage] = round(total.get(stage, 0.0) + ms, 3)
+    return total
+
+
+@router.post("/verify", response_model=VerifyResponse, responses=ERROR_RESPONSES)
+async def verify(
+    services: Annotated[Services, Depends(get_services)],
+    image1: Annotated[UploadFile | None, File(description="First photo.")] = None,
+    image2: Annotated[UploadFile | None, File(description="Second photo.")] = None,
+    image: Annotated[
+        UploadFile | None, File(description="Photo to check against identity_id.")
+    ] = None,
+    identity_id: Annotated[
+        str | None, Form(description="Enrolled identity to compare with.")
+    ] = None,
+    threshold: Annotated[
+        float | None, Form(ge=-1.0, le=1.0, description="Cosine threshold.")
+    ] = None,
+    face: Annotated[
+        FaceRule, Form(description="Which face of each photo: largest or best.")
+    ] = "largest",
+    flip: Annotated[bool | None, Form(description="Flip-test (crop + mirror).")] = None,
+) -> VerifyResponse:
+    """Compare the chosen face of `image1` with that of `image2`, or the face of `image` with
+    the enrolled identity `identity_id`; `match` is `similarity >= threshold`."""
+    start = time.perf_counter()
+    used_threshold = services.threshold if threshold is None else threshold
+    pipeline = services.pipeline
+    if image1 is not None and image2 is not None:
+        data1 = await read_upload(image1, services.settings)
+        data2 = await read_upload(image2, services.settings)
+        first, second = await asyncio.gather(
+            run_in_threadpool(pipeline.analyze, data1, flip=flip),
+            run_in_threadpool(pipeline.analyze, data2, flip=flip),
+        )
+        face1, face2 = select_face(first, face), select_face(second, face)
+        similarity = cosine_similarity(face1.embedding, face2.embedding)
+        timings = _sum_timings(first, second)
+        faces = [FaceOut.of(face1), FaceOut.of(face2)]
+        identity, face_id = None, None
+    elif image is not None and identity_id is not None:
+        if services.gallery is None:
+            raise ServiceError(ErrorCode.NOT_READY, "the gallery is not open")
+        data = await read_upload(image, services.settings)
+        probe_image = await run_in_threadpool(pipeline.analyze, data, flip=flip)
+        probe = select_face(probe_image, face)
+        match = await run_in_threadpool(services.gallery.compare, identity_id, probe.embedding)
+        similarity = match.similarity
+        timings = _sum_timings(probe_image)
+        faces = [FaceOut.of(probe)]
+        identity, face_id = IdentityRef(id=match.identity_id, name=match.name), match.face_id
+    else:
+        raise ServiceError(
+            ErrorCode.MISSING_FIELD,
+            "send two files `image1` and `image2`, or a file `image` and a form field "
+            "`identity_id`",
+        )
+    timings["total"] = round((time.perf_counter() - start) * 1000.0, 3)
+    return VerifyResponse(
+        match=decide(similarity, used_threshold),
+        similarity=round(similarity, 6),
+        threshold=used_threshold,
+        model=services.pack.model_id,
+        faces=faces,
+        timings_ms=timings,
+        identity=identity,
+        face_id=face_id,
+    )

@@ -1,0 +1,117 @@
+"""Pydantic models of the HTTP API (responses; uploads are multipart form fields)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.faces.types import DetectedFace, EmbeddedFace
+
+_FACE_EXAMPLE = {
+    "box": [112.4, 80.1, 231.9, 238.6],
+    "landmarks": [[146.2, 145.0], [201.3, 144.1], [175.0, 177.9], [151.8, 206.4], [196.7, 205.5]],
+    "score": 0.87,
+    "quality": 21.4,
+}
+
+
+def _rounded(values, digits: int = 2) -> list:
+    return [round(float(v), digits) for v in values]
+
+
+class FaceOut(BaseModel):
+    """One face: box `[x1, y1, x2, y2]` and landmarks (left eye, right eye, nose, left and
+    right mouth corner) in pixels of the uploaded image, detection score, and quality (the
+    embedding's norm before normalisation; absent from /detect)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_FACE_EXAMPLE]})
+
+    box: list[float] = Field(min_length=4, max_length=4)
+    landmarks: list[list[float]] = Field(min_length=5, max_length=5)
+    score: float
+    quality: float | None = None
+
+    @classmethod
+    def of(cls, face: EmbeddedFace | DetectedFace) -> FaceOut:
+        detected = face.face if isinstance(face, EmbeddedFace) else face
+        quality = round(face.quality, 4) if isinstance(face, EmbeddedFace) else None
+        return cls(
+            box=_rounded(detected.box),
+            landmarks=[_rounded(point) for point in detected.landmarks],
+            score=round(detected.score, 4),
+            quality=quality,
+        )
+
+
+class EmbeddedFaceOut(FaceOut):
+    """A face and its L2-normalised embedding."""
+
+    embedding: list[float]
+
+    @classmethod
+    def of(cls, face: EmbeddedFace) -> EmbeddedFaceOut:  # type: ignore[override]
+        base = FaceOut.of(face).model_dump()
+        return cls(**base, embedding=[float(v) for v in face.embedding])
+
+
+class IdentityRef(BaseModel):
+    id: str
+    name: str
+
+
+class VerifyResponse(BaseModel):
+    """Whether two faces (or a face and an enrolled identity) are the same person."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "match": True,
+                    "similarity": 0.7312,
+                    "threshold": 0.4,
+                    "model": "buffalo_l@2e1a3c4d5f6a",
+                    "faces": [_FACE_EXAMPLE, _FACE_EXAMPLE],
+                    "timings_ms": {
+                        "decode": 9.1,
+                        "detect": 41.0,
+                        "align": 0.4,
+                        "embed": 18.2,
+                        "total": 71.5,
+                    },
+                }
+            ]
+        }
+    )
+
+    match: bool
+    similarity: float = Field(description="Cosine similarity of the two embeddings, in [-1, 1].")
+    threshold: float = Field(description="Threshold the decision used: match = similarity ≥ it.")
+    model: str = Field(description="Model pack (name@recognizer-sha256-prefix).")
+    faces: list[FaceOut] = Field(description="The face used from each image.")
+    timings_ms: dict[str, float]
+    identity: IdentityRef | None = Field(None, description="Set when verifying against one.")
+    face_id: str | None = Field(None, description="Enrolled face that matched best.")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    faces: list[EmbeddedFaceOut]
+    timings_ms: dict[str, float] = {}
+
+
+class DetectResponse(BaseModel):
+    faces: list[FaceOut]
+    width: int
+    height: int
+    timings_ms: dict[str, float] = {}
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    model: str
+    embedding_size: int
+    provider: str
+    threshold: float

@@ -1,0 +1,211 @@
+"""Pydantic models of the gallery API: identities, enrolled faces and 1:N identification."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.api.schemas import FaceOut, IdentityRef
+from service.faces.types import EmbeddedFace
+from service.gallery import Candidate, IdentityDetails
+from service.gallery.store import FaceRecord, Identity
+
+# Identity names are labels for people, not documents; 200 characters covers any real name.
+MAX_NAME_LENGTH = 200
+# Metadata is a small JSON object of the client's own keys (employee number, notes...); the
+# cap keeps one identity row small and bounded whatever a client sends.
+MAX_METADATA_BYTES = 16 * 1024
+
+_NAME = Field(min_length=1, max_length=MAX_NAME_LENGTH, description="Display name.")
+_METADATA_DESCRIPTION = f"Free JSON object of your own (at most {MAX_METADATA_BYTES} bytes)."
+
+
+def _check_name(name: str | None) -> str | None:
+    if name is not None and not name.strip():
+        raise ValueError("name must not be blank")
+    return None if name is None else name.strip()
+
+
+def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    if metadata is not None and len(json.dumps(metadata).encode()) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is over {MAX_METADATA_BYTES} bytes of JSON")
+    return metadata
+
+
+class IdentityCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "Ada Lovelace", "metadata": {"staff_id": 42}}]},
+    )
+
+    name: str = _NAME
+    metadata: dict[str, Any] = Field(default_factory=dict, description=_METADATA_DESCRIPTION)
+
+    _name = field_validator("name")(_check_name)
+    _metadata = field_validator("metadata")(_check_metadata)
+
+
+class IdentityUpdate(BaseModel):
+    """Fields to change; absent fields keep their value. `metadata` replaces the whole object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH)
+    metadata: dict[str, Any] | None = Field(None, description=_METADATA_DESCRIPTION)
+
+    _name = field_validator("name")(_check_name)
+    _metadata = field_validator("metadata")(_check_metadata)
+
+
+class EnrolledFaceRecord(BaseModel):
+    """An enrolled face as stored: no image, only its embedding (not returned) and origin."""
+
+    face_id: str
+    model: str = Field(description="Model that made the embedding.")
+    current_model: bool = Field(description="False: made by another pack; re-enrol to use it.")
+    quality: float
+    det_score: float
+    image_sha256: str = Field(description="sha256 of the uploaded photo (the photo is not kept).")
+    created_at: str
+
+    @classmethod
+    def of(cls, face: FaceRecord, current_model: str) -> EnrolledFaceRecord:
+        return cls(
+            face_id=face.face_id,
+            model=face.model_id,
+            current_model=face.model_id == current_model,
+            quality=round(face.quality, 4),
+            det_score=round(face.det_score, 4),
+            image_sha256=face.image_sha256,
+            created_at=face.created_at,
+        )
+
+
+class IdentitySummary(BaseModel):
+    id: str
+    name: str
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+    face_count: int
+
+    @classmethod
+    def of(cls, identity: Identity) -> IdentitySummary:
+        return cls(
+            id=identity.id,
+            name=identity.name,
+            metadata=identity.metadata,
+            created_at=identity.created_at,
+            updated_at=identity.updated_at,
+            face_count=identity.face_count,
+        )
+
+
+class IdentityOut(IdentitySummary):
+    faces: list[EnrolledFaceRecord]
+
+    @classmethod
+    def of_details(cls, details: IdentityDetails, current_model: str) -> IdentityOut:
+        summary = IdentitySummary.of(details.identity).model_dump()
+        summary["face_count"] = len(details.faces)
+        faces = [EnrolledFaceRecord.of(face, current_model) for face in details.faces]
+        return cls(**summary, faces=faces)
+
+
+class IdentityPage(BaseModel):
+    items: list[IdentitySummary]
+    total: int = Field(description="Identities in the gallery.")
+    limit: int
+    offset: int
+
+
+class EnrolledFace(FaceOut):
+    """The face that was enrolled: where it is in the photo, its quality, and its new id."""
+
+    face_id: str
+    identity_id: str
+    model: str
+    image_sha256: str
+    created_at: str
+
+    @classmethod
+    def of_enrolment(cls, face: EmbeddedFace, record: FaceRecord) -> EnrolledFace:
+        base = FaceOut.of(face).model_dump()
+        return cls(
+            **base,
+            face_id=record.face_id,
+            identity_id=record.identity_id,
+            model=record.model_id,
+            image_sha256=record.image_sha256,
+            created_at=record.created_at,
+        )
+
+
+class CandidateOut(BaseModel):
+    identity_id: str
+    name: str
+    similarity: float = Field(description="Cosine similarity of the query and face_id.")
+    face_id: str = Field(description="The identity's enrolled face that matched best.")
+
+    @classmethod
+    def of(cls, candidate: Candidate) -> CandidateOut:
+        return cls(
+            identity_id=candidate.identity_id,
+            name=candidate.name,
+            similarity=round(candidate.similarity, 6),
+            face_id=candidate.face_id,
+        )
+
+
+class IdentifyResult(BaseModel):
+    face: FaceOut
+    identity: IdentityRef | None = Field(
+        description="Best candidate if its similarity reaches the threshold; null = unknown."
+    )
+    candidates: list[CandidateOut] = Field(description="Best face of each identity, ranked.")
+
+
+class IdentifyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "buffalo_l@2e1a3c4d5f6a",
+                    "threshold": 0.4,
+                    "results": [
+                        {
+                            "face": {
+                                "box": [112.4, 80.1, 231.9, 238.6],
+                                "landmarks": [
+                                    [146.2, 145.0],
+                                    [201.3, 144.1],
+                                    [175.0, 177.9],
+                                    [151.8, 206.4],
+                                    [196.7, 205.5],
+                                ],
+                                "score": 0.87,
+                                "quality": 21.4,
+                            },
+                            "identity": None,
+                            "candidates": [
+                                {
+                                    "identity_id": "4f1c0d0e8b3a4f7e9a2b6c5d4e3f2a1b",
+                                    "name": "Ada Lovelace",
+                                    "similarity": 0.2113,
+                                    "face_id": "9a8b7c6d5e4f40312a1b0c9d8e7f6a5b",
+                                }
+                            ],
+                        }
+                    ],
+                    "timings_ms": {"decode": 8.0, "detect": 40.2, "embed": 17.9, "search": 0.4},
+                }
+            ]
+        }
+    )
+
+    model: str
+    threshold: float = Field(description="identity is set when similarity ≥ threshold.")
+    results: list[IdentifyResult] = Field(description="One per face (largest first).")
+    timings_ms: dict[str, float]

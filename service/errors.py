@@ -1,0 +1,47 @@
+"""The service's domain errors: one exception type carrying a stable, documented code.
+
+Every layer below HTTP raises `ServiceError`; `service.api.errors` maps each code to an HTTP
+status in one table, so clients can branch on `error.code` and never on a message.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Stable machine-readable error codes returned as `{"error": {"code": ...}}`."""
+
+    INVALID_IMAGE = "invalid_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    IMAGE_TOO_LARGE = "image_too_large"
+    NO_FACE = "no_face"
+    FACE_TOO_SMALL = "face_too_small"
+    LOW_QUALITY = "low_quality"
+    MULTIPLE_FACES = "multiple_faces"
+    MISSING_FIELD = "missing_field"
+    VALIDATION_ERROR = "validation_error"
+    NOT_FOUND = "not_found"
+    MODEL_MISMATCH = "model_mismatch"
+    NOT_READY = "not_ready"
+    INTERNAL = "internal_error"
+
+
+class ServiceError(Exception):
+    """An error the client can act on; `code` is stable, `message` says what to do."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"ServiceError({self.code.value!r}, {self.message!r})"
+
+
+class PackError(Exception):
+    """A model pack is missing, incomplete, corrupt or not what its manifest says.
+
+    Raised at start-up; `python -m service` prints it as one line and exits non-zero.
+    """

@@ -1,0 +1,132 @@
+"""Turn untrusted upload bytes into the pipeline's image: BGR uint8 (H, W, 3), C-contiguous.
+
+Uploads are hostile until proven otherwise, so every check that can run before pixels are
+decoded does: the byte count, then (from the header alone, which Pillow reads lazily) the
+format against an allow-list and width x height against a pixel budget. Only then are the
+pixels decoded, the EXIF orientation applied, and every colour mode reduced to 3 channels.
+Any failure becomes a `ServiceError` with a stable code; nothing here can surface as a 500.
+
+Conversions, so a caller knows what it gets:
+- transparency (RGBA, LA, PA, P or L/RGB with a transparent colour) is composited on white,
+  so transparent areas are predictable rather than whatever colour the encoder left there;
+- 16-bit grey (modes I;16* and I, which older Pillow versions use for 16-bit PNG) keeps the
+  high byte (65535 -> 255, 32768 -> 128), as libpng does when it strips 16 bits to 8;
+- every other mode (1, L, P, CMYK, YCbCr, RGB...) goes through Pillow's `convert("RGB")`.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from service.errors import ErrorCode, ServiceError
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one upload may cost: bytes read, and pixels decoded (checked from the header)."""
+
+    max_bytes: int = 10_000_000  # ~10 MB: a 12 MP phone JPEG is 3-6 MB
+    max_pixels: int = 40_000_000  # 40 MP: above current phone cameras; 120 MB as BGR uint8
+
+
+# Pillow format names. Every other format Pillow can read is refused before its pixels are.
+ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
+
+# Pillow reports a JPEG carrying a multi-picture index (many phone and camera photos) as
+# "MPO"; its first frame is an ordinary JPEG, which is what is decoded.
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+
+# Modes holding 16-bit grey samples; "I" is what older Pillow versions give for 16-bit grey PNG.
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+
+_TRANSPARENT_BACKGROUND = (255, 255, 255, 255)  # opaque white
+
+# What Pillow raises for data that is not a decodable image: unidentified (an OSError),
+# truncated or corrupt streams (OSError, SyntaxError, EOFError, struct.error), bad values
+# in headers or chunks (ValueError).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+
+
+def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
+    """Decode an uploaded JPEG/PNG/WebP/BMP into a BGR uint8 (H, W, 3) contiguous array.
+
+    Raises `ServiceError` with PAYLOAD_TOO_LARGE (more than `limits.max_bytes`),
+    INVALID_IMAGE (empty, not an image, truncated or corrupt), UNSUPPORTED_FORMAT (an image
+    in a format outside `ALLOWED_FORMATS`) or IMAGE_TOO_LARGE (more than `limits.max_pixels`,
+    refused before the pixels are decoded).
+    """
+    if not data:
+        raise ServiceError(ErrorCode.INVALID_IMAGE, "The image is empty (0 bytes): send a file.")
+    if len(data) > limits.max_bytes:
+        raise ServiceError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"The image is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes. "
+            "Send a smaller or more compressed image.",
+        )
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            _check_header(img, limits)
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)
+            rgb = _to_rgb_array(img)
+    except Image.DecompressionBombError as exc:
+        # Pillow's own ceiling (2 x Image.MAX_IMAGE_PIXELS), checked inside Image.open.
+        raise ServiceError(
+            ErrorCode.IMAGE_TOO_LARGE,
+            f"The image is too large to decode ({exc}). "
+            f"Send an image of at most {limits.max_pixels:,} pixels.",
+        ) from exc
+    except _DECODE_ERRORS as exc:
+        raise ServiceError(
+            ErrorCode.INVALID_IMAGE,
+            f"The file could not be decoded as an image ({_reason(exc)}). "
+            f"Send a complete, uncorrupted {_allowed_list()} file.",
+        ) from exc
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _reason(exc: Exception) -> str:
+    """Pillow's error text without object reprs such as `<_io.BytesIO object at 0x...>`."""
+    text = str(exc)
+    if text.startswith("cannot identify image file"):
+        return "not a recognised image format"
+    return text or type(exc).__name__
+
+
+def _check_header(img: Image.Image, limits: DecodeLimits) -> None:
+    """Refuse by format and size, using only what `Image.open` read from the header."""
+    image_format = _FORMAT_ALIASES.get(img.format or "", img.format)
+    if image_format not in ALLOWED_FORMATS:
+        raise ServiceError(
+            ErrorCode.UNSUPPORTED_FORMAT,
+            f"Images in {img.format} format are not accepted. "
+            f"Convert it to one of: {_allowed_list()}.",
+        )
+    width, height = img.size
+    if width * height > limits.max_pixels:
+        raise ServiceError(
+            ErrorCode.IMAGE_TOO_LARGE,
+            f"The image is {width}x{height} = {width * height:,} pixels; "
+            f"the limit is {limits.max_pixels:,} pixels. Resize it and send it again.",
+        )
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any decoded mode -> RGB uint8 (H, W, 3), by the rules in the module docstring."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        grey16 = np.clip(np.asarray(img), 0, 0xFFFF).astype(np.uint16)
+        grey8 = (grey16 >> 8).astype(np.uint8)
+        return np.repeat(grey8[:, :, np.newaxis], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or img.has_transparency_data:
+        background = Image.new("RGBA", img.size, _TRANSPARENT_BACKGROUND)
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return np.asarray(img.convert("RGB"))
+
+
+def _allowed_list() -> str:
+    return ", ".join(sorted(ALLOWED_FORMATS))

@@ -1,0 +1,173 @@
+"""The whole face pipeline in one object: bytes → decoded image → faces → embeddings.
+
+Routes (verify, embed, detect, identify, enrol) call `analyze` or `detect`; each stage is timed
+and reported to Prometheus when metrics are attached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from service.errors import ErrorCode, ServiceError
+from service.faces.alignment import align_face
+from service.faces.detector import DetectorOptions, FaceDetector
+from service.faces.embedder import Embedder
+from service.faces.images import DecodeLimits, decode_image
+from service.faces.types import DetectedFace, EmbeddedFace
+from service.metrics import Metrics
+from service.packs import ModelPack
+from service.runtime import RuntimeOptions, active_provider, create_session
+
+FaceRule = Literal["largest", "best"]
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Per-request behaviour of the pipeline (from Settings)."""
+
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    detector: DetectorOptions = field(default_factory=DetectorOptions)
+    min_face_size: int = 20
+    flip: bool = False
+
+
+@dataclass
+class DetectedImage:
+    """Faces found in one image (largest first) and those dropped as too small."""
+
+    faces: list[DetectedFace]
+    too_small: int
+    width: int
+    height: int
+    timings_ms: dict[str, float]
+
+
+@dataclass
+class AnalyzedImage:
+    """Embedded faces of one image (largest first) and those dropped as too small."""
+
+    faces: list[EmbeddedFace]
+    too_small: int
+    width: int
+    height: int
+    timings_ms: dict[str, float]
+
+
+def select_face(image: AnalyzedImage, rule: FaceRule = "largest") -> EmbeddedFace:
+    """The face a 1:1 request is about: the largest box, or the highest detection score."""
+    if not image.faces:
+        if image.too_small:
+            raise ServiceError(
+                ErrorCode.FACE_TOO_SMALL,
+                f"{image.too_small} face(s) found but all are smaller than the minimum face size; "
+                "send a larger or closer photo",
+            )
+        raise ServiceError(ErrorCode.NO_FACE, "no face found in the image")
+    if rule == "best":
+        return max(image.faces, key=lambda f: f.face.score)
+    return image.faces[0]
+
+
+class FacePipeline:
+    """decode → detect → align → embed for one loaded model pack."""
+
+    def __init__(
+        self,
+        detector: FaceDetector,
+        embedder: Embedder,
+        options: PipelineOptions,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.detector = detector
+        self.embedder = embedder
+        self.options = options
+        self._metrics = metrics
+        self.provider = "unknown"
+
+    @classmethod
+    def from_pack(
+        cls,
+        pack: ModelPack,
+        options: PipelineOptions,
+        runtime: RuntimeOptions,
+        metrics: Metrics | None = None,
+    ) -> FacePipeline:
+        detector_session = create_session(pack.detector_path, runtime)
+        recognizer_session = create_session(pack.recognizer_path, runtime)
+        pipeline = cls(
+            FaceDetector(detector_session, pack.manifest.detector, options.detector),
+            Embedder(recognizer_session, pack.manifest.recognizer),
+            options,
+            metrics,
+        )
+        pipeline.provider = active_provider(recognizer_session)
+        return pipeline
+
+    @contextmanager
+    def _stage(self, name: str, timings: dict[str, float]) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            timings[name] = timings.get(name, 0.0) + elapsed * 1000.0
+            if self._metrics is not None:
+                self._metrics.stage_duration.labels(name).observe(elapsed)
+
+    def detect(self, data: bytes) -> DetectedImage:
+        """Decode and detect; faces under the minimum size are dropped and counted."""
+        timings: dict[str, float] = {}
+        with self._stage("decode", timings):
+            image = decode_image(data, self.options.limits)
+        faces, too_small = self._detect(image, timings)
+        return DetectedImage(faces, too_small, image.shape[1], image.shape[0], timings)
+
+    def _detect(
+        self, image: np.ndarray, timings: dict[str, float]
+    ) -> tuple[list[DetectedFace], int]:
+        with self._stage("detect", timings):
+            found = self.detector.detect(image)
+        minimum = self.options.min_face_size
+        faces = [f for f in found if min(f.width, f.height) >= minimum]
+        if self._metrics is not None:
+            self._metrics.faces_per_image.observe(len(faces))
+            self._metrics.faces_detected.inc(len(faces))
+        return faces, len(found) - len(faces)
+
+    def analyze(self, data: bytes, *, flip: bool | None = None) -> AnalyzedImage:
+        """Decode, detect, align and embed every face of an uploaded image."""
+        timings: dict[str, float] = {}
+        with self._stage("decode", timings):
+            image = decode_image(data, self.options.limits)
+        faces, too_small = self._detect(image, timings)
+        embedded = self.embed_faces(image, faces, flip=flip, timings=timings)
+        return AnalyzedImage(embedded, too_small, image.shape[1], image.shape[0], timings)
+
+    def embed_faces(
+        self,
+        image: np.ndarray,
+        faces: list[DetectedFace],
+        *,
+        flip: bool | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[EmbeddedFace]:
+        """Align and embed already detected faces of a decoded BGR image, in one model call."""
+        timings = {} if timings is None else timings
+        if not faces:
+            return []
+        with self._stage("align", timings):
+            size = self.embedder.input_size
+            crops = [align_face(image, face.landmarks, size) for face in faces]
+        with self._stage("embed", timings):
+            use_flip = self.options.flip if flip is None else flip
+            batch = self.embedder.embed(crops, flip=use_flip)
+        return [
+            EmbeddedFace(face=face, embedding=batch.embeddings[i], quality=float(batch.norms[i]))
+            for i, face in enumerate(faces)
+        ]

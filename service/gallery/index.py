@@ -1,0 +1,281 @@
+"""The gallery's search index: FAISS over inner product of L2-normalised embeddings.
+
+It is derived data: built from the store at start-up and kept in step with the store's change
+log (`service.gallery.sync`). Ids are the store's int64 `index_id`s, so a hit maps straight
+back to a face row.
+
+Index kinds (numbers measured by `bench/gallery_search.py`, see docs/gallery.md):
+- `flat`: exact. `IndexIDMap2(IndexFlatIP)`; removal is `remove_ids`.
+- `ivf`: `IndexIVFFlat` trained on the gallery itself, ids stored natively (an `IndexIDMap2`
+  around an IVF index renumbers its id map on removal while the IVF lists keep the old
+  internal numbers, so the two would disagree). Removal is `remove_ids`.
+- `hnsw`: `IndexIDMap2(IndexHNSWFlat)`. HNSW cannot remove nodes, so a removed face is
+  excluded from every search by an id selector and its vector is overwritten with zeros in
+  place (the embedding is gone from memory; the graph node stays until the next rebuild).
+
+With faiss-gpu and a visible GPU, flat and ivf searches run on a GPU copy of the CPU index
+(the CPU index stays the master copy that removals edit). Builds without GPU support never
+touch the GPU code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import faiss
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+IndexKind = Literal["flat", "hnsw", "ivf"]
+IndexSetting = Literal["auto", "flat", "hnsw", "ivf"]
+
+# `auto` above the size threshold. IVF, not HNSW: every worker rebuilds its index at start-up,
+# and at 1M x 512 an HNSW build took minutes on 2 cores against tens of seconds for IVF, with
+# recall@1 >= 0.99 for both on clustered data (bench/gallery_search.py; docs/gallery.md).
+AUTO_APPROXIMATE_KIND: IndexKind = "ivf"
+
+# HNSW graph degree and beam widths. M=32 is the FAISS wiki's suggestion for recall > 0.95
+# on 128-1024-d data; efConstruction 80 (FAISS default 40) buys recall for build time;
+# efSearch is raised to k when a request asks for more neighbours than that.
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+
+# IVF lists: 4 * sqrt(n) (FAISS wiki "Guidelines to choose an index": 4*sqrt(N) to
+# 16*sqrt(N)), with at least 39 training points per list (below that FAISS warns and k-means
+# centroids are noise). Lists probed per query: 1/16 of them, at least IVF_MIN_NPROBE;
+# measured recall@1 0.99+ on clustered 512-d data at 10k-1M faces (bench/gallery_search.py).
+IVF_LISTS_PER_SQRT_N = 4
+IVF_MIN_POINTS_PER_LIST = 39
+IVF_PROBE_FRACTION = 1 / 16
+IVF_MIN_NPROBE = 8
+
+# HNSW removal keeps a set of excluded ids; past this share of the index the caller should
+# rebuild (searches slow down and memory holds dead nodes).
+MAX_TOMBSTONE_FRACTION = 0.2
+
+
+def choose_kind(setting: IndexSetting, faces: int, approx_min_faces: int) -> IndexKind:
+    """The index kind for a gallery of `faces` embeddings: forced, or chosen by size."""
+    if setting != "auto":
+        return setting
+    return AUTO_APPROXIMATE_KIND if faces >= approx_min_faces else "flat"
+
+
+def ivf_list_count(faces: int) -> int:
+    """Number of IVF lists for a gallery size (at least 1)."""
+    by_sqrt = IVF_LISTS_PER_SQRT_N * math.isqrt(max(faces, 1))
+    return max(1, min(by_sqrt, faces // IVF_MIN_POINTS_PER_LIST))
+
+
+def ivf_probe_count(lists: int) -> int:
+    return min(lists, max(IVF_MIN_NPROBE, round(lists * IVF_PROBE_FRACTION)))
+
+
+def gpu_available() -> bool:
+    """True when this FAISS build has GPU support and sees at least one GPU."""
+    return hasattr(faiss, "index_cpu_to_gpu") and faiss.get_num_gpus() > 0
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Per query row: similarities (descending) and index ids; -1 ids mark empty slots."""
+
+    similarities: np.ndarray  # (n, k) float32
+    ids: np.ndarray  # (n, k) int64
+
+
+class FaceIndex:
+    """A FAISS index of one embedding size, with add / remove / search by int64 id.
+
+    Not thread-safe: the caller serialises calls (`Gallery` holds a lock).
+    """
+
+    def __init__(self, dim: int, kind: IndexKind, *, use_gpu: bool | None = None) -> None:
+        if dim <= 0:
+            raise ValueError(f"embedding size must be positive, got {dim}")
+        self.dim = dim
+        self.kind: IndexKind = kind
+        self._use_gpu = gpu_available() if use_gpu is None else use_gpu and gpu_available()
+        if kind == "hnsw":
+            self._use_gpu = False  # FAISS has no GPU HNSW (its GPU graph index is CAGRA).
+        self._index: faiss.Index | None = None if kind == "ivf" else self._new_cpu_index()
+        self._hnsw: faiss.IndexHNSWFlat | None = None
+        if kind == "hnsw":
+            self._hnsw = faiss.downcast_index(self._index.index)
+        self._tombstones: set[int] = set()
+        self._selector: faiss.IDSelector | None = None
+        self._selector_parts: faiss.IDSelector | None = None
+        self._gpu_index: faiss.Index | None = None
+        self._gpu_resources: object | None = None
+        self._quantizer: faiss.Index | None = None
+        self.nprobe = 0
+
+    def _new_cpu_index(self) -> faiss.Index:
+        if self.kind == "flat":
+            return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        if self.kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            inner.hnsw.efSearch = HNSW_EF_SEARCH
+            return faiss.IndexIDMap2(inner)
+        raise ValueError(f"unknown index kind {self.kind!r}")
+
+    @classmethod
+    def build(
+        cls,
+        dim: int,
+        kind: IndexKind,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        *,
+        use_gpu: bool | None = None,
+    ) -> FaceIndex:
+        """An index holding `vectors` under `ids`; IVF is trained on these vectors.
+
+        An IVF index needs at least one vector to train on: an empty gallery gets a flat index.
+        """
+        if kind == "ivf" and len(ids) == 0:
+            kind = "flat"
+        index = cls(dim, kind, use_gpu=use_gpu)
+        if kind == "ivf":
+            index._train_ivf(np.ascontiguousarray(vectors, dtype=np.float32))
+        index.add(ids, vectors)
+        return index
+
+    def _train_ivf(self, vectors: np.ndarray) -> None:
+        lists = ivf_list_count(len(vectors))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, lists, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.min_points_per_centroid = 1  # small galleries: we chose `lists` ourselves
+        ivf.train(vectors)
+        self.nprobe = ivf_probe_count(lists)
+        ivf.nprobe = self.nprobe
+        self._quantizer = quantizer  # the IVF index does not own it: keep it alive
+        self._index = ivf
+
+    # --- queries about the index ---------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        return "gpu" if self._use_gpu else "cpu"
+
+    def __len__(self) -> int:
+        """Searchable vectors (removed HNSW nodes excluded)."""
+        total = 0 if self._index is None else int(self._index.ntotal)
+        return total - len(self._tombstones)
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """True when removed-but-present HNSW nodes make up too much of the index."""
+        total = 0 if self._index is None else int(self._index.ntotal)
+        return bool(self._tombstones) and len(self._tombstones) > MAX_TOMBSTONE_FRACTION * total
+
+    def ids(self) -> np.ndarray:
+        """Every searchable id (sorted), for checks against the store."""
+        if self._index is None:
+            return np.zeros(0, np.int64)
+        if self.kind == "ivf":
+            ivf = faiss.extract_index_ivf(self._index)
+            invlists = ivf.invlists
+            parts = [
+                faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+                for i in range(ivf.nlist)
+                if invlists.list_size(i)
+            ]
+            found = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        else:
+            found = faiss.vector_to_array(self._index.id_map)
+        if self._tombstones:
+            found = found[~np.isin(found, np.fromiter(self._tombstones, np.int64))]
+        return np.sort(found.astype(np.int64))
+
+    # --- changes ---------------------------------------------------------------------------
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(ids.size, -1)
+        if vectors.shape[1] != self.dim:
+            raise ValueError(f"index holds {self.dim}-d vectors, got {vectors.shape[1]}-d")
+        if self._index is None:  # an IVF index that was never trained: train on these
+            self._train_ivf(vectors)
+        assert self._index is not None
+        self._index.add_with_ids(vectors, ids)
+        if self._gpu_index is not None:
+            try:
+                self._gpu_index.add_with_ids(vectors, ids)
+            except RuntimeError:
+                self._gpu_index = None  # re-copied from the CPU index at the next search
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove ids (unknown ones are ignored); the number of vectors removed."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0 or self._index is None:
+            return 0
+        self._gpu_index = None
+        if self._hnsw is None:
+            return int(self._index.remove_ids(ids))
+        return self._bury(ids)
+
+    def _bury(self, ids: np.ndarray) -> int:
+        """HNSW removal: exclude the ids from searches and zero their stored vectors."""
+        assert self._index is not None and self._hnsw is not None
+        id_map = faiss.vector_to_array(self._index.id_map)
+        new = np.setdiff1d(ids, np.fromiter(self._tombstones, np.int64, len(self._tombstones)))
+        positions = np.flatnonzero(np.isin(id_map, new))
+        if positions.size:
+            storage = self._hnsw.storage
+            stored = faiss.rev_swig_ptr(
+                faiss.downcast_index(storage).get_xb(), int(storage.ntotal) * self.dim
+            ).reshape(-1, self.dim)
+            stored[positions] = 0.0
+            self._tombstones.update(int(i) for i in id_map[positions])
+            self._selector = None
+        return int(positions.size)
+
+    # --- search ----------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int) -> SearchResult:
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        size = len(self)
+        k = min(k, size)
+        if k <= 0 or self._index is None:
+            empty = np.zeros((len(queries), 0))
+            return SearchResult(empty.astype(np.float32), empty.astype(np.int64))
+        if self._hnsw is not None:
+            params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
+            if self._tombstones:
+                params.sel = self._tombstone_selector()
+            similarities, ids = self._index.search(queries, k, params=params)
+        else:
+            similarities, ids = self._searcher().search(queries, k)
+        return SearchResult(similarities.astype(np.float32), ids.astype(np.int64))
+
+    def _tombstone_selector(self) -> faiss.IDSelector:
+        if self._selector is None:
+            dead = np.fromiter(self._tombstones, np.int64, len(self._tombstones))
+            batch = faiss.IDSelectorBatch(dead)
+            self._selector_parts = batch  # IDSelectorNot does not own it: keep it alive
+            self._selector = faiss.IDSelectorNot(batch)
+        return self._selector
+
+    def _searcher(self) -> faiss.Index:
+        assert self._index is not None
+        if not self._use_gpu:
+            return self._index
+        if self._gpu_index is None:
+            try:
+                if self._gpu_resources is None:
+                    self._gpu_resources = faiss.StandardGpuResources()
+                self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self._index)
+            except RuntimeError as error:  # e.g. out of GPU memory: keep serving from CPU
+                logger.warning("GPU index copy failed (%s); searching on the CPU", error)
+                self._use_gpu = False
+                return self._index
+        return self._gpu_index

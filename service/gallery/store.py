@@ -1,0 +1,627 @@
+"""The gallery's durable store: the one source of truth for identities and their face embeddings.
+
+The FAISS index is derived from it and can always be rebuilt. `GalleryStore` is the small
+interface the rest of the service uses; `SqliteStore` implements it on an embedded SQLite file
+so that a server database can replace it later without touching the index or the routes.
+
+Durability and multi-process rules (SQLite specifics):
+- WAL journal with `synchronous=FULL`: a write is on disk (WAL fsynced) when `commit` returns,
+  and the route answers 201 only after that.
+- Every add or removal of a face appends a row to the `changes` table in the same
+  transaction. Its `seq` is an AUTOINCREMENT key, and SQLite runs one write transaction at a
+  time, so `seq` order is commit order and a reader never sees a gap that fills in later.
+  Each worker process replays `changes` after its last `seq` to keep its own index in step.
+- `faces.index_id` (the int64 id in FAISS) is AUTOINCREMENT too: ids of deleted faces are
+  never reused, so a stale index entry can never point at a different face.
+- `secure_delete=ON` zeroes the pages freed by a deletion, and `erase` checkpoints the WAL
+  into the main file and truncates it, so a deleted embedding's bytes are gone from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+DATABASE_NAME = "gallery.sqlite3"
+SCHEMA_VERSION = 1
+
+# How long a connection waits for another process's write lock before failing. A write holds
+# it for one fsync (~1-20 ms on SSDs); 30 s only matters under pathological contention.
+BUSY_TIMEOUT_MS = 30_000
+
+# Rows fetched per round trip when loading a whole gallery (bounded memory per step).
+LOAD_BATCH_ROWS = 10_000
+
+# Embeddings are stored as little-endian float32 bytes, whatever the host's byte order.
+EMBEDDING_DTYPE = np.dtype("<f4")
+
+ChangeOp = Literal["add", "remove"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An enrolled person (or any labelled subject); `face_count` counts all models' faces."""
+
+    id: str
+    name: str
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+    face_count: int = 0
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    """One enrolled face: an embedding and where it came from. No image is ever stored."""
+
+    face_id: str
+    index_id: int
+    identity_id: str
+    model_id: str
+    quality: float
+    det_score: float
+    image_sha256: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class NewFace:
+    """What enrolment hands the store."""
+
+    identity_id: str
+    model_id: str
+    embedding: np.ndarray  # (d,) float32, L2-normalised
+    quality: float
+    det_score: float
+    image_sha256: str
+
+
+@dataclass(frozen=True)
+class FaceLabel:
+    """What a search hit needs to be reported: the face and its identity's current name."""
+
+    index_id: int
+    face_id: str
+    identity_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change log. For an `add` of a face that still exists and belongs to
+    the requested model, `embedding` holds it; otherwise it is None (the face was removed since,
+    or was made by another model)."""
+
+    seq: int
+    op: ChangeOp
+    index_id: int
+    model_id: str
+    embedding: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every face of one model at one point of the change log (`seq`), and how many faces
+    other models made (those can never be searched with this model's index)."""
+
+    seq: int
+    index_ids: np.ndarray  # (n,) int64
+    embeddings: np.ndarray  # (n, d) float32
+    other_model_faces: int
+
+
+@dataclass(frozen=True)
+class ChangesSince:
+    """Changes after a seq, or `complete=False` when the log was pruned past it (rebuild)."""
+
+    changes: list[Change] = field(default_factory=list)
+    complete: bool = True
+
+
+class GalleryStore(Protocol):
+    """Durable identities and faces, plus an ordered log of face additions and removals."""
+
+    def create_identity(self, name: str, metadata: dict[str, Any]) -> Identity: ...
+
+    def get_identity(self, identity_id: str) -> Identity | None: ...
+
+    def list_identities(self, limit: int, offset: int) -> list[Identity]: ...
+
+    def update_identity(
+        self, identity_id: str, name: str | None, metadata: dict[str, Any] | None
+    ) -> Identity | None: ...
+
+    def delete_identity(self, identity_id: str) -> list[int] | None:
+        """Delete an identity and its faces; the removed index ids, or None if unknown."""
+        ...
+
+    def add_face(self, face: NewFace) -> FaceRecord | None:
+        """Store a face; None if the identity does not exist (any more)."""
+        ...
+
+    def delete_face(self, identity_id: str, face_id: str) -> int | None:
+        """Delete one face of an identity; its index id, or None if there is no such face."""
+        ...
+
+    def faces_of(self, identity_id: str) -> list[FaceRecord]: ...
+
+    def embeddings_of(self, identity_id: str, model_id: str) -> tuple[list[FaceRecord], np.ndarray]:
+        """An identity's faces made by `model_id`, with their embeddings as (n, d) rows."""
+        ...
+
+    def labels(self, index_ids: Sequence[int]) -> dict[int, FaceLabel]:
+        """Face and identity of each index id that still exists (deleted ones are absent)."""
+        ...
+
+    def counts(self) -> tuple[int, int]:
+        """(identities, faces) in the store."""
+        ...
+
+    def faces_per_model(self) -> dict[str, int]: ...
+
+    def snapshot(self, model_id: str) -> Snapshot: ...
+
+    def changes_since(self, seq: int, model_id: str) -> ChangesSince: ...
+
+    def last_seq(self) -> int: ...
+
+    def erase(self) -> bool:
+        """Push deleted content out of the journal; True when nothing of it is left on disk."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def new_id() -> str:
+    """Identity and face ids: random uuid4 hex (no ordering, nothing guessable)."""
+    return uuid.uuid4().hex
+
+
+def embedding_to_blob(embedding: np.ndarray) -> bytes:
+    return np.ascontiguousarray(embedding, dtype=EMBEDDING_DTYPE).reshape(-1).tobytes()
+
+
+def blob_to_embedding(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=EMBEDDING_DTYPE).astype(np.float32)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS identities (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS faces (
+    index_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    face_id TEXT NOT NULL UNIQUE,
+    identity_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+    model_id TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    embedding BLOB NOT NULL,
+    quality REAL NOT NULL,
+    det_score REAL NOT NULL,
+    image_sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS faces_by_identity ON faces(identity_id);
+CREATE INDEX IF NOT EXISTS faces_by_model ON faces(model_id);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    op TEXT NOT NULL CHECK (op IN ('add', 'remove')),
+    index_id INTEGER NOT NULL,
+    model_id TEXT NOT NULL
+);
+"""
+
+_FACE_COLUMNS = (
+    "face_id, index_id, identity_id, model_id, quality, det_score, image_sha256, created_at"
+)
+
+
+def _face(row: sqlite3.Row) -> FaceRecord:
+    return FaceRecord(
+        face_id=row["face_id"],
+        index_id=int(row["index_id"]),
+        identity_id=row["identity_id"],
+        model_id=row["model_id"],
+        quality=float(row["quality"]),
+        det_score=float(row["det_score"]),
+        image_sha256=row["image_sha256"],
+        created_at=row["created_at"],
+    )
+
+
+def _identity(row: sqlite3.Row) -> Identity:
+    return Identity(
+        id=row["id"],
+        name=row["name"],
+        metadata=json.loads(row["metadata"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        face_count=int(row["face_count"]),
+    )
+
+
+_IDENTITY_SELECT = (
+    "SELECT i.id, i.name, i.metadata, i.created_at, i.updated_at, "
+    "(SELECT count(*) FROM faces f WHERE f.identity_id = i.id) AS face_count FROM identities i"
+)
+
+
+class SqliteStore:
+    """`GalleryStore` on one SQLite file; safe for many threads and many processes.
+
+    Each thread gets its own connection (SQLite connections must not be shared across threads
+    while in use); all of them are closed by `close`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._closed = False
+        with self._write() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('pruned_through', '0')")
+        version = int(self._scalar("SELECT value FROM meta WHERE key = 'schema_version'"))
+        if version != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has gallery schema {version}, this service reads {SCHEMA_VERSION}; "
+                "use a matching release or migrate the database"
+            )
+
+    @classmethod
+    def in_directory(cls, data_dir: Path) -> SqliteStore:
+        return cls(Path(data_dir) / DATABASE_NAME)
+
+    # --- connections and transactions ----------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise RuntimeError("the gallery store is closed")
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            # isolation_level=None: no implicit transactions; every one is explicit below.
+            db = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA secure_delete=ON")
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._local.db = db
+            with self._connections_lock:
+                self._connections.append(db)
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; BEGIN IMMEDIATE takes the write lock up front, so two writers
+        never deadlock upgrading read locks."""
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every statement inside sees the same snapshot."""
+        db = self._connection()
+        db.execute("BEGIN")
+        try:
+            yield db
+        finally:
+            db.execute("COMMIT")
+
+    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = self._connection().execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    # --- identities ----------------------------------------------------------------------
+
+    def create_identity(self, name: str, metadata: dict[str, Any]) -> Identity:
+        now = _now()
+        identity = Identity(new_id(), name, dict(metadata), now, now, 0)
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO identities(id, name, metadata, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (identity.id, name, json.dumps(metadata), now, now),
+            )
+        return identity
+
+    def get_identity(self, identity_id: str) -> Identity | None:
+        row = (
+            self._connection()
+            .execute(_IDENTITY_SELECT + " WHERE i.id = ?", (identity_id,))
+            .fetchone()
+        )
+        return None if row is None else _identity(row)
+
+    def list_identities(self, limit: int, offset: int) -> list[Identity]:
+        rows = self._connection().execute(
+            _IDENTITY_SELECT + " ORDER BY i.rowid LIMIT ? OFFSET ?", (limit, offset)
+        )
+        return [_identity(row) for row in rows]
+
+    def update_identity(
+        self, identity_id: str, name: str | None, metadata: dict[str, Any] | None
+    ) -> Identity | None:
+        with self._write() as db:
+            row = db.execute("SELECT name, metadata FROM identities WHERE id = ?", (identity_id,))
+            current = row.fetchone()
+            if current is None:
+                return None
+            db.execute(
+                "UPDATE identities SET name = ?, metadata = ?, updated_at = ? WHERE id = ?",
+                (
+                    current["name"] if name is None else name,
+                    current["metadata"] if metadata is None else json.dumps(metadata),
+                    _now(),
+                    identity_id,
+                ),
+            )
+        return self.get_identity(identity_id)
+
+    def delete_identity(self, identity_id: str) -> list[int] | None:
+        with self._write() as db:
+            if (
+                db.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone()
+                is None
+            ):
+                return None
+            rows = db.execute(
+                "SELECT index_id, model_id FROM faces WHERE identity_id = ? ORDER BY index_id",
+                (identity_id,),
+            ).fetchall()
+            db.executemany(
+                "INSERT INTO changes(op, index_id, model_id) VALUES ('remove', ?, ?)",
+                [(row[0], row[1]) for row in rows],
+            )
+            db.execute("DELETE FROM faces WHERE identity_id = ?", (identity_id,))
+            db.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
+        return [int(row[0]) for row in rows]
+
+    def counts(self) -> tuple[int, int]:
+        with self._read() as db:
+            identities = db.execute("SELECT count(*) FROM identities").fetchone()[0]
+            faces = db.execute("SELECT count(*) FROM faces").fetchone()[0]
+        return int(identities), int(faces)
+
+    # --- faces ---------------------------------------------------------------------------
+
+    def add_face(self, face: NewFace) -> FaceRecord | None:
+        embedding = np.asarray(face.embedding, dtype=np.float32).reshape(-1)
+        face_id, now = new_id(), _now()
+        with self._write() as db:
+            exists = db.execute("SELECT 1 FROM identities WHERE id = ?", (face.identity_id,))
+            if exists.fetchone() is None:
+                return None
+            cursor = db.execute(
+                "INSERT INTO faces(face_id, identity_id, model_id, dim, embedding, quality, "
+                "det_score, image_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    face_id,
+                    face.identity_id,
+                    face.model_id,
+                    embedding.size,
+                    embedding_to_blob(embedding),
+                    float(face.quality),
+                    float(face.det_score),
+                    face.image_sha256,
+                    now,
+                ),
+            )
+            index_id = int(cursor.lastrowid or 0)
+            db.execute(
+                "INSERT INTO changes(op, index_id, model_id) VALUES ('add', ?, ?)",
+                (index_id, face.model_id),
+            )
+        return FaceRecord(
+            face_id=face_id,
+            index_id=index_id,
+            identity_id=face.identity_id,
+            model_id=face.model_id,
+            quality=float(face.quality),
+            det_score=float(face.det_score),
+            image_sha256=face.image_sha256,
+            created_at=now,
+        )
+
+    def delete_face(self, identity_id: str, face_id: str) -> int | None:
+        with self._write() as db:
+            row = db.execute(
+                "SELECT index_id, model_id FROM faces WHERE face_id = ? AND identity_id = ?",
+                (face_id, identity_id),
+            ).fetchone()
+            if row is None:
+                return None
+            index_id = int(row[0])
+            db.execute(
+                "INSERT INTO changes(op, index_id, model_id) VALUES ('remove', ?, ?)",
+                (index_id, row[1]),
+            )
+            db.execute("DELETE FROM faces WHERE index_id = ?", (index_id,))
+        return index_id
+
+    def faces_of(self, identity_id: str) -> list[FaceRecord]:
+        rows = self._connection().execute(
+            f"SELECT {_FACE_COLUMNS} FROM faces WHERE identity_id = ? ORDER BY index_id",
+            (identity_id,),
+        )
+        return [_face(row) for row in rows]
+
+    def embeddings_of(self, identity_id: str, model_id: str) -> tuple[list[FaceRecord], np.ndarray]:
+        rows = (
+            self._connection()
+            .execute(
+                f"SELECT {_FACE_COLUMNS}, embedding FROM faces "
+                "WHERE identity_id = ? AND model_id = ? ORDER BY index_id",
+                (identity_id, model_id),
+            )
+            .fetchall()
+        )
+        faces = [_face(row) for row in rows]
+        if not rows:
+            return faces, np.zeros((0, 0), np.float32)
+        return faces, np.stack([blob_to_embedding(row["embedding"]) for row in rows])
+
+    def labels(self, index_ids: Sequence[int]) -> dict[int, FaceLabel]:
+        wanted = sorted({int(i) for i in index_ids})
+        if not wanted:
+            return {}
+        # One query per chunk, well under SQLite's limit on bound parameters (999 before 3.32).
+        chunk = 500
+        found: dict[int, FaceLabel] = {}
+        with self._read() as db:
+            for start in range(0, len(wanted), chunk):
+                part = wanted[start : start + chunk]
+                marks = ",".join("?" * len(part))
+                rows = db.execute(
+                    "SELECT f.index_id, f.face_id, f.identity_id, i.name FROM faces f "
+                    f"JOIN identities i ON i.id = f.identity_id WHERE f.index_id IN ({marks})",
+                    part,
+                )
+                for row in rows:
+                    found[int(row[0])] = FaceLabel(int(row[0]), row[1], row[2], row[3])
+        return found
+
+    def faces_per_model(self) -> dict[str, int]:
+        rows = self._connection().execute(
+            "SELECT model_id, count(*) FROM faces GROUP BY model_id ORDER BY model_id"
+        )
+        return {row[0]: int(row[1]) for row in rows}
+
+    # --- change log ----------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        return int(self._scalar("SELECT coalesce(max(seq), 0) FROM changes"))
+
+    def snapshot(self, model_id: str) -> Snapshot:
+        with self._read() as db:
+            seq = int(db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0])
+            dims = db.execute(
+                "SELECT DISTINCT dim FROM faces WHERE model_id = ?", (model_id,)
+            ).fetchall()
+            if len(dims) > 1:
+                raise RuntimeError(
+                    f"faces of model {model_id} have several embedding sizes "
+                    f"{sorted(d[0] for d in dims)}; the gallery database is corrupt"
+                )
+            total = int(
+                db.execute("SELECT count(*) FROM faces WHERE model_id = ?", (model_id,)).fetchone()[
+                    0
+                ]
+            )
+            dim = int(dims[0][0]) if dims else 0
+            index_ids = np.empty(total, np.int64)
+            embeddings = np.empty((total, dim), np.float32)
+            cursor = db.execute(
+                "SELECT index_id, embedding FROM faces WHERE model_id = ? ORDER BY index_id",
+                (model_id,),
+            )
+            filled = 0
+            while rows := cursor.fetchmany(LOAD_BATCH_ROWS):
+                for row in rows:
+                    index_ids[filled] = row[0]
+                    embeddings[filled] = np.frombuffer(row[1], dtype=EMBEDDING_DTYPE)
+                    filled += 1
+            others = db.execute(
+                "SELECT count(*) FROM faces WHERE model_id != ?", (model_id,)
+            ).fetchone()[0]
+        return Snapshot(seq, index_ids, embeddings, int(others))
+
+    def changes_since(self, seq: int, model_id: str) -> ChangesSince:
+        with self._read() as db:
+            pruned = int(
+                db.execute("SELECT value FROM meta WHERE key = 'pruned_through'").fetchone()[0]
+            )
+            if seq < pruned:
+                return ChangesSince(complete=False)
+            rows = db.execute(
+                "SELECT c.seq, c.op, c.index_id, c.model_id, f.embedding FROM changes c "
+                "LEFT JOIN faces f ON f.index_id = c.index_id AND c.op = 'add' "
+                "WHERE c.seq > ? ORDER BY c.seq",
+                (seq,),
+            ).fetchall()
+        changes = []
+        for row in rows:
+            embedding = None
+            if row["embedding"] is not None and row["model_id"] == model_id:
+                embedding = blob_to_embedding(row["embedding"])
+            changes.append(
+                Change(int(row["seq"]), row["op"], int(row["index_id"]), row["model_id"], embedding)
+            )
+        return ChangesSince(changes)
+
+    def prune_changes(self, keep_last: int) -> int:
+        """Drop all but the last `keep_last` change-log rows; workers that had not read them
+        rebuild their index from the store. Returns how many rows were removed."""
+        with self._write() as db:
+            last = int(db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0])
+            through = max(last - keep_last, 0)
+            removed = db.execute("DELETE FROM changes WHERE seq <= ?", (through,)).rowcount
+            db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'pruned_through' AND CAST(value AS INTEGER) < ?",
+                (str(through), through),
+            )
+        return int(removed)
+
+    # --- erasure and shutdown ------------------------------------------------------------
+
+    def erase(self) -> bool:
+        """Copy the WAL (which holds the zeroed pages) into the database and truncate it.
+
+        Returns False when another connection's open read transaction kept part of the WAL
+        alive; the next successful checkpoint (any later deletion, or shutdown) finishes it.
+        """
+        busy, _, _ = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return busy == 0
+
+    def close(self) -> None:
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+            self._closed = True
+        if connections:
+            # Fold the WAL into the database so that a stopped service leaves one tidy file.
+            with suppress(sqlite3.Error):
+                connections[0].execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for db in connections:
+            db.close()

@@ -1,0 +1,71 @@
+"""Service settings, read once from `FACEVERIFY_*` environment variables (or a `.env` file).
+
+Every knob of the service lives here so that the README's table of variables can be checked
+against one class (`tests/service/test_settings.py` does).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """All service settings; env var = `FACEVERIFY_` + field name in upper case."""
+
+    model_config = SettingsConfigDict(env_prefix="FACEVERIFY_", env_file=".env", extra="ignore")
+
+    # --- model pack -------------------------------------------------------------------------
+    pack_dir: Path = Field(
+        REPO_ROOT / "models" / "buffalo_l",
+        description="Model pack folder (ours with pack.json, or an InsightFace one).",
+    )
+    verify_checksums: bool = Field(True, description="Check each model file's sha256 at start-up.")
+    threshold: float | None = Field(
+        None, ge=-1.0, le=1.0, description="Cosine threshold; default: the pack's own."
+    )
+
+    # --- onnxruntime ------------------------------------------------------------------------
+    providers: str = Field(
+        "auto",
+        description="Comma-separated onnxruntime providers (`cuda`, `cpu`, or full names); "
+        "`auto` = CUDA when available, else CPU.",
+    )
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = auto.")
+    inter_op_threads: int = Field(0, ge=0, description="onnxruntime inter-op threads; 0 = auto.")
+
+    # --- pipeline ---------------------------------------------------------------------------
+    det_size: int = Field(640, ge=32, le=4096, description="Detector input size (multiple of 32).")
+    det_score_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Min detection score.")
+    min_face_size: int = Field(20, ge=1, description="Min face box side in pixels.")
+    flip: bool = Field(False, description="Flip-test by default (embed crop + its mirror).")
+    max_upload_bytes: int = Field(10_000_000, ge=1, description="Max size of one uploaded file.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Max decoded width x height.")
+
+    # --- gallery ----------------------------------------------------------------------------
+    data_dir: Path = Field(REPO_ROOT / "data", description="Where the gallery database lives.")
+    index_type: Literal["auto", "flat", "hnsw", "ivf"] = Field(
+        "auto", description="FAISS index; `auto` = flat below `approx_index_min_faces`."
+    )
+    approx_index_min_faces: int = Field(
+        200_000, ge=1, description="Gallery size from which `auto` uses an approximate index."
+    )
+    require_single_face: bool = Field(
+        False, description="Refuse enrolment photos with more than one face (`multiple_faces`)."
+    )
+    min_enrol_quality: float = Field(
+        0.0, ge=0.0, description="Min embedding norm (quality) to enrol; 0 disables the check."
+    )
+
+    # --- server -----------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=1, le=65535, description="Port to bind.")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )

@@ -1,0 +1,71 @@
+"""Fixtures shared by the whole suite: where the real assets are, synthetic packs, app clients.
+
+The real model pack and photos live outside the repository (`../shared/assets`, or
+FACEVERIFY_TEST_ASSETS); tests that need them skip with the reason when they are absent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_PACK = "models/scrfd500m_mbf128"
+
+
+def assets_root() -> Path:
+    return Path(os.environ.get("FACEVERIFY_TEST_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
+
+
+@pytest.fixture(scope="session")
+def assets_dir() -> Path:
+    root = assets_root()
+    if not (root / "MANIFEST.md").is_file():
+        pytest.skip(f"real test assets not found at {root} (set FACEVERIFY_TEST_ASSETS)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_pack_dir(assets_dir: Path) -> Path:
+    pack = assets_dir / REAL_PACK
+    if not pack.is_dir():
+        pytest.skip(f"real model pack not found at {pack}")
+    return pack
+
+
+def encode(image: np.ndarray, ext: str = ".png") -> bytes:
+    """Encode a BGR image to file bytes."""
+    ok, buffer = cv2.imencode(ext, image)
+    assert ok
+    return buffer.tobytes()
+
+
+def noise_image(size: int = 640, seed: int = 0) -> np.ndarray:
+    """A BGR test image: smooth random colours, so that different seeds embed differently."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (size // 32, size // 32, 3), dtype=np.uint8)
+    return cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+@pytest.fixture
+def app_client(tmp_path: Path) -> Callable[..., Iterator[TestClient]]:
+    """`with app_client(pack_dir, **settings) as client:` runs the app with its lifespan."""
+
+    @contextmanager
+    def make(pack_dir: Path, **overrides) -> Iterator[TestClient]:
+        overrides.setdefault("data_dir", tmp_path / "data")
+        settings = Settings(pack_dir=pack_dir, _env_file=None, **overrides)
+        with TestClient(create_app(settings)) as client:
+            yield client
+
+    return make

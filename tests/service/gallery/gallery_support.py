@@ -1,0 +1,158 @@
+"""Helpers for the gallery tests: clustered embeddings shaped like real face embeddings.
+
+Named `gallery_support` (not `conftest`): test modules import it directly, and a second
+`conftest` module would shadow the suite's own one for `from conftest import ...`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from service.gallery.gallery import Gallery
+from service.gallery.index import IndexSetting
+from service.gallery.store import SqliteStore
+
+MODEL = "testmodel@0123456789ab"
+OTHER_MODEL = "othermodel@ba9876543210"
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def clustered(
+    identities: int, faces_per_identity: int, dim: int, *, noise: float = 0.5, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centres, face embeddings, labels): each face is its identity's centre plus noise.
+
+    With noise 0.5 at 64+ dimensions a face is ~0.9 cosine to its centre and ~0.8 to its
+    identity's other faces, while different identities sit near 0 (like ArcFace-style
+    embeddings: 0.5-0.8 same person, about 0 otherwise).
+    """
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.standard_normal((identities, dim)))
+    labels = np.repeat(np.arange(identities), faces_per_identity)
+    jitter = rng.standard_normal((len(labels), dim)).astype(np.float32) / np.sqrt(dim)
+    faces = unit(centres[labels] + noise * jitter)
+    return centres, faces, labels
+
+
+def probe_near(centre: np.ndarray, seed: int, noise: float = 0.5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    dim = centre.shape[-1]
+    return unit(centre + noise * rng.standard_normal(dim).astype(np.float32) / np.sqrt(dim))
+
+
+def open_test_gallery(
+    data_dir: Path,
+    *,
+    dim: int,
+    model_id: str = MODEL,
+    index_setting: IndexSetting = "flat",
+    approx_min_faces: int = 200_000,
+    metrics=None,
+) -> Gallery:
+    """A gallery without the background poller, so tests control every catch-up."""
+    return Gallery(
+        SqliteStore.in_directory(data_dir),
+        model_id=model_id,
+        dim=dim,
+        index_setting=index_setting,
+        approx_min_faces=approx_min_faces,
+        metrics=metrics,
+        use_gpu=False,
+        poll_interval_s=None,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`python -m service` in its own process group, on an ephemeral port."""
+
+    def __init__(self, pack_dir: Path, data_dir: Path, *, workers: int = 1, **settings) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "FACEVERIFY_PACK_DIR": str(pack_dir),
+            "FACEVERIFY_DATA_DIR": str(data_dir),
+            "FACEVERIFY_PORT": str(self.port),
+            "FACEVERIFY_WORKERS": str(workers),
+            "FACEVERIFY_LOG_LEVEL": "warning",
+        }
+        env.update({f"FACEVERIFY_{k.upper()}": str(v) for k, v in settings.items()})
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        # A file, not a pipe: nobody reads while it runs, and a full pipe would block it.
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: workers die with it
+        )
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                response = httpx.get(f"{self.url}/readyz", timeout=2)
+                if response.status_code == 200:
+                    return response.json()
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"server exited with {self.process.returncode}:\n{self.output()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not ready in {timeout_s} s")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers: no shutdown code runs."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+
+@contextlib.contextmanager
+def running_server(pack_dir: Path, data_dir: Path, **options) -> Iterator[Server]:
+    server = Server(pack_dir, data_dir, **options)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

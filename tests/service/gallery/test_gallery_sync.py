@@ -1,0 +1,290 @@
+"""The Gallery facade: 1:N ranking, 1:1 compare, model tagging, and several workers (each its
+own Gallery on one database) staying consistent through the change log."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gallery_support import MODEL, OTHER_MODEL, clustered, open_test_gallery, probe_near, unit
+
+from service.errors import ErrorCode, ServiceError
+from service.gallery.gallery import Gallery
+from service.gallery.store import SqliteStore
+from service.metrics import Metrics
+
+DIM = 32
+
+
+def _enrol(gallery: Gallery, name: str, vectors: np.ndarray) -> tuple[str, list[str]]:
+    identity = gallery.create_identity(name, {"source": "test"})
+    face_ids = [
+        gallery.add_face(identity.id, v, quality=10.0, det_score=0.9, image_sha256="0" * 64).face_id
+        for v in vectors
+    ]
+    return identity.id, face_ids
+
+
+@pytest.fixture
+def populated(tmp_path: Path):
+    """A gallery of 20 identities x 3 faces, and the centres of their clusters."""
+    centres, faces, labels = clustered(20, 3, DIM, seed=2)
+    gallery = open_test_gallery(tmp_path, dim=DIM)
+    ids = [_enrol(gallery, f"person {i}", faces[labels == i])[0] for i in range(len(centres))]
+    yield gallery, centres, ids
+    gallery.close()
+
+
+def test_identify_ranks_identities_by_their_best_face(populated):
+    gallery, centres, ids = populated
+    probe = probe_near(centres[4], seed=40)
+    [candidates] = gallery.identify(probe[None], top_k=5)
+    assert len(candidates) == 5
+    assert candidates[0].identity_id == ids[4] and candidates[0].name == "person 4"
+    assert len({c.identity_id for c in candidates}) == 5  # one entry per identity
+    similarities = [c.similarity for c in candidates]
+    assert similarities == sorted(similarities, reverse=True)
+    faces, vectors = gallery.store.embeddings_of(ids[4], MODEL)
+    best = int(np.argmax(vectors @ probe))
+    assert candidates[0].face_id == faces[best].face_id
+    assert candidates[0].similarity == pytest.approx(float(vectors[best] @ probe), abs=1e-5)
+
+
+def test_identify_widens_search_when_one_identity_fills_the_top_faces(tmp_path):
+    gallery = open_test_gallery(tmp_path, dim=DIM)
+    try:
+        centre = unit(np.random.default_rng(0).standard_normal(DIM))
+        many = np.stack([probe_near(centre, seed=s, noise=0.1) for s in range(40)])
+        _enrol(gallery, "many faces", many)
+        far = unit(np.random.default_rng(1).standard_normal((3, DIM)))
+        others = [_enrol(gallery, f"other {i}", far[i : i + 1])[0] for i in range(3)]
+        [candidates] = gallery.identify(centre[None], top_k=4)
+        assert len(candidates) == 4
+        assert {c.identity_id for c in candidates[1:]} == set(others)
+    finally:
+        gallery.close()
+
+
+def test_identify_handles_a_batch_of_queries_and_an_empty_gallery(tmp_path, populated):
+    gallery, centres, ids = populated
+    results = gallery.identify(np.stack([probe_near(c, seed=i) for i, c in enumerate(centres)]), 1)
+    assert [r[0].identity_id for r in results] == ids
+    empty = open_test_gallery(tmp_path / "empty", dim=DIM)
+    try:
+        assert empty.identify(centres[:2], top_k=5) == [[], []]
+    finally:
+        empty.close()
+
+
+def test_compare_gives_best_face_of_the_identity(populated):
+    gallery, centres, ids = populated
+    probe = probe_near(centres[2], seed=7)
+    match = gallery.compare(ids[2], probe)
+    faces, vectors = gallery.store.embeddings_of(ids[2], MODEL)
+    assert match.similarity == pytest.approx(float(np.max(vectors @ probe)), abs=1e-5)
+    assert match.face_id == faces[int(np.argmax(vectors @ probe))].face_id
+    assert match.name == "person 2"
+
+
+def test_compare_errors_say_what_is_wrong(populated):
+    gallery, centres, _ = populated
+    with pytest.raises(ServiceError) as unknown:
+        gallery.compare("no-such-identity", centres[0])
+    assert unknown.value.code is ErrorCode.NOT_FOUND
+    bare = gallery.create_identity("no faces yet")
+    with pytest.raises(ServiceError) as empty:
+        gallery.compare(bare.id, centres[0])
+    assert empty.value.code is ErrorCode.NO_FACE and "enrol" in empty.value.message
+
+
+def test_other_models_faces_are_never_compared(tmp_path):
+    """A gallery enrolled with model A, served with model B: identify answers model_mismatch
+    (an 'unknown' could be wrong), compare refuses identities with only A faces, and once the
+    A faces are replaced by B faces everything works again."""
+    old = open_test_gallery(tmp_path, dim=16, model_id=OTHER_MODEL)
+    old_face_vectors = unit(np.random.default_rng(3).standard_normal((2, 16)))
+    identity_id, old_faces = _enrol(old, "Ada", old_face_vectors)
+    old.close()
+
+    new = open_test_gallery(tmp_path, dim=DIM, model_id=MODEL)
+    try:
+        probe = unit(np.random.default_rng(4).standard_normal(DIM))
+        with pytest.raises(ServiceError) as identify_error:
+            new.identify(probe[None], top_k=3)
+        assert identify_error.value.code is ErrorCode.MODEL_MISMATCH
+        assert OTHER_MODEL in identify_error.value.message
+        assert "re-enrol" in identify_error.value.message.lower()
+        with pytest.raises(ServiceError) as compare_error:
+            new.compare(identity_id, probe)
+        assert compare_error.value.code is ErrorCode.MODEL_MISMATCH
+
+        new.add_face(identity_id, probe, quality=1.0, det_score=0.9, image_sha256="1" * 64)
+        assert new.compare(identity_id, probe).similarity == pytest.approx(1.0, abs=1e-5)
+        for face_id in old_faces:
+            new.delete_face(identity_id, face_id)
+        [candidates] = new.identify(probe[None], top_k=3)
+        assert candidates[0].identity_id == identity_id
+    finally:
+        new.close()
+
+
+def test_enrolment_in_one_worker_is_found_by_the_next_search_of_another(tmp_path):
+    worker_a = open_test_gallery(tmp_path, dim=DIM)
+    worker_b = open_test_gallery(tmp_path, dim=DIM)
+    try:
+        vector = unit(np.random.default_rng(9).standard_normal(DIM))
+        assert worker_b.identify(vector[None], 1) == [[]]
+        identity_id, _ = _enrol(worker_a, "Ada", vector[None])
+        [candidates] = worker_b.identify(vector[None], 1)
+        assert candidates[0].identity_id == identity_id
+    finally:
+        worker_a.close()
+        worker_b.close()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_identity_deleted_in_one_worker_never_appears_in_another(tmp_path, kind):
+    centres, faces, labels = clustered(10, 3, DIM, seed=3)
+    worker_a = open_test_gallery(tmp_path, dim=DIM, index_setting=kind)
+    ids = [_enrol(worker_a, f"p{i}", faces[labels == i])[0] for i in range(10)]
+    worker_b = open_test_gallery(tmp_path, dim=DIM, index_setting=kind)
+    try:
+        probe = probe_near(centres[0], seed=1)
+        assert worker_b.identify(probe[None], 3)[0][0].identity_id == ids[0]
+        worker_a.delete_identity(ids[0])
+        for results in (worker_a.identify(probe[None], 10), worker_b.identify(probe[None], 10)):
+            assert ids[0] not in {c.identity_id for c in results[0]}
+            assert len(results[0]) == 9
+        store_ids = np.sort(worker_a.store.snapshot(MODEL).index_ids)
+        np.testing.assert_array_equal(worker_a.indexed_ids(), store_ids)
+        np.testing.assert_array_equal(worker_b.indexed_ids(), store_ids)
+    finally:
+        worker_a.close()
+        worker_b.close()
+
+
+def test_idle_worker_drops_deleted_faces_from_memory_without_a_request(tmp_path):
+    vector = unit(np.random.default_rng(5).standard_normal(DIM))
+    worker_a = open_test_gallery(tmp_path, dim=DIM)
+    identity_id, _ = _enrol(worker_a, "Ada", vector[None])
+    idle = Gallery(
+        SqliteStore.in_directory(tmp_path), model_id=MODEL, dim=DIM, index_setting="flat",
+        use_gpu=False, poll_interval_s=0.05,
+    )
+    try:
+        assert idle.index_state.size == 1
+        worker_a.delete_identity(identity_id)
+        deadline = time.monotonic() + 5
+        while idle.index_state.size and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert idle.index_state.size == 0
+    finally:
+        worker_a.close()
+        idle.close()
+
+
+def test_a_worker_behind_a_pruned_change_log_rebuilds(tmp_path):
+    worker_a = open_test_gallery(tmp_path, dim=DIM)
+    worker_b = open_test_gallery(tmp_path, dim=DIM)
+    try:
+        vectors = unit(np.random.default_rng(6).standard_normal((6, DIM)))
+        identity_id, _ = _enrol(worker_a, "Ada", vectors)
+        worker_a.store.prune_changes(keep_last=1)
+        [candidates] = worker_b.identify(vectors[:1], 1)
+        assert candidates[0].identity_id == identity_id
+        assert worker_b.index_state.size == 6
+    finally:
+        worker_a.close()
+        worker_b.close()
+
+
+def test_auto_index_turns_approximate_when_the_gallery_crosses_the_threshold(tmp_path):
+    gallery = open_test_gallery(tmp_path, dim=DIM, index_setting="auto", approx_min_faces=50)
+    try:
+        _, faces, labels = clustered(20, 3, DIM, seed=8)
+        _enrol(gallery, "first", faces[:10])
+        gallery.identify(faces[:1], 1)
+        assert gallery.index_state.kind == "flat"
+        _enrol(gallery, "rest", faces[10:])
+        [candidates] = gallery.identify(faces[:1], 1)
+        assert gallery.index_state.kind != "flat"
+        assert gallery.index_state.size == 60
+        assert candidates[0].name == "first"
+    finally:
+        gallery.close()
+
+
+def test_metrics_report_gallery_size_index_and_search(tmp_path):
+    metrics = Metrics.create()
+    gallery = open_test_gallery(tmp_path, dim=DIM, metrics=metrics)
+    try:
+        vectors = unit(np.random.default_rng(7).standard_normal((3, DIM)))
+        _enrol(gallery, "Ada", vectors)
+        gallery.create_identity("Bob")
+        gallery.identify(vectors[:2], 1)
+        value = metrics.registry.get_sample_value
+        assert value("faceverify_gallery_identities") == 2
+        assert value("faceverify_gallery_faces") == 3
+        assert value("faceverify_index_info", {"type": "flat", "device": "cpu"}) == 1
+        assert value("faceverify_search_duration_seconds_count") == 1
+        assert value("faceverify_best_match_similarity_count") == 2
+        assert value("faceverify_best_match_similarity_bucket", {"le": "1.0"}) == 2
+    finally:
+        gallery.close()
+
+
+def test_parallel_enrolment_and_identification_stay_consistent(tmp_path):
+    centres, faces, labels = clustered(12, 4, DIM, seed=11)
+    worker_a = open_test_gallery(tmp_path, dim=DIM)
+    worker_b = open_test_gallery(tmp_path, dim=DIM)
+    ids = [worker_a.create_identity(f"p{i}").id for i in range(len(centres))]
+    errors: list[BaseException] = []
+    wrong: list[tuple[int, str]] = []
+
+    def enrol(worker: Gallery, part: int) -> None:
+        try:
+            for position in range(part, len(faces), 2):
+                worker.add_face(
+                    ids[labels[position]], faces[position], quality=1.0, det_score=0.9,
+                    image_sha256="2" * 64,
+                )
+        except BaseException as error:
+            errors.append(error)
+
+    def identify(worker: Gallery) -> None:
+        try:
+            for round_ in range(30):
+                person = round_ % len(centres)
+                [candidates] = worker.identify(probe_near(centres[person], seed=round_)[None], 1)
+                # Answers are either "not enrolled yet" or the right person, never another.
+                if candidates and candidates[0].similarity > 0.6 and (
+                    candidates[0].identity_id != ids[person]
+                ):
+                    wrong.append((person, candidates[0].identity_id))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=enrol, args=(worker_a, 0)),
+        threading.Thread(target=enrol, args=(worker_b, 1)),
+        threading.Thread(target=identify, args=(worker_a,)),
+        threading.Thread(target=identify, args=(worker_b,)),
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and wrong == []
+        expected = np.sort(worker_a.store.snapshot(MODEL).index_ids)
+        assert len(expected) == len(faces)
+        np.testing.assert_array_equal(worker_a.indexed_ids(), expected)
+        np.testing.assert_array_equal(worker_b.indexed_ids(), expected)
+        results = worker_b.identify(np.stack([probe_near(c, seed=99) for c in centres]), 1)
+        assert [r[0].identity_id for r in results] == ids
+    finally:
+        worker_a.close()
+        worker_b.close()

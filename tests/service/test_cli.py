@@ -1,0 +1,93 @@
+"""The command line: start-up failures are one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from synthetic_models import make_manifest_pack
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
+    )
+
+
+def test_serve_with_missing_pack_exits_with_one_line(tmp_path):
+    result = _run("serve", env={"FACEVERIFY_PACK_DIR": str(tmp_path / "nothing")})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "fetch-models" in lines[0] or "FACEVERIFY_PACK_DIR" in lines[0]
+
+
+def test_serve_with_wrong_checksum_exits_with_one_line(tmp_path):
+    pack = make_manifest_pack(tmp_path / "pack")
+    recognizer = next(p for p in pack.glob("*.onnx") if "det" not in p.name)
+    recognizer.write_bytes(recognizer.read_bytes()[:-1] + b"\0")
+    result = _run("serve", env={"FACEVERIFY_PACK_DIR": str(pack)})
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "sha256" in result.stderr or "checksum" in result.stderr
+
+
+def test_check_pack_prints_the_manifest(tmp_path):
+    pack = make_manifest_pack(tmp_path / "pack", name="tiny")
+    result = _run("check-pack", str(pack))
+    assert result.returncode == 0, result.stderr
+    assert '"name": "tiny"' in result.stdout
+
+
+def test_fetch_unknown_pack_fails_with_one_line(tmp_path: Path):
+    result = _run("fetch-models", "no_such_pack", "--dir", str(tmp_path))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "buffalo_l" in result.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_starts_uvicorn_and_answers_readyz(tmp_path):
+    import time
+
+    import httpx
+
+    pack = make_manifest_pack(tmp_path / "pack")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "FACEVERIFY_PACK_DIR": str(pack),
+        "FACEVERIFY_DATA_DIR": str(tmp_path / "data"),
+        "FACEVERIFY_PORT": str(port),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stdout.read().decode()
+                assert time.monotonic() < deadline, "server did not start in 30 s"
+                time.sleep(0.2)
+        assert response.status_code == 200
+        assert response.json()["model"].startswith("synthetic")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

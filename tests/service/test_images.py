@@ -1,0 +1,378 @@
+"""Tests for service.faces.images: limits, allow-list, corrupt input, EXIF, every colour mode."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from service.errors import ErrorCode, ServiceError
+from service.faces import images
+from service.faces.images import ALLOWED_FORMATS, DecodeLimits, decode_image
+
+RED_BGR = [0, 0, 255]
+WHITE_BGR = [255, 255, 255]
+EXIF_ORIENTATION_TAG = 0x0112  # EXIF 2.3, tag 274 "Orientation"
+
+
+# ---- builders for synthetic images ---------------------------------------------------------
+
+
+def encode(img: Image.Image, image_format: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def png_chunk(tag: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+
+def raw_png(width: int, height: int, bit_depth: int, color_type: int, idat: bytes) -> bytes:
+    """A PNG written by hand, so the header can say things the pixel data does not back up."""
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def gradient_rgb(width: int = 64, height: int = 48) -> np.ndarray:
+    """A smooth, colourful RGB test card: red ramps left to right, green top to bottom."""
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[..., 0] = np.linspace(0, 255, width).astype(np.uint8)[np.newaxis, :]
+    rgb[..., 1] = np.linspace(0, 255, height).astype(np.uint8)[:, np.newaxis]
+    rgb[..., 2] = 64
+    return rgb
+
+
+def decode_error(data: bytes, limits: DecodeLimits | None = None) -> ServiceError:
+    with pytest.raises(ServiceError) as caught:
+        decode_image(data, limits or DecodeLimits())
+    return caught.value
+
+
+def is_near(pixel: np.ndarray, colour: list[int], tolerance: int = 10) -> bool:
+    return bool(np.abs(pixel.astype(int) - colour).max() <= tolerance)
+
+
+def assets_dir() -> Path:
+    default = Path(__file__).resolve().parents[2].parent / "shared" / "assets"
+    return Path(os.environ.get("FACEVERIFY_TEST_ASSETS", default))
+
+
+# ---- output contract ------------------------------------------------------------------------
+
+
+def test_pure_red_png_decodes_to_bgr_red() -> None:
+    out = decode_image(encode(Image.new("RGB", (5, 3), (255, 0, 0)), "PNG"))
+    assert out.shape == (3, 5, 3)
+    assert (out == RED_BGR).all()
+
+
+def test_output_is_a_writable_contiguous_uint8_array() -> None:
+    out = decode_image(encode(Image.fromarray(gradient_rgb()), "PNG"))
+    assert out.dtype == np.uint8
+    assert out.shape == (48, 64, 3)
+    assert out.flags.c_contiguous
+    assert out.flags.writeable
+
+
+@pytest.mark.parametrize("image_format", sorted(ALLOWED_FORMATS))
+def test_every_allowed_format_round_trips(image_format: str) -> None:
+    options = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}, "PNG": {}, "BMP": {}}
+    max_mean_error = {"JPEG": 2.0, "WEBP": 2.0, "PNG": 0.0, "BMP": 0.0}  # lossless are exact
+    rgb = gradient_rgb()
+    out = decode_image(encode(Image.fromarray(rgb), image_format, **options[image_format]))
+    error = np.abs(out.astype(np.int16) - rgb[..., ::-1].astype(np.int16))
+    assert out.shape == rgb.shape
+    assert error.mean() <= max_mean_error[image_format]
+    assert error.max() <= 16
+
+
+def test_multi_picture_jpeg_is_accepted_as_jpeg() -> None:
+    first = Image.new("RGB", (8, 8), (255, 0, 0))
+    second = Image.new("RGB", (8, 8), (0, 0, 255))
+    data = encode(first, "MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(data)).format == "MPO"  # what Pillow calls many phone photos
+    out = decode_image(data)
+    assert is_near(out, RED_BGR, tolerance=8)
+
+
+# ---- byte and format checks -----------------------------------------------------------------
+
+
+def test_empty_upload_is_an_invalid_image() -> None:
+    assert decode_error(b"").code == ErrorCode.INVALID_IMAGE
+
+
+def test_upload_over_the_byte_limit_names_limit_and_size() -> None:
+    error = decode_error(b"x" * 1_234, DecodeLimits(max_bytes=1_000))
+    assert error.code == ErrorCode.PAYLOAD_TOO_LARGE
+    assert "1,234" in error.message
+    assert "1,000" in error.message
+
+
+def test_upload_exactly_at_the_byte_limit_is_accepted() -> None:
+    data = encode(Image.new("RGB", (4, 4)), "PNG")
+    assert decode_image(data, DecodeLimits(max_bytes=len(data))).shape == (4, 4, 3)
+
+
+@pytest.mark.parametrize("image_format", ["GIF", "TIFF", "ICO", "PPM", "TGA"])
+def test_real_image_in_another_format_is_unsupported(image_format: str) -> None:
+    error = decode_error(encode(Image.new("RGB", (16, 16), (10, 20, 30)), image_format))
+    assert error.code == ErrorCode.UNSUPPORTED_FORMAT
+    assert image_format in error.message
+    assert all(allowed in error.message for allowed in ALLOWED_FORMATS)
+
+
+def test_unsupported_format_is_refused_before_its_pixels_are_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loads = spy_on_pixel_decoding(monkeypatch)
+    error = decode_error(encode(Image.new("RGB", (16, 16)), "GIF"))
+    assert error.code == ErrorCode.UNSUPPORTED_FORMAT
+    assert loads == []
+
+
+# ---- not an image, truncated, corrupt -------------------------------------------------------
+
+
+def jpeg_bytes() -> bytes:
+    return encode(Image.fromarray(gradient_rgb()), "JPEG", quality=95)
+
+
+def png_bytes() -> bytes:
+    return encode(Image.fromarray(gradient_rgb()), "PNG")
+
+
+def corrupt_png_idat() -> bytes:
+    data = bytearray(png_bytes())
+    idat_body = data.index(b"IDAT") + 4
+    data[idat_body + 10 : idat_body + 20] = b"\xff" * 10
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"this is not an image", id="text"),
+        pytest.param(np.random.default_rng(0).bytes(4096), id="random-bytes"),
+        pytest.param(b"\x89PNG\r\n\x1a\n", id="png-signature-only"),
+        pytest.param(b"\xff\xd8\xff", id="jpeg-signature-only"),
+        pytest.param(jpeg_bytes()[: len(jpeg_bytes()) // 2], id="jpeg-cut-in-half"),
+        pytest.param(jpeg_bytes()[:-10], id="jpeg-missing-its-last-bytes"),
+        pytest.param(png_bytes()[: len(png_bytes()) // 2], id="png-cut-in-half"),
+        pytest.param(corrupt_png_idat(), id="png-corrupt-pixel-data"),
+        pytest.param(encode(Image.new("RGB", (8, 8)), "BMP")[:40], id="bmp-header-only"),
+    ],
+)
+def test_broken_or_non_image_data_is_an_invalid_image(data: bytes) -> None:
+    error = decode_error(data)
+    assert error.code == ErrorCode.INVALID_IMAGE
+    assert "BMP, JPEG, PNG, WEBP" in error.message
+
+
+# ---- pixel budget ---------------------------------------------------------------------------
+
+
+def spy_on_pixel_decoding(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every full pixel decode (ImageFile.load) made while the test runs."""
+    loads: list[str] = []
+    original_load = ImageFile.ImageFile.load
+
+    def recording_load(self: ImageFile.ImageFile):  # type: ignore[no-untyped-def]
+        loads.append(f"{self.format} {self.size}")
+        return original_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", recording_load)
+    return loads
+
+
+def test_pixel_decoding_spy_sees_an_ordinary_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = spy_on_pixel_decoding(monkeypatch)
+    decode_image(png_bytes())
+    assert loads
+    assert all(load == "PNG (64, 48)" for load in loads)
+
+
+def test_header_claiming_too_many_pixels_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 8000 x 8000 = 64 MP: over the 40 MP default, under Pillow's own 89 MP warning threshold.
+    # The IDAT holds a few hundred bytes, not the 64 MB the header promises.
+    data = raw_png(8000, 8000, bit_depth=8, color_type=0, idat=zlib.compress(b"\x00" * 8001))
+    assert len(data) < 500
+    loads = spy_on_pixel_decoding(monkeypatch)
+    started = time.perf_counter()
+    error = decode_error(data)
+    elapsed = time.perf_counter() - started
+    assert error.code == ErrorCode.IMAGE_TOO_LARGE
+    assert "8000x8000" in error.message
+    assert "40,000,000" in error.message
+    assert loads == []
+    assert elapsed < 0.5
+
+
+def test_pixel_limit_is_inclusive() -> None:
+    data = encode(Image.new("RGB", (100, 100)), "PNG")
+    assert decode_image(data, DecodeLimits(max_pixels=10_000)).shape == (100, 100, 3)
+    assert decode_error(data, DecodeLimits(max_pixels=9_999)).code == ErrorCode.IMAGE_TOO_LARGE
+
+
+def test_pillow_decompression_bomb_error_becomes_image_too_large() -> None:
+    # 20000 x 20000 = 400 MP trips Pillow's own ceiling (2 x Image.MAX_IMAGE_PIXELS) inside
+    # Image.open, before our budget is consulted, even when our budget is set far higher.
+    assert 2 * Image.MAX_IMAGE_PIXELS < 20_000 * 20_000
+    data = raw_png(20_000, 20_000, bit_depth=8, color_type=0, idat=zlib.compress(b"\x00" * 64))
+    error = decode_error(data, DecodeLimits(max_pixels=10**12))
+    assert error.code == ErrorCode.IMAGE_TOO_LARGE
+
+
+# ---- EXIF orientation -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("orientation", "marker_row", "marker_col"),
+    [
+        # Orientation 6: display rotated 90° clockwise, so the stored top-left lands top-right.
+        (6, "top", "right"),
+        # Orientation 8: display rotated 90° counter-clockwise: stored top-left -> bottom-left.
+        (8, "bottom", "left"),
+    ],
+)
+def test_exif_orientation_is_applied(orientation: int, marker_row: str, marker_col: str) -> None:
+    stored = np.full((40, 60, 3), 255, np.uint8)  # 60 wide, 40 tall, white
+    stored[:16, :16] = (255, 0, 0)  # red marker in the stored top-left corner
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION_TAG] = orientation
+    out = decode_image(encode(Image.fromarray(stored), "JPEG", quality=95, exif=exif.tobytes()))
+
+    assert out.shape == (60, 40, 3)  # width and height swapped
+    rows = {"top": 8, "bottom": 60 - 8}
+    cols = {"left": 8, "right": 40 - 8}
+    opposite_rows = {"top": 60 - 8, "bottom": 8}
+    assert is_near(out[rows[marker_row], cols[marker_col]], RED_BGR)
+    assert is_near(out[opposite_rows[marker_row], cols[marker_col]], WHITE_BGR)
+
+
+# ---- colour modes ---------------------------------------------------------------------------
+
+
+def test_grey_l_becomes_three_equal_channels() -> None:
+    out = decode_image(encode(Image.new("L", (4, 4), 100), "PNG"))
+    assert (out == [100, 100, 100]).all()
+
+
+def test_bilevel_becomes_black_and_white() -> None:
+    img = Image.new("1", (8, 2), 0)
+    img.paste(1, (4, 0, 8, 2))
+    out = decode_image(encode(img, "PNG"))
+    assert (out[:, :4] == 0).all()
+    assert (out[:, 4:] == 255).all()
+
+
+def test_grey_with_alpha_is_composited_on_white() -> None:
+    img = Image.new("LA", (4, 1), (100, 255))
+    img.putpixel((1, 0), (100, 0))  # fully transparent
+    img.putpixel((2, 0), (0, 128))  # half-transparent black
+    out = decode_image(encode(img, "PNG"))
+    assert (out[0, 0] == 100).all()
+    assert (out[0, 1] == 255).all()
+    assert np.abs(out[0, 2].astype(int) - 127).max() <= 1
+
+
+def test_rgba_is_composited_on_white() -> None:
+    img = Image.new("RGBA", (3, 1), (0, 0, 255, 255))  # opaque blue
+    img.putpixel((1, 0), (255, 0, 0, 0))  # fully transparent red: must not show
+    img.putpixel((2, 0), (0, 0, 0, 128))  # half-transparent black over white: mid grey
+    out = decode_image(encode(img, "PNG"))
+    assert out[0, 0].tolist() == [255, 0, 0]
+    assert out[0, 1].tolist() == WHITE_BGR
+    assert np.abs(out[0, 2].astype(int) - 127).max() <= 1
+
+
+def test_palette_with_transparent_index_is_composited_on_white() -> None:
+    img = Image.new("P", (2, 1), 0)
+    img.putpalette([255, 0, 0, 0, 255, 0] + [0] * (3 * 254))  # index 0 red, 1 green
+    img.putpixel((1, 0), 1)
+    data = encode(img, "PNG", transparency=1)
+    assert Image.open(io.BytesIO(data)).mode == "P"
+    out = decode_image(data)
+    assert out[0, 0].tolist() == RED_BGR
+    assert out[0, 1].tolist() == WHITE_BGR
+
+
+def test_palette_without_transparency_keeps_its_colours() -> None:
+    img = Image.new("P", (2, 1), 0)
+    img.putpalette([255, 0, 0, 0, 255, 0] + [0] * (3 * 254))
+    img.putpixel((1, 0), 1)
+    out = decode_image(encode(img, "PNG"))
+    assert out[0].tolist() == [RED_BGR, [0, 255, 0]]
+
+
+def test_rgb_with_transparent_colour_key_is_composited_on_white() -> None:
+    img = Image.new("RGB", (2, 1), (255, 0, 0))
+    img.putpixel((1, 0), (0, 0, 255))
+    out = decode_image(encode(img, "PNG", transparency=(0, 0, 255)))
+    assert out[0].tolist() == [RED_BGR, WHITE_BGR]
+
+
+def test_cmyk_jpeg_pure_cyan_becomes_bgr_cyan() -> None:
+    data = encode(Image.new("CMYK", (8, 8), (255, 0, 0, 0)), "JPEG", quality=95)
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    out = decode_image(data)
+    assert is_near(out, [255, 255, 0], tolerance=8)
+
+
+def test_sixteen_bit_grey_png_is_scaled_not_clipped() -> None:
+    grey16 = np.array([[0, 32768, 65535, 257 * 100]], dtype=np.uint16)
+    data = encode(Image.fromarray(grey16), "PNG")
+    assert Image.open(io.BytesIO(data)).mode in {"I;16", "I"}
+    out = decode_image(data)
+    assert out[0, :, 0].tolist() == [0, 128, 255, 100]
+    assert (out[..., 0] == out[..., 1]).all()
+    assert (out[..., 0] == out[..., 2]).all()
+
+
+def test_thirty_two_bit_integer_mode_is_read_as_sixteen_bit_grey() -> None:
+    # Current Pillow opens 16-bit grey PNG as I;16, older releases as I; no allowed format
+    # yields mode I here, so the conversion is exercised directly.
+    img = Image.fromarray(np.array([[-5, 0, 32768, 65535, 70_000]], dtype=np.int32))
+    assert img.mode == "I"
+    rgb = images._to_rgb_array(img)
+    assert rgb[0, :, 0].tolist() == [0, 0, 128, 255, 255]
+
+
+def test_sixteen_bit_rgb_png_keeps_colour_and_full_range() -> None:
+    row = struct.pack(">HHH", 65535, 0, 32768) * 2
+    data = raw_png(2, 1, bit_depth=16, color_type=2, idat=zlib.compress(b"\x00" + row))
+    out = decode_image(data)
+    assert out[0].tolist() == [[128, 0, 255], [128, 0, 255]]
+
+
+# ---- real file ------------------------------------------------------------------------------
+
+
+@pytest.mark.assets
+def test_real_32_bit_rgba_png_decodes_to_its_colours() -> None:
+    path = assets_dir() / "images" / "face_recognition" / "_misc" / "32bit.png"
+    if not path.is_file():
+        pytest.skip(f"test asset {path} absent: set FACEVERIFY_TEST_ASSETS to the assets folder")
+    with Image.open(path) as reference:
+        assert reference.mode == "RGBA"
+        rgba = np.asarray(reference)
+    out = decode_image(path.read_bytes())
+    assert out.shape == (*rgba.shape[:2], 3)
+    opaque = rgba[..., 3] == 255
+    assert opaque.any()
+    assert (out[opaque] == rgba[..., 2::-1][opaque]).all()

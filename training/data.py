@@ -1,0 +1,522 @@
+"""Face data for training and verification: every on-disk format, one pre-processing.
+
+Training sets (each item: an aligned face and an integer identity label):
+- `ImageFolderDataset`: one folder per identity (`root/<identity>/<image>`),
+- `LabelListDataset`: a `label.txt` of `path<TAB>label` lines, paths relative to its folder
+  (the layout of InsightFace's small test sets),
+- `RecordIODataset`: InsightFace's MXNet RecordIO (`train.rec` + `train.idx`), read here without
+  MXNet; `write_recordio` writes the same format,
+- `SyntheticFaceDataset`: generated identities for tests, demos and speed measurements.
+Verification sets (`VerificationSet`: image pairs + same/different flags): InsightFace `.bin`
+files (`load_bin`), LFW-style `pairs.txt` + image folder (`load_pairs`), and synthetic ones.
+
+Images are handled as BGR uint8 (OpenCV's order, as in the service) until `to_tensor`, the one
+place that flips, converts to RGB and normalises to (x/255 − 0.5)/0.5.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+# Aligned face crops are 112x112 (InsightFace's ArcFace alignment template).
+IMAGE_SIZE = 112
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Probability of a horizontal flip per training sample (standard for face recognition:
+# arcface_torch dataset.py RandomHorizontalFlip()).
+FLIP_PROBABILITY = 0.5
+
+# MXNet RecordIO (dmlc-core recordio.h, mxnet/recordio.py): each record is
+# [magic u32][lrecord u32][payload][zero padding to 4 bytes]; lrecord's top 3 bits are the
+# continuation flag (0 whole, 1 first, 2 middle, 3 last part; a payload is split wherever it
+# contains the magic at a 4-byte boundary), the low 29 bits the part's length. A payload starts
+# with the image header IRHeader = struct 'IfQQ' (flag, label, id, id2); when flag > 0 a
+# float32 label array of `flag` values follows the header.
+RECORDIO_MAGIC = 0xCED7230A
+RECORDIO_LENGTH_BITS = 29
+IRHEADER = struct.Struct("<IfQQ")
+
+
+# --- pre-processing ------------------------------------------------------------------------
+
+
+def decode_image(encoded: bytes | np.ndarray, source: str = "image") -> np.ndarray:
+    """Decode JPEG/PNG bytes (or a uint8 array of them) to a BGR uint8 (H, W, 3) array."""
+    buffer = np.frombuffer(encoded, np.uint8) if isinstance(encoded, bytes | bytearray) else encoded
+    image = cv2.imdecode(np.ascontiguousarray(buffer, dtype=np.uint8).reshape(-1), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot decode {source}: not a JPEG/PNG/BMP/WebP image")
+    return image
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as BGR uint8."""
+    return decode_image(path.read_bytes(), source=str(path))
+
+
+def fit_to_size(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Resize to size x size when needed (the crops are meant to be aligned already)."""
+    if image.shape[:2] == (size, size):
+        return image
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def to_tensor(image_bgr: np.ndarray, flip: bool = False) -> torch.Tensor:
+    """BGR uint8 (H, W, 3) → RGB float32 (3, H, W) in [-1, 1], mirrored when `flip`."""
+    image = image_bgr[:, ::-1] if flip else image_bgr
+    rgb = np.ascontiguousarray(image[..., ::-1].transpose(2, 0, 1))
+    return (torch.from_numpy(rgb).float() / 255.0 - 0.5) / 0.5
+
+
+def to_batch(images_bgr: Sequence[np.ndarray] | np.ndarray, flip: bool = False) -> torch.Tensor:
+    """A batch of BGR uint8 crops → (N, 3, H, W) float32, as `to_tensor` does for one."""
+    return torch.stack([to_tensor(image, flip) for image in images_bgr])
+
+
+# --- training datasets ---------------------------------------------------------------------
+
+
+class FaceDataset(Dataset):
+    """Aligned faces with identity labels 0 … num_classes − 1.
+
+    Items are addressed by `index` or by `(index, flip)`; the sampler passes the flip decision
+    so that augmentation is part of the (resumable) data order, not of a worker's RNG.
+    """
+
+    num_classes: int
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[np.ndarray, int]:
+        """The BGR uint8 image and label of item `index`."""
+        raise NotImplementedError
+
+    def __getitem__(self, item: int | tuple[int, bool]) -> tuple[torch.Tensor, int]:
+        index, flip = item if isinstance(item, tuple) else (item, False)
+        image, label = self.load(int(index))
+        return to_tensor(fit_to_size(image), bool(flip)), label
+
+
+class ImageFolderDataset(FaceDataset):
+    """`root/<identity>/<image>`: identities are the sorted folder names, labels their ranks."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        identities = sorted(entry for entry in self.root.iterdir() if entry.is_dir())
+        self.samples: list[tuple[Path, int]] = [
+            (path, label)
+            for label, folder in enumerate(identities)
+            for path in sorted(folder.iterdir())
+            if path.suffix.lower() in IMAGE_EXTENSIONS
+        ]
+        if not self.samples:
+            raise ValueError(f"no images under {self.root}/<identity>/ (expected one folder per identity)")
+        self.identities = [folder.name for folder in identities]
+        self.num_classes = len(identities)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, int]:
+        path, label = self.samples[index]
+        return read_image(path), label
+
+
+class LabelListDataset(FaceDataset):
+    """A `label.txt` of `relative/path<TAB>label` lines (paths relative to its folder)."""
+
+    def __init__(self, label_file: Path) -> None:
+        self.label_file = Path(label_file)
+        self.samples: list[tuple[Path, int]] = []
+        for number, line in enumerate(self.label_file.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            fields = line.split("\t") if "\t" in line else line.split()
+            if len(fields) != 2:
+                raise ValueError(f"{self.label_file}:{number}: expected 'path<TAB>label', got {line!r}")
+            self.samples.append((self.label_file.parent / fields[0], int(fields[1])))
+        if not self.samples:
+            raise ValueError(f"{self.label_file} lists no images")
+        self.num_classes = max(label for _, label in self.samples) + 1
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, int]:
+        path, label = self.samples[index]
+        return read_image(path), label
+
+
+@dataclass(frozen=True)
+class RecordHeader:
+    """IRHeader of one RecordIO payload; `label` is a float or, when flag > 0, an array."""
+
+    flag: int
+    label: float | np.ndarray
+    id: int = 0
+    id2: int = 0
+
+
+def pack_record(header: RecordHeader, payload: bytes) -> bytes:
+    """IRHeader (+ label array when the label is not a scalar) + payload, as mxnet packs it."""
+    if np.ndim(header.label) == 0:
+        return IRHEADER.pack(0, float(header.label), header.id, header.id2) + payload
+    labels = np.asarray(header.label, dtype="<f4").reshape(-1)
+    return IRHEADER.pack(labels.size, 0.0, header.id, header.id2) + labels.tobytes() + payload
+
+
+def unpack_record(record: bytes) -> tuple[RecordHeader, bytes]:
+    """Split a RecordIO payload into its IRHeader and the rest (usually an encoded image)."""
+    flag, label, record_id, record_id2 = IRHEADER.unpack_from(record)
+    rest = record[IRHEADER.size :]
+    if flag > 0:
+        labels = np.frombuffer(rest, dtype="<f4", count=flag).copy()
+        return RecordHeader(flag, labels, record_id, record_id2), rest[4 * flag :]
+    return RecordHeader(flag, label, record_id, record_id2), rest
+
+
+def _write_record(stream: io.BufferedWriter, payload: bytes) -> None:
+    """One RecordIO record, split where the payload holds the magic at a 4-byte boundary."""
+    magic = struct.pack("<I", RECORDIO_MAGIC)
+    parts, start = [], 0
+    for offset in range(0, len(payload) - len(payload) % 4, 4):
+        if payload[offset : offset + 4] == magic:
+            parts.append(payload[start:offset])
+            start = offset + 4
+    parts.append(payload[start:])
+    for number, part in enumerate(parts):
+        if len(parts) == 1:
+            flag = 0
+        else:
+            flag = 1 if number == 0 else 3 if number == len(parts) - 1 else 2
+        stream.write(magic + struct.pack("<I", (flag << RECORDIO_LENGTH_BITS) | len(part)) + part)
+    stream.write(b"\0" * (-len(parts[-1]) % 4))
+
+
+def read_record(stream: io.BufferedReader, source: str = "record file") -> bytes:
+    """Read the record at the stream's position (joining split parts)."""
+    magic = struct.pack("<I", RECORDIO_MAGIC)
+    chunks: list[bytes] = []
+    while True:
+        head = stream.read(8)
+        if len(head) < 8 or head[:4] != magic:
+            raise ValueError(f"{source}: no RecordIO record at offset {stream.tell() - len(head)}")
+        (lrecord,) = struct.unpack("<I", head[4:])
+        flag, length = lrecord >> RECORDIO_LENGTH_BITS, lrecord & ((1 << RECORDIO_LENGTH_BITS) - 1)
+        chunks.append(stream.read(length))
+        stream.read(-length % 4)
+        if flag in (0, 3):
+            return b"".join(chunks) if flag == 0 else magic.join(chunks)
+
+
+def write_recordio(
+    rec_path: Path, idx_path: Path, items: Iterable[tuple[bytes, int]]
+) -> int:
+    """Write encoded images with integer labels as InsightFace RecordIO; returns the count.
+
+    Layout as InsightFace's: record 0 is a header whose label array is
+    (first index after the images, same again: no identity index records), images are 1 … N.
+    """
+    items = list(items)
+    offsets: list[tuple[int, int]] = []
+    with open(rec_path, "wb") as stream:
+        offsets.append((0, stream.tell()))
+        end = float(len(items) + 1)
+        _write_record(stream, pack_record(RecordHeader(2, np.array([end, end])), b""))
+        for key, (encoded, label) in enumerate(items, start=1):
+            offsets.append((key, stream.tell()))
+            _write_record(stream, pack_record(RecordHeader(0, float(label), key), encoded))
+    idx_path.write_text("".join(f"{key}\t{offset}\n" for key, offset in offsets))
+    return len(items)
+
+
+class RecordIODataset(FaceDataset):
+    """InsightFace RecordIO (`train.rec` + `train.idx`, as in ms1m-retinaface-t1/), no MXNet.
+
+    Record 0 may be InsightFace's header (flag > 0, label[0] = one past the last image); then
+    images are records 1 … label[0] − 1, else every record in the index is an image. The class
+    count comes from `property` (`num_classes,112,112`) when present, else from the labels.
+    """
+
+    def __init__(self, rec_path: Path, idx_path: Path | None = None) -> None:
+        self.rec_path = Path(rec_path)
+        self.idx_path = Path(idx_path) if idx_path else self.rec_path.with_suffix(".idx")
+        self.offsets: dict[int, int] = {}
+        for line in self.idx_path.read_text().splitlines():
+            if line.strip():
+                key, offset = line.split("\t")
+                self.offsets[int(key)] = int(offset)
+        self._stream: io.BufferedReader | None = None
+        self._stream_pid = -1
+        header, _ = unpack_record(self._read(0)) if 0 in self.offsets else (None, b"")
+        if header is not None and header.flag > 0:
+            self.keys = list(range(1, int(np.asarray(header.label).reshape(-1)[0])))
+        else:
+            self.keys = sorted(self.offsets)
+        self.num_classes = self._count_classes()
+
+    def _count_classes(self) -> int:
+        properties = self.rec_path.parent / "property"
+        if properties.is_file():
+            return int(properties.read_text().split(",")[0])
+        return max(self._label(key) for key in self.keys) + 1
+
+    def _read(self, key: int) -> bytes:
+        # One file handle per process: DataLoader workers must not share the parent's offset.
+        if self._stream is None or self._stream_pid != os.getpid():
+            self._stream = open(self.rec_path, "rb")  # noqa: SIM115 - kept open across reads
+            self._stream_pid = os.getpid()
+        self._stream.seek(self.offsets[key])
+        return read_record(self._stream, str(self.rec_path))
+
+    def _label(self, key: int) -> int:
+        header, _ = unpack_record(self._read(key))
+        return int(np.asarray(header.label).reshape(-1)[0])
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_stream": None, "_stream_pid": -1}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def load(self, index: int) -> tuple[np.ndarray, int]:
+        key = self.keys[index]
+        header, encoded = unpack_record(self._read(key))
+        label = int(np.asarray(header.label).reshape(-1)[0])
+        return decode_image(encoded, f"{self.rec_path} record {key}"), label
+
+
+class SyntheticFaceDataset(FaceDataset):
+    """Generated "faces": each identity is a smooth random colour pattern, each image of it
+    that pattern shifted by a few pixels, with a brightness change and pixel noise.
+
+    Identities are separable but not trivially so, and a network trained on some identities
+    learns a similarity that carries over to unseen ones (a different `seed`), which is what
+    face verification needs. Deterministic: the same (seed, index) gives the same image.
+    """
+
+    def __init__(
+        self,
+        num_identities: int,
+        images_per_identity: int,
+        seed: int = 0,
+        noise: float = 40.0,
+        image_size: int = IMAGE_SIZE,
+    ) -> None:
+        self.num_identities, self.images_per_identity = num_identities, images_per_identity
+        self.seed, self.noise, self.image_size = seed, noise, image_size
+        self.num_classes = num_identities
+
+    def __len__(self) -> int:
+        return self.num_identities * self.images_per_identity
+
+    def prototype(self, identity: int) -> np.ndarray:
+        """The identity's pattern: a 4x4 random colour grid upsampled smoothly."""
+        rng = np.random.default_rng([self.seed, identity])
+        grid = rng.normal(0.0, 1.0, (4, 4, 3)).astype(np.float32)
+        pattern = cv2.resize(grid, (self.image_size, self.image_size), interpolation=cv2.INTER_CUBIC)
+        return 128.0 + 50.0 * pattern
+
+    def load(self, index: int) -> tuple[np.ndarray, int]:
+        identity, sample = divmod(index, self.images_per_identity)
+        rng = np.random.default_rng([self.seed, identity, sample, 1])
+        shift = rng.integers(-6, 7, size=2)
+        image = np.roll(self.prototype(identity), tuple(shift), axis=(0, 1))
+        image = image + rng.normal(0.0, 20.0) + rng.normal(0.0, self.noise, image.shape)
+        return np.clip(image, 0, 255).astype(np.uint8), identity
+
+
+def open_dataset(spec: str | Path, **synthetic: int) -> FaceDataset:
+    """The training set at `spec`, its format told by its shape on disk:
+    `synthetic` | a `.rec` file or a folder with `train.rec` | a `label.txt` (or a folder with
+    one) | a folder of identity folders. `synthetic` keywords: `num_identities`,
+    `images_per_identity`, `seed`."""
+    if str(spec) == "synthetic":
+        return SyntheticFaceDataset(
+            synthetic.get("num_identities", 16),
+            synthetic.get("images_per_identity", 8),
+            seed=synthetic.get("seed", 0),
+        )
+    path = Path(spec)
+    if path.suffix == ".rec":
+        return RecordIODataset(path)
+    if path.is_dir() and (path / "train.rec").is_file():
+        return RecordIODataset(path / "train.rec")
+    if path.is_file():
+        return LabelListDataset(path)
+    if path.is_dir() and (path / "label.txt").is_file():
+        return LabelListDataset(path / "label.txt")
+    if path.is_dir():
+        return ImageFolderDataset(path)
+    raise FileNotFoundError(
+        f"training data {path} not found: give a folder of identity folders, a label.txt, "
+        "a train.rec (with train.idx beside it) or 'synthetic'"
+    )
+
+
+# --- sampling and loading ------------------------------------------------------------------
+
+
+class ResumableSampler(Sampler[tuple[int, bool]]):
+    """The data order of an epoch as (index, flip) pairs, identical after a restart.
+
+    Epoch e is a permutation drawn from seed + e (padded by wrapping round to a multiple of the
+    world size, then dealt rank by rank like `DistributedSampler`), with a flip decision per
+    position. `set_epoch(e, start)` resumes epoch e after its first `start` items.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        flip: bool = True,
+    ) -> None:
+        self.num_samples, self.seed, self.rank, self.world_size = num_samples, seed, rank, world_size
+        self.shuffle, self.flip = shuffle, flip
+        self.per_rank = math.ceil(num_samples / world_size)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def order(self, epoch: int) -> list[tuple[int, bool]]:
+        """This rank's full (index, flip) sequence for `epoch`."""
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        if self.shuffle:
+            indices = torch.randperm(self.num_samples, generator=generator)
+        else:
+            indices = torch.arange(self.num_samples)
+        total = self.per_rank * self.world_size
+        indices = indices.repeat(math.ceil(total / self.num_samples))[:total]
+        flips = torch.rand(total, generator=generator) < FLIP_PROBABILITY
+        flips &= self.flip
+        return list(zip(indices[self.rank :: self.world_size].tolist(),
+                        flips[self.rank :: self.world_size].tolist(), strict=True))
+
+    def __iter__(self) -> Iterator[tuple[int, bool]]:
+        return iter(self.order(self.epoch)[self.start :])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+def _quiet_opencv(_: int) -> None:
+    cv2.setNumThreads(1)  # workers decode in parallel already; OpenCV's own threads oversubscribe
+
+
+def make_loader(
+    dataset: FaceDataset,
+    sampler: ResumableSampler,
+    batch_size: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    seed: int = 0,
+) -> DataLoader:
+    """Batches in the sampler's order; incomplete last batches are dropped (BatchNorm and the
+    step count both want full batches). The loader draws its worker seeds from its own
+    generator, not the global one, so starting an epoch leaves the training RNG untouched."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=True,
+        worker_init_fn=_quiet_opencv if num_workers else None,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+# --- verification sets ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerificationSet:
+    """Image pairs for verification: images (2N, H, W, 3) BGR uint8, where images 2i and
+    2i + 1 form pair i, and `issame` (N,) bool."""
+
+    name: str
+    images: np.ndarray
+    issame: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.images) != 2 * len(self.issame):
+            raise ValueError(f"{self.name}: {len(self.images)} images for {len(self.issame)} pairs")
+
+
+def load_bin(path: Path, image_size: int = IMAGE_SIZE) -> VerificationSet:
+    """An InsightFace verification `.bin` (lfw.bin, cfp_fp.bin, agedb_30.bin): a pickle of
+    (encoded images, issame list); each encoded image may be `bytes` or a uint8 numpy array."""
+    path = Path(path)
+    with open(path, "rb") as stream:
+        encoded, issame = pickle.load(stream, encoding="bytes")  # noqa: S301 - trusted eval data
+    images = np.stack(
+        [fit_to_size(decode_image(item, f"{path} image {i}"), image_size) for i, item in enumerate(encoded)]
+    )
+    return VerificationSet(path.stem, images, np.asarray(issame, dtype=bool))
+
+
+def _pair_image(images_root: Path, name: str, number: str) -> Path:
+    stem = images_root / name / f"{name}_{int(number):04d}"
+    for extension in IMAGE_EXTENSIONS:
+        if stem.with_suffix(extension).is_file():
+            return stem.with_suffix(extension)
+    raise FileNotFoundError(f"pair image {stem}.jpg not found (LFW layout: <root>/<name>/<name>_NNNN.jpg)")
+
+
+def load_pairs(
+    pairs_file: Path, images_root: Path, image_size: int = IMAGE_SIZE
+) -> VerificationSet:
+    """An LFW-style `pairs.txt` (header `folds<TAB>pairs per fold`, then `name n1 n2` for a
+    matched pair and `name1 n1 name2 n2` for a mismatched one) over aligned crops in
+    `images_root/<name>/<name>_NNNN.jpg`."""
+    lines = [line.split() for line in Path(pairs_file).read_text().splitlines() if line.strip()]
+    images: list[np.ndarray] = []
+    issame: list[bool] = []
+    for number, fields in enumerate(lines[1:] if len(lines[0]) <= 2 else lines, start=2):
+        if len(fields) == 3:
+            paths = [(fields[0], fields[1]), (fields[0], fields[2])]
+        elif len(fields) == 4:
+            paths = [(fields[0], fields[1]), (fields[2], fields[3])]
+        else:
+            raise ValueError(f"{pairs_file}:{number}: expected 3 or 4 fields, got {fields}")
+        images += [fit_to_size(read_image(_pair_image(images_root, *p)), image_size) for p in paths]
+        issame.append(len(fields) == 3)
+    return VerificationSet(Path(pairs_file).stem, np.stack(images), np.asarray(issame, dtype=bool))
+
+
+def synthetic_verification_set(
+    num_identities: int = 20, images_per_identity: int = 4, seed: int = 1_000, num_pairs: int = 200
+) -> VerificationSet:
+    """Half matched, half mismatched pairs of synthetic identities; use a `seed` other than
+    the training set's to get identities the network has never seen."""
+    dataset = SyntheticFaceDataset(num_identities, images_per_identity, seed=seed)
+    rng = np.random.default_rng(seed)
+    images, issame = [], []
+    for pair in range(num_pairs):
+        same = pair % 2 == 0
+        first = int(rng.integers(num_identities))
+        second = first if same else int((first + rng.integers(1, num_identities)) % num_identities)
+        a, b = rng.choice(images_per_identity, size=2, replace=False) if same else rng.integers(
+            images_per_identity, size=2
+        )
+        images.append(dataset.load(first * images_per_identity + int(a))[0])
+        images.append(dataset.load(second * images_per_identity + int(b))[0])
+        issame.append(same)
+    return VerificationSet(f"synthetic-{seed}", np.stack(images), np.asarray(issame))
