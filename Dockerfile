@@ -18,17 +18,20 @@ ARG CUDA_BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 # GPU: python on the CUDA runtime base, then the same virtual environment with GPU builds.
 # ============================================================================================
 FROM ${CUDA_BASE_IMAGE} AS gpu-python
+# --no-upgrade: keep a base's own ca-certificates (upgrading it in a build that bind-mounts a
+# CA bundle over /etc/ssl/certs/ca-certificates.crt fails).
 RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends --no-upgrade \
         python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 FROM gpu-python AS build-gpu
 ARG ONNXRUNTIME_GPU_VERSION=1.26.0
 ARG FAISS_GPU_VERSION=1.15.1
-# faiss-gpu requires these CUDA 12 runtime wheels and dlopens them itself; pinning them to the
-# base image's CUDA 12.8 keeps one CUDA minor in the process.
-ARG CUDA_RUNTIME_WHEELS="nvidia-cuda-runtime-cu12==12.8.* nvidia-cublas-cu12==12.8.* nvidia-curand-cu12==10.3.9.*"
+# faiss-gpu requires the CUDA 12 runtime, cuBLAS and cuRAND wheels and dlopens them itself
+# (cuBLAS pulls NVRTC); pinning them to the base image's CUDA 12.8 (cuRAND 10.3.9 ships with
+# it) keeps one CUDA minor in the process.
+ARG CUDA_RUNTIME_WHEELS="nvidia-cuda-runtime-cu12==12.8.* nvidia-cublas-cu12==12.8.* nvidia-cuda-nvrtc-cu12==12.8.* nvidia-curand-cu12==10.3.9.*"
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/faceverify/bin:$PATH
 RUN python3 -m venv /opt/faceverify
 WORKDIR /src
@@ -46,8 +49,9 @@ FROM gpu-python AS gpu
 ARG MODEL_PACK=buffalo_l
 ARG FETCH_MODEL_PACK=0
 ARG PORT=8000
-ARG UID=10001
-RUN useradd --uid "${UID}" --user-group --create-home --home-dir /home/faceverify faceverify \
+ARG APP_UID=10001
+RUN groupadd --gid "${APP_UID}" faceverify \
+    && useradd --uid "${APP_UID}" --gid "${APP_UID}" --create-home --home-dir /home/faceverify faceverify \
     && mkdir -p /models /data && chown faceverify:faceverify /models /data
 COPY --from=build-gpu /opt/faceverify /opt/faceverify
 WORKDIR /app
@@ -67,6 +71,9 @@ RUN python -m compileall -q service \
     && if [ "${FETCH_MODEL_PACK}" = 1 ]; then \
         python -m service fetch-models "${MODEL_PACK}" --dir /models \
         && chown -R faceverify:faceverify /models; fi
+LABEL org.opencontainers.image.title="faceverify" \
+      org.opencontainers.image.description="Face verification and identification service" \
+      org.opencontainers.image.licenses="Apache-2.0"
 USER faceverify
 VOLUME ["/models", "/data"]
 EXPOSE ${PORT}
@@ -96,10 +103,13 @@ FROM ${BASE_IMAGE} AS cpu
 ARG MODEL_PACK=buffalo_l
 ARG FETCH_MODEL_PACK=0
 ARG PORT=8000
-ARG UID=10001
-RUN useradd --uid "${UID}" --user-group --create-home --home-dir /home/faceverify faceverify \
+ARG APP_UID=10001
+RUN groupadd --gid "${APP_UID}" faceverify \
+    && useradd --uid "${APP_UID}" --gid "${APP_UID}" --create-home --home-dir /home/faceverify faceverify \
     && mkdir -p /models /data && chown faceverify:faceverify /models /data
 COPY --from=build-cpu /opt/faceverify /opt/faceverify
+# The service runs from its source folder, as in a checkout: it finds models/catalogue.json
+# next to its package. Root owns it; the service user only reads it.
 WORKDIR /app
 COPY models/catalogue.json models/catalogue.json
 COPY service service
@@ -115,6 +125,9 @@ RUN python -m compileall -q service \
     && if [ "${FETCH_MODEL_PACK}" = 1 ]; then \
         python -m service fetch-models "${MODEL_PACK}" --dir /models \
         && chown -R faceverify:faceverify /models; fi
+LABEL org.opencontainers.image.title="faceverify" \
+      org.opencontainers.image.description="Face verification and identification service" \
+      org.opencontainers.image.licenses="Apache-2.0"
 USER faceverify
 VOLUME ["/models", "/data"]
 EXPOSE ${PORT}

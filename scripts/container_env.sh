@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Podman settings shared by the container scripts; source it, do not run it.
 #
 # Hosts without a Docker engine can build and run the image with podman as root. Sandboxed hosts

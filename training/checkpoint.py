@@ -56,7 +56,9 @@ def find_backbone_file(path: Path) -> Path:
     )
 
 
-def load_backbone(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_backbone(
+    path: Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network of a backbone file (in eval mode) and return it with its metadata."""
     file = find_backbone_file(path)
     saved = torch.load(file, map_location="cpu", weights_only=False)
@@ -79,8 +81,11 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(
-        p for p in root.iterdir()
-        if p.is_dir() and p.name.startswith(STEP_PREFIX) and (p / rank_file(0)).is_file()
+        p
+        for p in root.iterdir()
+        if p.is_dir()
+        and p.name.startswith(STEP_PREFIX)
+        and (p / rank_file(0)).is_file()
         and not p.name.endswith(".tmp")
     )
 

@@ -34,6 +34,7 @@ class TrainConfig:
     # --- data -------------------------------------------------------------------------------
     data: str = "synthetic"  # folder, label.txt, train.rec or "synthetic" (see data.open_dataset)
     num_classes: int | None = None  # None: read from the data set
+    image_size: int = 112  # side of the aligned crops (112 for every real face data set)
     synthetic_identities: int = 16
     synthetic_images_per_identity: int = 8
     num_workers: int = 2  # data loader processes per rank
@@ -86,9 +87,8 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     for override in overrides:
         key, separator, value = override.partition("=")
         if not separator or key not in names:
-            raise ValueError(
-                f"bad override {override!r}: use key=value with key one of {', '.join(sorted(names))}"
-            )
+            known = ", ".join(sorted(names))
+            raise ValueError(f"bad override {override!r}: use key=value with key one of {known}")
         changes[key] = _parse_value(value)
     return dataclasses.replace(config, **changes)
 

@@ -95,6 +95,7 @@ class FaceDataset(Dataset):
     """
 
     num_classes: int
+    image_size: int = IMAGE_SIZE  # side of the tensors served (images are resized if needed)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -106,7 +107,7 @@ class FaceDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, bool]) -> tuple[torch.Tensor, int]:
         index, flip = item if isinstance(item, tuple) else (item, False)
         image, label = self.load(int(index))
-        return to_tensor(fit_to_size(image), bool(flip)), label
+        return to_tensor(fit_to_size(image, self.image_size), bool(flip)), label
 
 
 class ImageFolderDataset(FaceDataset):
@@ -122,7 +123,9 @@ class ImageFolderDataset(FaceDataset):
             if path.suffix.lower() in IMAGE_EXTENSIONS
         ]
         if not self.samples:
-            raise ValueError(f"no images under {self.root}/<identity>/ (expected one folder per identity)")
+            raise ValueError(
+                f"no images under {self.root}/<identity>/ (expected one folder per identity)"
+            )
         self.identities = [folder.name for folder in identities]
         self.num_classes = len(identities)
 
@@ -145,7 +148,9 @@ class LabelListDataset(FaceDataset):
                 continue
             fields = line.split("\t") if "\t" in line else line.split()
             if len(fields) != 2:
-                raise ValueError(f"{self.label_file}:{number}: expected 'path<TAB>label', got {line!r}")
+                raise ValueError(
+                    f"{self.label_file}:{number}: expected 'path<TAB>label', got {line!r}"
+                )
             self.samples.append((self.label_file.parent / fields[0], int(fields[1])))
         if not self.samples:
             raise ValueError(f"{self.label_file} lists no images")
@@ -197,10 +202,8 @@ def _write_record(stream: io.BufferedWriter, payload: bytes) -> None:
             start = offset + 4
     parts.append(payload[start:])
     for number, part in enumerate(parts):
-        if len(parts) == 1:
-            flag = 0
-        else:
-            flag = 1 if number == 0 else 3 if number == len(parts) - 1 else 2
+        last = number == len(parts) - 1
+        flag = 0 if len(parts) == 1 else 1 if number == 0 else 3 if last else 2
         stream.write(magic + struct.pack("<I", (flag << RECORDIO_LENGTH_BITS) | len(part)) + part)
     stream.write(b"\0" * (-len(parts[-1]) % 4))
 
@@ -221,9 +224,7 @@ def read_record(stream: io.BufferedReader, source: str = "record file") -> bytes
             return b"".join(chunks) if flag == 0 else magic.join(chunks)
 
 
-def write_recordio(
-    rec_path: Path, idx_path: Path, items: Iterable[tuple[bytes, int]]
-) -> int:
+def write_recordio(rec_path: Path, idx_path: Path, items: Iterable[tuple[bytes, int]]) -> int:
     """Write encoded images with integer labels as InsightFace RecordIO; returns the count.
 
     Layout as InsightFace's: record 0 is a header whose label array is
@@ -318,6 +319,8 @@ class SyntheticFaceDataset(FaceDataset):
         self.num_identities, self.images_per_identity = num_identities, images_per_identity
         self.seed, self.noise, self.image_size = seed, noise, image_size
         self.num_classes = num_identities
+        # Shifts and pattern grid scale with the image: 6 px of 112.
+        self.max_shift = max(1, round(6 * image_size / IMAGE_SIZE))
 
     def __len__(self) -> int:
         return self.num_identities * self.images_per_identity
@@ -326,28 +329,37 @@ class SyntheticFaceDataset(FaceDataset):
         """The identity's pattern: a 4x4 random colour grid upsampled smoothly."""
         rng = np.random.default_rng([self.seed, identity])
         grid = rng.normal(0.0, 1.0, (4, 4, 3)).astype(np.float32)
-        pattern = cv2.resize(grid, (self.image_size, self.image_size), interpolation=cv2.INTER_CUBIC)
+        pattern = cv2.resize(
+            grid, (self.image_size, self.image_size), interpolation=cv2.INTER_CUBIC
+        )
         return 128.0 + 50.0 * pattern
 
     def load(self, index: int) -> tuple[np.ndarray, int]:
         identity, sample = divmod(index, self.images_per_identity)
         rng = np.random.default_rng([self.seed, identity, sample, 1])
-        shift = rng.integers(-6, 7, size=2)
+        shift = rng.integers(-self.max_shift, self.max_shift + 1, size=2)
         image = np.roll(self.prototype(identity), tuple(shift), axis=(0, 1))
         image = image + rng.normal(0.0, 20.0) + rng.normal(0.0, self.noise, image.shape)
         return np.clip(image, 0, 255).astype(np.uint8), identity
 
 
-def open_dataset(spec: str | Path, **synthetic: int) -> FaceDataset:
+def open_dataset(spec: str | Path, image_size: int = IMAGE_SIZE, **synthetic: int) -> FaceDataset:
     """The training set at `spec`, its format told by its shape on disk:
     `synthetic` | a `.rec` file or a folder with `train.rec` | a `label.txt` (or a folder with
     one) | a folder of identity folders. `synthetic` keywords: `num_identities`,
     `images_per_identity`, `seed`."""
+    dataset = _open_dataset(spec, image_size, synthetic)
+    dataset.image_size = image_size
+    return dataset
+
+
+def _open_dataset(spec: str | Path, image_size: int, synthetic: dict[str, int]) -> FaceDataset:
     if str(spec) == "synthetic":
         return SyntheticFaceDataset(
             synthetic.get("num_identities", 16),
             synthetic.get("images_per_identity", 8),
             seed=synthetic.get("seed", 0),
+            image_size=image_size,
         )
     path = Path(spec)
     if path.suffix == ".rec":
@@ -386,7 +398,12 @@ class ResumableSampler(Sampler[tuple[int, bool]]):
         shuffle: bool = True,
         flip: bool = True,
     ) -> None:
-        self.num_samples, self.seed, self.rank, self.world_size = num_samples, seed, rank, world_size
+        self.num_samples, self.seed, self.rank, self.world_size = (
+            num_samples,
+            seed,
+            rank,
+            world_size,
+        )
         self.shuffle, self.flip = shuffle, flip
         self.per_rank = math.ceil(num_samples / world_size)
         self.epoch, self.start = 0, 0
@@ -405,8 +422,13 @@ class ResumableSampler(Sampler[tuple[int, bool]]):
         indices = indices.repeat(math.ceil(total / self.num_samples))[:total]
         flips = torch.rand(total, generator=generator) < FLIP_PROBABILITY
         flips &= self.flip
-        return list(zip(indices[self.rank :: self.world_size].tolist(),
-                        flips[self.rank :: self.world_size].tolist(), strict=True))
+        return list(
+            zip(
+                indices[self.rank :: self.world_size].tolist(),
+                flips[self.rank :: self.world_size].tolist(),
+                strict=True,
+            )
+        )
 
     def __iter__(self) -> Iterator[tuple[int, bool]]:
         return iter(self.order(self.epoch)[self.start :])
@@ -465,9 +487,12 @@ def load_bin(path: Path, image_size: int = IMAGE_SIZE) -> VerificationSet:
     (encoded images, issame list); each encoded image may be `bytes` or a uint8 numpy array."""
     path = Path(path)
     with open(path, "rb") as stream:
-        encoded, issame = pickle.load(stream, encoding="bytes")  # noqa: S301 - trusted eval data
+        encoded, issame = pickle.load(stream, encoding="bytes")
     images = np.stack(
-        [fit_to_size(decode_image(item, f"{path} image {i}"), image_size) for i, item in enumerate(encoded)]
+        [
+            fit_to_size(decode_image(item, f"{path} image {i}"), image_size)
+            for i, item in enumerate(encoded)
+        ]
     )
     return VerificationSet(path.stem, images, np.asarray(issame, dtype=bool))
 
@@ -477,7 +502,9 @@ def _pair_image(images_root: Path, name: str, number: str) -> Path:
     for extension in IMAGE_EXTENSIONS:
         if stem.with_suffix(extension).is_file():
             return stem.with_suffix(extension)
-    raise FileNotFoundError(f"pair image {stem}.jpg not found (LFW layout: <root>/<name>/<name>_NNNN.jpg)")
+    raise FileNotFoundError(
+        f"pair image {stem}.jpg not found (LFW layout: <root>/<name>/<name>_NNNN.jpg)"
+    )
 
 
 def load_pairs(
@@ -502,19 +529,25 @@ def load_pairs(
 
 
 def synthetic_verification_set(
-    num_identities: int = 20, images_per_identity: int = 4, seed: int = 1_000, num_pairs: int = 200
+    num_identities: int = 20,
+    images_per_identity: int = 4,
+    seed: int = 1_000,
+    num_pairs: int = 200,
+    image_size: int = IMAGE_SIZE,
 ) -> VerificationSet:
     """Half matched, half mismatched pairs of synthetic identities; use a `seed` other than
     the training set's to get identities the network has never seen."""
-    dataset = SyntheticFaceDataset(num_identities, images_per_identity, seed=seed)
+    dataset = SyntheticFaceDataset(num_identities, images_per_identity, seed, image_size=image_size)
     rng = np.random.default_rng(seed)
     images, issame = [], []
     for pair in range(num_pairs):
         same = pair % 2 == 0
         first = int(rng.integers(num_identities))
         second = first if same else int((first + rng.integers(1, num_identities)) % num_identities)
-        a, b = rng.choice(images_per_identity, size=2, replace=False) if same else rng.integers(
-            images_per_identity, size=2
+        a, b = (
+            rng.choice(images_per_identity, size=2, replace=False)
+            if same
+            else rng.integers(images_per_identity, size=2)
         )
         images.append(dataset.load(first * images_per_identity + int(a))[0])
         images.append(dataset.load(second * images_per_identity + int(b))[0])

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from training.data import (
+    IMAGE_SIZE,
     VerificationSet,
     load_bin,
     load_pairs,
@@ -54,6 +55,7 @@ class TorchEmbedder:
         self, backbone: nn.Module, device: str | torch.device = "cpu", batch_size: int = EMBED_BATCH
     ) -> None:
         self.backbone, self.device, self.batch_size = backbone, torch.device(device), batch_size
+        self.input_size = int(getattr(backbone, "input_size", IMAGE_SIZE))
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -61,7 +63,9 @@ class TorchEmbedder:
         self.backbone.eval()
         try:
             outputs = [
-                self.backbone(to_batch(images[i : i + self.batch_size]).to(self.device)).float().cpu()
+                self.backbone(to_batch(images[i : i + self.batch_size]).to(self.device))
+                .float()
+                .cpu()
                 for i in range(0, len(images), self.batch_size)
             ]
         finally:
@@ -86,7 +90,10 @@ class OnnxEmbedder:
         self.session = ort.InferenceSession(
             str(onnx_path), providers=list(providers or ["CPUExecutionProvider"])
         )
-        self.input_name = self.session.get_inputs()[0].name
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        side = model_input.shape[-1]
+        self.input_size = side if isinstance(side, int) else IMAGE_SIZE
         self.color_order, self.mean, self.std, self.batch_size = color_order, mean, std, batch_size
 
     @classmethod
@@ -126,7 +133,7 @@ def pair_scores(embeddings: torch.Tensor) -> np.ndarray:
 
 
 def _best_threshold(scores: np.ndarray, issame: np.ndarray) -> float:
-    """The threshold (accept when score > threshold) with the highest accuracy on these pairs."""
+    """The threshold (accept when score ≥ threshold) with the highest accuracy on these pairs."""
     order = np.argsort(scores)
     sorted_scores, sorted_same = scores[order], issame[order]
     # Threshold just below position k accepts pairs k … n-1: correct are the mismatched pairs
@@ -153,19 +160,23 @@ def kfold_accuracy(
     for fold in folds:
         train = np.setdiff1d(np.arange(len(scores)), fold)
         threshold = _best_threshold(scores[train], issame[train])
-        accuracies.append(float(np.mean((scores[fold] > threshold) == issame[fold])))
+        accuracies.append(float(np.mean((scores[fold] >= threshold) == issame[fold])))
         thresholds.append(threshold)
     return float(np.mean(accuracies)), float(np.std(accuracies)), float(np.mean(thresholds))
 
 
 def threshold_at_far(scores: np.ndarray, issame: np.ndarray, far: float) -> float | None:
-    """Threshold accepting (score > threshold) at most a `far` fraction of mismatched pairs;
-    None when there are fewer than 1/far mismatched pairs to tell."""
+    """Threshold accepting (score ≥ threshold, as `service.matching.decide` does) at most a
+    `far` fraction of mismatched pairs; None when there are fewer than 1/far mismatched pairs
+    to tell."""
     negatives = np.sort(scores[~issame])[::-1]
     allowed = math.floor(far * len(negatives) + 1e-9)
     if allowed < 1:
         return None
-    return float(negatives[allowed]) if allowed < len(negatives) else float(negatives[-1]) - 1e-6
+    if allowed >= len(negatives):
+        return float(negatives[-1])
+    # Just above the first rejected mismatched score: the `allowed` higher ones are accepted.
+    return float(np.nextafter(negatives[allowed], np.inf))
 
 
 def roc_curve(scores: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -233,7 +244,7 @@ def verification_result(
     for far in REPORTED_FARS:
         threshold = threshold_at_far(scores, issame, far)
         if threshold is not None and issame.any():
-            tar_at_far[far] = float(np.mean(scores[issame] > threshold))
+            tar_at_far[far] = float(np.mean(scores[issame] >= threshold))
     return VerificationResult(
         name=name,
         num_pairs=len(scores),
@@ -269,16 +280,16 @@ def pooled_threshold(results: Sequence[VerificationResult], far: float) -> float
     return threshold_at_far(scores, issame, far)
 
 
-def load_verification_set(spec: str) -> VerificationSet:
+def load_verification_set(spec: str, image_size: int = IMAGE_SIZE) -> VerificationSet:
     """`path.bin` | `pairs.txt@images_dir` | `synthetic` (unseen synthetic identities)."""
     if spec == "synthetic":
-        return synthetic_verification_set(seed=SYNTHETIC_EVAL_SEED)
+        return synthetic_verification_set(seed=SYNTHETIC_EVAL_SEED, image_size=image_size)
     if "@" in spec:
         pairs, images = spec.split("@", 1)
-        return load_pairs(Path(pairs), Path(images))
+        return load_pairs(Path(pairs), Path(images), image_size)
     path = Path(spec)
     if path.suffix == ".bin":
-        return load_bin(path)
+        return load_bin(path, image_size)
     raise ValueError(
         f"evaluation set {spec!r}: give an InsightFace .bin, 'pairs.txt@images_dir' or 'synthetic'"
     )

@@ -359,8 +359,9 @@ class AdaFaceHead(MarginHead):
         z = clip(h·(‖x‖ − μ)/(σ + ε), −1, 1)      μ, σ: EMA of the batch mean/std of ‖x‖
         target = s·(cos(clip(θ_y − m·z, ε, π − ε)) − (m + m·z)),  others s·cos θ_j
 
-    i.e. an angular margin g_angle = −m·z and an additive margin g_add = m + m·z: high-norm
-    (clear) faces get an ArcFace-like margin, low-norm (hard) faces a CosFace-like one.
+    i.e. an angular margin g_angle = −m·z and an additive margin g_add = m + m·z: z = −1
+    (low norm: a poor image) gives ArcFace's cos(θ_y + m), z = 0 CosFace's cos θ_y − m, and
+    z = 1 (high norm: a clear image) cos(θ_y − m) − 2m, which pushes hard clear samples most.
     Norms enter without gradient; μ and σ update with momentum 0.01 in training steps.
     """
 
@@ -437,7 +438,7 @@ class CenterLoss(nn.Module):
         self.register_buffer("centers", torch.zeros(num_classes, embedding_size))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        embeddings = embeddings.float()
+        embeddings = embeddings.to(self.centers.dtype)
         differences = embeddings - self.centers[labels]
         loss = 0.5 * self.weight * differences.pow(2).sum(dim=1).mean()
         if self.training:
@@ -477,5 +478,7 @@ def create_head(name: str, **kwargs: object) -> MarginHead:
     try:
         head_class = HEADS[name]
     except KeyError:
-        raise ValueError(f"unknown head {name!r}; known heads: {', '.join(sorted(HEADS))}") from None
+        raise ValueError(
+            f"unknown head {name!r}; known heads: {', '.join(sorted(HEADS))}"
+        ) from None
     return head_class(**kwargs)  # type: ignore[arg-type]

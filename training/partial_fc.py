@@ -27,6 +27,11 @@ from training.heads import MarginHead
 WEIGHT_INIT_STD = 0.01
 
 
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 → float32; float32 and float64 (gradient checks) stay as they are."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def shard_range(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
     """[start, end) of the classes held by `rank`; the first C mod W ranks hold one more."""
     base, extra = divmod(num_classes, world_size)
@@ -169,14 +174,22 @@ class MarginSoftmaxClassifier(nn.Module):
     def head_logits(
         self, embeddings: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Head logits (N, C_step) of gathered embeddings, and the labels indexing them."""
+        """Head logits (N, C_step) of gathered embeddings, and the labels indexing them;
+        float32 (or float64) even under autocast."""
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self._head_logits(embeddings, labels)
+
+    def _head_logits(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         weight, bias, labels = self._sample(labels)
-        embeddings = embeddings.float()
+        embeddings = _at_least_float32(embeddings)
+        weight = weight.to(embeddings.dtype)
         norms = embeddings.norm(dim=1, keepdim=True)
         if self.head.uses_cosine:
-            raw = F.linear(l2_normalize(embeddings), l2_normalize(weight.float()))
+            raw = F.linear(l2_normalize(embeddings), l2_normalize(weight))
         else:
-            raw = F.linear(embeddings, weight.float(), None if bias is None else bias.float())
+            raw = F.linear(embeddings, weight, None if bias is None else bias.to(weight.dtype))
         if self.sharded and self.head.needs_target_of_every_row:
             target = _target_cosine_of_every_row(raw, labels)
             return self.head(raw, labels, norms, target_cosine=target), labels

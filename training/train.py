@@ -72,7 +72,9 @@ def select_device(requested: str, local_rank: int = 0) -> torch.device:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+            raise ValueError(
+                "--device cuda asked for, but PyTorch sees no CUDA GPU: use --device cpu"
+            )
         return torch.device("cuda", local_rank if requested == "cuda" else int(requested[5:]))
     if requested != "cpu":
         raise ValueError(f"unknown device {requested!r}: use auto, cpu or cuda")
@@ -127,7 +129,7 @@ class RunLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional: CSV logs are always written
-            SummaryWriter = None  # noqa: N806
+            SummaryWriter = None
         if SummaryWriter is not None:
             self.writer = SummaryWriter(str(output_dir / "tensorboard"))
 
@@ -154,9 +156,13 @@ class RunLogger:
         for name, result in results.items():
             self._append(
                 "eval_log.csv",
-                {"step": step, "set": name, "accuracy": result["accuracy"],
-                 "accuracy_std": result["accuracy_std"],
-                 "threshold_at_target_far": result["threshold_at_target_far"]},
+                {
+                    "step": step,
+                    "set": name,
+                    "accuracy": result["accuracy"],
+                    "accuracy_std": result["accuracy_std"],
+                    "threshold_at_target_far": result["threshold_at_target_far"],
+                },
             )
             if self.writer is not None:
                 self.writer.add_scalar(f"eval/{name}/accuracy", result["accuracy"], step)
@@ -198,7 +204,9 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.logger = RunLogger(self.output_dir, enabled=self.context.is_main)
         self.eval_sets = (
-            [load_verification_set(spec) for spec in config.eval_sets] if self.context.is_main else []
+            [load_verification_set(spec, config.image_size) for spec in config.eval_sets]
+            if self.context.is_main
+            else []
         )
 
     # --- construction -----------------------------------------------------------------------
@@ -207,6 +215,7 @@ class Trainer:
         config, context = self.config, self.context
         self.dataset = open_dataset(
             config.data,
+            image_size=config.image_size,
             num_identities=config.synthetic_identities,
             images_per_identity=config.synthetic_images_per_identity,
             seed=config.seed,
@@ -223,24 +232,34 @@ class Trainer:
             )
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.loader = make_loader(
-            self.dataset, self.sampler, config.batch_size, config.num_workers,
-            pin_memory=self.device.type == "cuda", seed=config.seed,
+            self.dataset,
+            self.sampler,
+            config.batch_size,
+            config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            seed=config.seed,
         )
 
     def _build_model(self) -> None:
         config, context = self.config, self.context
+        self.backbone_kwargs = {"input_size": config.image_size, **config.backbone_kwargs}
         self.backbone = create_backbone(
-            config.backbone, embedding_size=config.embedding_size, **config.backbone_kwargs
+            config.backbone, embedding_size=config.embedding_size, **self.backbone_kwargs
         ).to(self.device)
         torch.manual_seed(config.seed + context.rank)  # distinct class-centre shards per rank
         self.head = create_head(config.head, **config.head_kwargs)
         self.classifier = MarginSoftmaxClassifier(
-            self.head, config.embedding_size, self.num_classes, config.sample_rate,
-            context.rank, context.world_size,
+            self.head,
+            config.embedding_size,
+            self.num_classes,
+            config.sample_rate,
+            context.rank,
+            context.world_size,
         ).to(self.device)
         self.center_loss = (
-            CenterLoss(self.num_classes, config.embedding_size, weight=config.center_loss_weight)
-            .to(self.device)
+            CenterLoss(
+                self.num_classes, config.embedding_size, weight=config.center_loss_weight
+            ).to(self.device)
             if config.center_loss_weight > 0
             else None
         )
@@ -261,7 +280,9 @@ class Trainer:
                 parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
             )
         elif config.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+            self.optimizer = torch.optim.AdamW(
+                parameters, lr=config.lr, weight_decay=config.weight_decay
+            )
         else:
             raise ValueError(f"unknown optimizer {config.optimizer!r}: use sgd or adamw")
         schedule = LrSchedule(
@@ -323,8 +344,12 @@ class Trainer:
         evaluation: dict[str, dict[str, object]] = {}
         global_batch = config.batch_size * self.context.world_size
         progress = tqdm(
-            total=self.total_steps, initial=self.step, disable=not self.context.is_main,
-            desc=config.name or "train", unit="step", dynamic_ncols=True,
+            total=self.total_steps,
+            initial=self.step,
+            disable=not self.context.is_main,
+            desc=config.name or "train",
+            unit="step",
+            dynamic_ncols=True,
         )
         running, count, window_start = torch.zeros((), device=self.device), 0, time.perf_counter()
         batches = self._batches()
@@ -346,7 +371,9 @@ class Trainer:
                 losses.append((self.step, mean_loss))
                 self.logger.train(row)
                 progress.set_postfix(
-                    loss=f"{mean_loss:.3f}", lr=f"{row['lr']:.2e}", sps=f"{row['samples_per_s']:.0f}"
+                    loss=f"{mean_loss:.3f}",
+                    lr=f"{row['lr']:.2e}",
+                    sps=f"{row['samples_per_s']:.0f}",
                 )
                 running.zero_()
                 count, window_start = 0, time.perf_counter()
@@ -367,7 +394,9 @@ class Trainer:
         results = {}
         for verification_set in self.eval_sets:
             result = evaluate_set(
-                embedder, verification_set, flip=self.config.eval_flip,
+                embedder,
+                verification_set,
+                flip=self.config.eval_flip,
                 target_far=self.config.target_far,
             )
             results[result.name] = result.to_dict()
@@ -381,11 +410,14 @@ class Trainer:
         """What the backbone file records besides the weights."""
         return {
             "backbone": self.config.backbone,
-            "backbone_kwargs": dict(self.config.backbone_kwargs),
+            "backbone_kwargs": dict(self.backbone_kwargs),
             "embedding_size": self.config.embedding_size,
             "head": self.head.describe(),
-            "data": {"source": self.config.data, "num_classes": self.num_classes,
-                     "num_images": len(self.dataset)},
+            "data": {
+                "source": self.config.data,
+                "num_classes": self.num_classes,
+                "num_images": len(self.dataset),
+            },
             "step": self.step,
             "config": self.config.to_dict(),
         }
@@ -432,8 +464,9 @@ class Trainer:
         folder = latest_checkpoint(self.output_dir) if str(path) == "latest" else Path(path)
         if folder is None:
             raise FileNotFoundError(f"no checkpoint under {self.output_dir} to resume from")
-        state = torch.load(folder / rank_file(self.context.rank), map_location=self.device,
-                           weights_only=False)
+        state = torch.load(
+            folder / rank_file(self.context.rank), map_location=self.device, weights_only=False
+        )
         if state["world_size"] != self.context.world_size:
             raise ValueError(
                 f"{folder} was written by {state['world_size']} ranks; resume it with the same "
@@ -456,9 +489,7 @@ class Trainer:
             torch.distributed.barrier()
 
 
-def train(
-    config: TrainConfig, device: str = "auto", resume: str | None = None
-) -> TrainSummary:
+def train(config: TrainConfig, device: str = "auto", resume: str | None = None) -> TrainSummary:
     """Run `config` in this process (one rank of a torchrun job, or alone)."""
     context = init_distributed(device)
     try:

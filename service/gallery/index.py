@@ -5,7 +5,9 @@ log (`service.gallery.sync`). Ids are the store's int64 `index_id`s, so a hit ma
 back to a face row.
 
 Index kinds (numbers measured by `bench/gallery_search.py`, see docs/gallery.md):
-- `flat`: exact. `IndexIDMap2(IndexFlatIP)`; removal is `remove_ids`.
+- `flat`: exact. `IndexIDMap2(IndexFlatIP)` holds the vectors (removal is `remove_ids`); on the
+  CPU the search itself is a numpy matrix product over that storage, which measured faster
+  than FAISS's own flat search.
 - `ivf`: `IndexIVFFlat` trained on the gallery itself, ids stored natively (an `IndexIDMap2`
   around an IVF index renumbers its id map on removal while the IVF lists keep the old
   internal numbers, so the two would disagree). Removal is `remove_ids`.
@@ -38,21 +40,36 @@ IndexSetting = Literal["auto", "flat", "hnsw", "ivf"]
 # recall@1 >= 0.99 for both on clustered data (bench/gallery_search.py; docs/gallery.md).
 AUTO_APPROXIMATE_KIND: IndexKind = "ivf"
 
-# HNSW graph degree and beam widths. M=32 is the FAISS wiki's suggestion for recall > 0.95
-# on 128-1024-d data; efConstruction 80 (FAISS default 40) buys recall for build time;
-# efSearch is raised to k when a request asks for more neighbours than that.
+# HNSW graph degree and beam widths. At 100k clustered 512-d faces with M=32 and efSearch 128,
+# efConstruction 40 (FAISS default) gave recall@1 0.965 and 80 gave 1.000, at about twice the
+# build time; M=16 gave 0.825 (bench/gallery_search.py). efSearch is raised to k when a
+# request asks for more neighbours than that.
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 
-# IVF lists: 4 * sqrt(n) (FAISS wiki "Guidelines to choose an index": 4*sqrt(N) to
-# 16*sqrt(N)), with at least 39 training points per list (below that FAISS warns and k-means
-# centroids are noise). Lists probed per query: 1/16 of them, at least IVF_MIN_NPROBE;
-# measured recall@1 0.99+ on clustered 512-d data at 10k-1M faces (bench/gallery_search.py).
-IVF_LISTS_PER_SQRT_N = 4
+# IVF lists: 2 * sqrt(n) (the FAISS wiki's "Guidelines to choose an index" suggest 4-16 *
+# sqrt(n); fewer, larger lists train faster, and every worker trains at start-up), with at
+# least 39 training points per list (below that FAISS warns and k-means centroids are noise).
+# Lists probed per query: a quarter. Clustered 512-d data with random identity centres (no
+# coarse structure, the hard case) needed that for recall@1 >= 0.99 at 100k faces with
+# 316-1264 lists: 1/16 gave 0.80-0.97, 1/8 0.90-0.985 (bench/gallery_search.py runs,
+# docs/gallery.md).
+IVF_LISTS_PER_SQRT_N = 2
 IVF_MIN_POINTS_PER_LIST = 39
-IVF_PROBE_FRACTION = 1 / 16
+IVF_PROBE_FRACTION = 1 / 4
 IVF_MIN_NPROBE = 8
+
+# k-means for the IVF centroids: a sample of 64 points per list and 10 iterations (FAISS
+# defaults: up to 256 points per list, 25 iterations; training time is linear in both, and
+# these gave the recall above), from a fixed seed so every worker trains the same lists.
+IVF_TRAINING_POINTS_PER_LIST = 64
+IVF_KMEANS_ITERATIONS = 10
+IVF_TRAINING_SEED = 0
+
+# Exact search multiplies this many queries at a time with the whole gallery, bounding the
+# score matrix (32 x 1M floats = 128 MB).
+EXACT_QUERY_BLOCK = 32
 
 # HNSW removal keeps a set of excluded ids; past this share of the index the caller should
 # rebuild (searches slow down and memory holds dead nodes).
@@ -152,7 +169,12 @@ class FaceIndex:
         quantizer = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, lists, faiss.METRIC_INNER_PRODUCT)
         ivf.cp.min_points_per_centroid = 1  # small galleries: we chose `lists` ourselves
-        ivf.train(vectors)
+        ivf.cp.niter = IVF_KMEANS_ITERATIONS
+        sample_size = min(len(vectors), lists * IVF_TRAINING_POINTS_PER_LIST)
+        if sample_size < len(vectors):
+            rng = np.random.default_rng(IVF_TRAINING_SEED)
+            vectors = vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))]
+        ivf.train(np.ascontiguousarray(vectors))
         self.nprobe = ivf_probe_count(lists)
         ivf.nprobe = self.nprobe
         self._quantizer = quantizer  # the IVF index does not own it: keep it alive
@@ -214,30 +236,50 @@ class FaceIndex:
                 self._gpu_index = None  # re-copied from the CPU index at the next search
 
     def remove(self, ids: np.ndarray) -> int:
-        """Remove ids (unknown ones are ignored); the number of vectors removed."""
+        """Remove ids (unknown ones are ignored); the number of vectors removed.
+
+        Each removed vector is first overwritten with zeros where FAISS stores it: FAISS's
+        own removal moves other vectors over the gap, and the slot past the new end (which
+        held the removed vector when it was the last one) would otherwise keep its bytes.
+        """
         ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        if self._hnsw is not None:
+            ids = np.setdiff1d(ids, np.fromiter(self._tombstones, np.int64, len(self._tombstones)))
         if ids.size == 0 or self._index is None:
             return 0
         self._gpu_index = None
+        zeroed = self._zero_stored(ids)
         if self._hnsw is None:
             return int(self._index.remove_ids(ids))
-        return self._bury(ids)
+        # HNSW cannot unlink nodes: the zeroed node stays in the graph, excluded from results.
+        self._tombstones.update(int(i) for i in zeroed)
+        self._selector = None
+        return int(zeroed.size)
 
-    def _bury(self, ids: np.ndarray) -> int:
-        """HNSW removal: exclude the ids from searches and zero their stored vectors."""
-        assert self._index is not None and self._hnsw is not None
-        id_map = faiss.vector_to_array(self._index.id_map)
-        new = np.setdiff1d(ids, np.fromiter(self._tombstones, np.int64, len(self._tombstones)))
-        positions = np.flatnonzero(np.isin(id_map, new))
-        if positions.size:
-            storage = self._hnsw.storage
-            stored = faiss.rev_swig_ptr(
-                faiss.downcast_index(storage).get_xb(), int(storage.ntotal) * self.dim
-            ).reshape(-1, self.dim)
-            stored[positions] = 0.0
-            self._tombstones.update(int(i) for i in id_map[positions])
-            self._selector = None
-        return int(positions.size)
+    def _zero_stored(self, ids: np.ndarray) -> np.ndarray:
+        """Overwrite the stored vectors of `ids` with zeros in place; the ids found."""
+        assert self._index is not None
+        if self.kind == "ivf":
+            ivf = faiss.extract_index_ivf(self._index)
+            lists, found = ivf.invlists, []
+            for number in range(ivf.nlist):
+                size = lists.list_size(number)
+                if not size:
+                    continue
+                list_ids = faiss.rev_swig_ptr(lists.get_ids(number), size)
+                hits = np.flatnonzero(np.isin(list_ids, ids))
+                if hits.size:
+                    codes = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size)
+                    codes.reshape(size, lists.code_size)[hits] = 0
+                    found.append(list_ids[hits].copy())
+            return np.concatenate(found) if found else np.zeros(0, np.int64)
+        storage = faiss.downcast_index(self._hnsw.storage if self._hnsw else self._index.index)
+        total = int(storage.ntotal)
+        id_map = faiss.rev_swig_ptr(self._index.id_map.data(), total)
+        positions = np.flatnonzero(np.isin(id_map, ids))
+        stored = faiss.rev_swig_ptr(storage.get_xb(), total * self.dim).reshape(total, self.dim)
+        stored[positions] = 0.0
+        return id_map[positions].astype(np.int64)
 
     # --- search ----------------------------------------------------------------------------
 
@@ -248,6 +290,8 @@ class FaceIndex:
         if k <= 0 or self._index is None:
             empty = np.zeros((len(queries), 0))
             return SearchResult(empty.astype(np.float32), empty.astype(np.int64))
+        if self.kind == "flat" and not self._use_gpu:
+            return self._exact_search(queries, k)
         if self._hnsw is not None:
             params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
             if self._tombstones:
@@ -256,6 +300,34 @@ class FaceIndex:
         else:
             similarities, ids = self._searcher().search(queries, k)
         return SearchResult(similarities.astype(np.float32), ids.astype(np.int64))
+
+    def _exact_search(self, queries: np.ndarray, k: int) -> SearchResult:
+        """Exact search as one BLAS matrix product over FAISS's own storage (no copy).
+
+        FAISS `IndexFlatIP.search` was 2-5x slower than this on 2 CPU cores at 100k-1M faces
+        (bench/gallery_search.py): its top-k selection costs more than the product. FAISS
+        still owns the vectors and does additions and removals.
+        """
+        assert self._index is not None
+        flat = faiss.downcast_index(self._index.index)
+        total = int(flat.ntotal)
+        stored = faiss.rev_swig_ptr(flat.get_xb(), total * self.dim).reshape(total, self.dim)
+        id_map = faiss.rev_swig_ptr(self._index.id_map.data(), total)
+        similarities = np.empty((len(queries), k), np.float32)
+        positions = np.empty((len(queries), k), np.int64)
+        for start in range(0, len(queries), EXACT_QUERY_BLOCK):
+            block = queries[start : start + EXACT_QUERY_BLOCK]
+            scores = block @ stored.T
+            top = (
+                np.argpartition(-scores, k - 1, axis=1)[:, :k]
+                if k < total
+                else np.broadcast_to(np.arange(total), scores.shape)
+            )
+            top_scores = np.take_along_axis(scores, top, axis=1)
+            order = np.argsort(-top_scores, axis=1, kind="stable")
+            similarities[start : start + len(block)] = np.take_along_axis(top_scores, order, 1)
+            positions[start : start + len(block)] = np.take_along_axis(top, order, 1)
+        return SearchResult(similarities, id_map[positions].astype(np.int64))
 
     def _tombstone_selector(self) -> faiss.IDSelector:
         if self._selector is None:

@@ -39,6 +39,11 @@ SCHEMA_VERSION = 1
 # it for one fsync (~1-20 ms on SSDs); 30 s only matters under pathological contention.
 BUSY_TIMEOUT_MS = 30_000
 
+# How long a deletion waits for other connections' reads to end so that it can truncate the
+# journal. Past it, the deletion still answers (the data is already zeroed in the database
+# pages the journal will be copied over); the next checkpoint finishes the job.
+ERASE_CHECKPOINT_WAIT_MS = 2_000
+
 # Rows fetched per round trip when loading a whole gallery (bounded memory per step).
 LOAD_BATCH_ROWS = 10_000
 
@@ -599,7 +604,8 @@ class SqliteStore:
             through = max(last - keep_last, 0)
             removed = db.execute("DELETE FROM changes WHERE seq <= ?", (through,)).rowcount
             db.execute(
-                "UPDATE meta SET value = ? WHERE key = 'pruned_through' AND CAST(value AS INTEGER) < ?",
+                "UPDATE meta SET value = ? "
+                "WHERE key = 'pruned_through' AND CAST(value AS INTEGER) < ?",
                 (str(through), through),
             )
         return int(removed)
@@ -612,7 +618,12 @@ class SqliteStore:
         Returns False when another connection's open read transaction kept part of the WAL
         alive; the next successful checkpoint (any later deletion, or shutdown) finishes it.
         """
-        busy, _, _ = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        db = self._connection()
+        db.execute(f"PRAGMA busy_timeout={ERASE_CHECKPOINT_WAIT_MS}")
+        try:
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return busy == 0
 
     def close(self) -> None:

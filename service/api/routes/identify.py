@@ -50,7 +50,8 @@ async def identify(
     gallery: Annotated[Gallery, Depends(get_gallery)],
     image: Annotated[UploadFile, File(description="Photo to identify.")],
     top_k: Annotated[
-        int | None, Form(ge=1, le=MAX_TOP_K, description=f"Candidates per face (default {DEFAULT_TOP_K}).")
+        int | None,
+        Form(ge=1, le=MAX_TOP_K, description=f"Candidates per face (default {DEFAULT_TOP_K})."),
     ] = None,
     threshold: Annotated[
         float | None, Form(ge=-1.0, le=1.0, description="Cosine threshold for a known identity.")

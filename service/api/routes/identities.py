@@ -32,7 +32,9 @@ MAX_PAGE_SIZE = 1000
 
 def documented(errors: dict[int, str]) -> dict[int | str, dict]:
     """OpenAPI `responses` for error answers: status → the error codes it carries."""
-    return {status: {"model": ErrorResponse, "description": text} for status, text in errors.items()}
+    return {
+        status: {"model": ErrorResponse, "description": text} for status, text in errors.items()
+    }
 
 
 NOT_FOUND = documented({404: "not_found (unknown identity)", 422: "validation_error"})
@@ -40,8 +42,12 @@ NOT_FOUND = documented({404: "not_found (unknown identity)", 422: "validation_er
 GalleryDep = Annotated[Gallery, Depends(get_gallery)]
 
 
-@router.post("/identities", status_code=201, response_model=IdentityOut,
-             responses=documented({422: "missing_field, validation_error"}))
+@router.post(
+    "/identities",
+    status_code=201,
+    response_model=IdentityOut,
+    responses=documented({422: "missing_field, validation_error"}),
+)
 def create_identity(body: IdentityCreate, gallery: GalleryDep) -> IdentityOut:
     """Create an identity with no faces yet; enrol photos with POST /identities/{id}/faces."""
     identity = gallery.create_identity(body.name, body.metadata)
@@ -74,8 +80,9 @@ def update_identity(identity_id: str, body: IdentityUpdate, gallery: GalleryDep)
     return IdentityOut.of_details(details, gallery.model_id)
 
 
-@router.delete("/identities/{identity_id}", status_code=204, response_class=Response,
-               responses=NOT_FOUND)
+@router.delete(
+    "/identities/{identity_id}", status_code=204, response_class=Response, responses=NOT_FOUND
+)
 def delete_identity(identity_id: str, gallery: GalleryDep) -> Response:
     """Delete an identity and erase its faces: rows deleted, freed pages zeroed, journal
     truncated; every worker stops returning it at its next request."""

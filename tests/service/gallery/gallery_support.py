@@ -101,7 +101,7 @@ class Server:
         env.update({f"FACEVERIFY_{k.upper()}": str(v) for k, v in settings.items()})
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         # A file, not a pipe: nobody reads while it runs, and a full pipe would block it.
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop())
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service"],
             env=env,

@@ -8,10 +8,10 @@ about 0 +- 0.15 at 32-d) and an image is the same person as itself (cosine 1).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import encode, noise_image
 from synthetic_models import SyntheticFace, make_manifest_pack
@@ -33,7 +33,9 @@ def one_face_pack(tmp_path: Path) -> Path:
 @pytest.fixture
 def two_face_pack(tmp_path: Path) -> Path:
     return make_manifest_pack(
-        tmp_path / "pack2", [BIG_FACE, SMALL_FACE], embedding_size=EMBEDDING_SIZE,
+        tmp_path / "pack2",
+        [BIG_FACE, SMALL_FACE],
+        embedding_size=EMBEDDING_SIZE,
         threshold=THRESHOLD,
     )
 
@@ -119,10 +121,8 @@ def test_enrolment_answers_201_with_face_id_quality_and_box(app_client, one_face
     assert details["face_count"] == 1
     stored = details["faces"][0]
     assert stored["current_model"] is True and stored["model"] == model
-    import hashlib
-
-    assert stored["image_sha256"] == hashlib.sha256(data).hexdigest()
     assert "embedding" not in stored
+    assert stored["image_sha256"] == hashlib.sha256(data).hexdigest()
 
 
 def test_enrolment_refusals_have_reason_codes(app_client, tmp_path, two_face_pack):
@@ -130,8 +130,10 @@ def test_enrolment_refusals_have_reason_codes(app_client, tmp_path, two_face_pac
     tiny = make_manifest_pack(tmp_path / "tiny", [TINY_FACE], embedding_size=EMBEDDING_SIZE)
     with app_client(no_face, data_dir=tmp_path / "d1") as client:
         identity_id = create(client, "Ada")
-        assert error_code(client.post(f"/identities/{identity_id}/faces",
-                                      files=image_file(photo(1)))) == "no_face"
+        assert (
+            error_code(client.post(f"/identities/{identity_id}/faces", files=image_file(photo(1))))
+            == "no_face"
+        )
         assert error_code(client.post(f"/identities/{identity_id}/faces")) == "missing_field"
     with app_client(tiny, data_dir=tmp_path / "d2") as client:
         identity_id = create(client, "Ada")
@@ -192,9 +194,7 @@ def test_identify_top_k_and_threshold_from_form_or_query(app_client, one_face_pa
         query = photo(10)
         form = client.post("/identify", files=image_file(query), data={"top_k": "2"}).json()
         by_query = client.post("/identify", params={"top_k": 3}, files=image_file(query)).json()
-        strict = client.post(
-            "/identify", files=image_file(query), params={"threshold": 1.0}
-        ).json()
+        strict = client.post("/identify", files=image_file(query), params={"threshold": 1.0}).json()
         lenient = client.post(
             "/identify", files=image_file(photo(99)), data={"threshold": "-1"}
         ).json()
@@ -222,8 +222,9 @@ def test_identify_all_faces_answers_for_each_face(app_client, two_face_pack):
     assert faces[0]["identity"]["name"] == "Ada"
 
 
-def test_identify_on_empty_gallery_is_unknown_and_without_face_is_422(app_client, tmp_path,
-                                                                        one_face_pack):
+def test_identify_on_empty_gallery_is_unknown_and_without_face_is_422(
+    app_client, tmp_path, one_face_pack
+):
     with app_client(one_face_pack) as client:
         body = client.post("/identify", files=image_file(photo(1))).json()
         assert body["results"][0]["identity"] is None and body["results"][0]["candidates"] == []
@@ -261,8 +262,7 @@ def test_verify_against_identity_uses_its_best_face(app_client, one_face_pack):
         best = enrol(client, ada, photo(1))
         same = client.post("/verify", files=image_file(photo(1)), data={"identity_id": ada})
         other = client.post("/verify", files=image_file(photo(3)), data={"identity_id": ada})
-        missing = client.post("/verify", files=image_file(photo(1)),
-                              data={"identity_id": "nobody"})
+        missing = client.post("/verify", files=image_file(photo(1)), data={"identity_id": "nobody"})
         empty = create(client, "No faces")
         faceless = client.post("/verify", files=image_file(photo(1)), data={"identity_id": empty})
     body = same.json()
@@ -286,8 +286,9 @@ def test_fresh_app_on_same_data_dir_sees_every_identity(app_client, one_face_pac
     assert found["results"][0]["identity"]["id"] == ids[1]
 
 
-def test_gallery_from_another_model_answers_409_with_how_to_re_enrol(app_client, tmp_path,
-                                                                     one_face_pack):
+def test_gallery_from_another_model_answers_409_with_how_to_re_enrol(
+    app_client, tmp_path, one_face_pack
+):
     other_pack = make_manifest_pack(
         tmp_path / "other", [BIG_FACE], embedding_size=16, name="other", threshold=THRESHOLD
     )
@@ -332,8 +333,9 @@ def test_parallel_enrol_and_identify_requests_all_succeed(app_client, one_face_p
 
         def enrol_many(identity_id: str, seeds: range) -> None:
             for seed in seeds:
-                response = client.post(f"/identities/{identity_id}/faces",
-                                       files=image_file(photo(seed)))
+                response = client.post(
+                    f"/identities/{identity_id}/faces", files=image_file(photo(seed))
+                )
                 if response.status_code != 201:
                     failures.append(response.text)
 
@@ -356,4 +358,3 @@ def test_parallel_enrol_and_identify_requests_all_succeed(app_client, one_face_p
         assert failures == [] and wrong == []
         counts = [client.get(f"/identities/{i}").json()["face_count"] for i in ids]
     assert counts == [1, 6, 6, 6]
-    assert np.sum(counts) == 19

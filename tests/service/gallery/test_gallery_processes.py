@@ -60,7 +60,9 @@ def test_sigkill_during_enrolments_loses_no_acknowledged_face(tmp_path, pack):
             with httpx.Client(base_url=server.url, timeout=30) as client:
                 for seed in range(first_seed, first_seed + 10_000, 2):
                     try:
-                        response = client.post(f"/identities/{identity_id}/faces", files=files(seed))
+                        response = client.post(
+                            f"/identities/{identity_id}/faces", files=files(seed)
+                        )
                     except httpx.TransportError:
                         return
                     if response.status_code == 201:
@@ -98,8 +100,11 @@ def test_sigkill_during_enrolments_loses_no_acknowledged_face(tmp_path, pack):
     assert database.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     database.close()
     gallery = Gallery(
-        SqliteStore.in_directory(data_dir), model_id=model_id, dim=EMBEDDING_SIZE,
-        use_gpu=False, poll_interval_s=None,
+        SqliteStore.in_directory(data_dir),
+        model_id=model_id,
+        dim=EMBEDDING_SIZE,
+        use_gpu=False,
+        poll_interval_s=None,
     )
     try:
         snapshot = gallery.store.snapshot(model_id)
@@ -131,7 +136,9 @@ def test_workers_share_enrolments_and_deletions(tmp_path, pack):
                         found = client.post("/identify", files=files(seed))
                         if found.status_code != 200:
                             failures.append(found.text)
-                        elif (found.json()["results"][0]["identity"] or {}).get("id") != identity_id:
+                            continue
+                        identity = found.json()["results"][0]["identity"] or {}
+                        if identity.get("id") != identity_id:
                             failures.append(f"enrolment of {seed} not visible: {found.text}")
 
         threads = [threading.Thread(target=enrol, args=item) for item in people.items()]

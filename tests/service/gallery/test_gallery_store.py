@@ -22,8 +22,9 @@ def store(tmp_path: Path):
 
 def _face(identity_id: str, seed: int, model: str = MODEL, dim: int = 16) -> NewFace:
     vector = unit(np.random.default_rng(seed).standard_normal(dim))
-    return NewFace(identity_id, model, vector, quality=20.0 + seed, det_score=0.9,
-                   image_sha256=f"{seed:064x}")
+    return NewFace(
+        identity_id, model, vector, quality=20.0 + seed, det_score=0.9, image_sha256=f"{seed:064x}"
+    )
 
 
 def test_identity_round_trips_name_metadata_and_timestamps(store):

@@ -171,8 +171,12 @@ def test_idle_worker_drops_deleted_faces_from_memory_without_a_request(tmp_path)
     worker_a = open_test_gallery(tmp_path, dim=DIM)
     identity_id, _ = _enrol(worker_a, "Ada", vector[None])
     idle = Gallery(
-        SqliteStore.in_directory(tmp_path), model_id=MODEL, dim=DIM, index_setting="flat",
-        use_gpu=False, poll_interval_s=0.05,
+        SqliteStore.in_directory(tmp_path),
+        model_id=MODEL,
+        dim=DIM,
+        index_setting="flat",
+        use_gpu=False,
+        poll_interval_s=0.05,
     )
     try:
         assert idle.index_state.size == 1
@@ -204,7 +208,7 @@ def test_a_worker_behind_a_pruned_change_log_rebuilds(tmp_path):
 def test_auto_index_turns_approximate_when_the_gallery_crosses_the_threshold(tmp_path):
     gallery = open_test_gallery(tmp_path, dim=DIM, index_setting="auto", approx_min_faces=50)
     try:
-        _, faces, labels = clustered(20, 3, DIM, seed=8)
+        _, faces, _ = clustered(20, 3, DIM, seed=8)
         _enrol(gallery, "first", faces[:10])
         gallery.identify(faces[:1], 1)
         assert gallery.index_state.kind == "flat"
@@ -248,7 +252,10 @@ def test_parallel_enrolment_and_identification_stay_consistent(tmp_path):
         try:
             for position in range(part, len(faces), 2):
                 worker.add_face(
-                    ids[labels[position]], faces[position], quality=1.0, det_score=0.9,
+                    ids[labels[position]],
+                    faces[position],
+                    quality=1.0,
+                    det_score=0.9,
                     image_sha256="2" * 64,
                 )
         except BaseException as error:
@@ -260,8 +267,10 @@ def test_parallel_enrolment_and_identification_stay_consistent(tmp_path):
                 person = round_ % len(centres)
                 [candidates] = worker.identify(probe_near(centres[person], seed=round_)[None], 1)
                 # Answers are either "not enrolled yet" or the right person, never another.
-                if candidates and candidates[0].similarity > 0.6 and (
-                    candidates[0].identity_id != ids[person]
+                if (
+                    candidates
+                    and candidates[0].similarity > 0.6
+                    and (candidates[0].identity_id != ids[person])
                 ):
                     wrong.append((person, candidates[0].identity_id))
         except BaseException as error:

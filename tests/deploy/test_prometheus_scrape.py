@@ -1,0 +1,252 @@
+"""A real Prometheus server scrapes the real service: the target is up, every metric name the
+service exports is queryable through Prometheus' HTTP API, and Prometheus accepts every query
+of the Grafana dashboard.
+
+The service runs as `python -m service serve` on a synthetic model pack; Prometheus is
+Debian's `prometheus` binary with a 1 s scrape interval and a temporary storage folder. Both
+are killed at the end. Skipped when the binary is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from deploy_support import (
+    REPO_ROOT,
+    dashboard,
+    dashboard_expressions,
+    exported_metric_names,
+    free_port,
+    grafana_to_promql,
+)
+from synthetic_models import SyntheticFace, make_pack_folder
+
+# Start-up imports onnxruntime, opencv and faiss and loads the pack: ~5 s on 2 busy cores.
+SERVICE_START_LIMIT_S = 30.0
+PROMETHEUS_START_LIMIT_S = 15.0
+# With a 1 s scrape interval every new series shows up within a few seconds.
+SCRAPE_LIMIT_S = 20.0
+POLL_INTERVAL_S = 0.25
+REQUEST_TIMEOUT_S = 10.0
+SCRAPE_INTERVAL = "1s"
+
+
+def png_photo(seed: int) -> bytes:
+    """A 640 x 640 PNG of smooth random colours (the synthetic detector finds a face in any)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    ok, buffer = cv2.imencode(".png", cv2.resize(small, (640, 640), interpolation=cv2.INTER_CUBIC))
+    assert ok
+    return buffer.tobytes()
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None):
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def multipart(files: dict[str, bytes]) -> tuple[bytes, dict[str, str]]:
+    boundary = "faceverify-test-boundary"
+    parts = []
+    for field, content in files.items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+            f'filename="{field}.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+            + content
+            + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def wait_for(condition: Callable[[], bool], limit_s: float, what: str, process: subprocess.Popen):
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            pytest.fail(f"{what}: process exited with {process.returncode}:\n{output[-3000:]}")
+        try:
+            if condition():
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(POLL_INTERVAL_S)
+    pytest.fail(f"{what}: not within {limit_s} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    if process.stdout:
+        process.stdout.close()
+
+
+@pytest.fixture
+def prometheus_binary() -> str:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus not installed (Debian: apt-get install -y prometheus)")
+    return binary
+
+
+@pytest.fixture
+def service_url(tmp_path: Path) -> Iterator[str]:
+    """`python -m service serve` on 127.0.0.1 with a synthetic pack that finds one face."""
+    pack = make_pack_folder(
+        tmp_path / "pack", [SyntheticFace.from_box((200.0, 160.0, 440.0, 460.0))]
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "FACEVERIFY_PACK_DIR": str(pack),
+        "FACEVERIFY_DATA_DIR": str(tmp_path / "data"),
+        "FACEVERIFY_HOST": "127.0.0.1",
+        "FACEVERIFY_PORT": str(port),
+        "FACEVERIFY_WORKERS": "1",
+        "FACEVERIFY_LOG_LEVEL": "warning",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=tmp_path,  # no stray .env is read
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: http("GET", f"{url}/readyz")[0] == 200,
+            SERVICE_START_LIMIT_S,
+            "service /readyz",
+            process,
+        )
+        yield url
+    finally:
+        stop(process)
+
+
+def exercise(url: str) -> None:
+    """Requests that give every collector a sample: verify, a client error, enrol, identify."""
+    image = png_photo(seed=1)
+    body, headers = multipart({"image1": image, "image2": png_photo(seed=2)})
+    status, answer = http("POST", f"{url}/verify", body, headers)
+    assert status == 200, answer
+    body, headers = multipart({"image1": b"not an image", "image2": image})
+    assert http("POST", f"{url}/verify", body, headers)[0] == 400
+    status, answer = http(
+        "POST", f"{url}/identities", b'{"name": "synthetic"}', {"Content-Type": "application/json"}
+    )
+    assert status == 201, answer
+    identity = json.loads(answer)["id"]
+    body, headers = multipart({"image": image})
+    status, answer = http("POST", f"{url}/identities/{identity}/faces", body, headers)
+    assert status == 201, answer
+    status, answer = http("POST", f"{url}/identify", body, headers)
+    assert status == 200, answer
+
+
+@pytest.fixture
+def prometheus_url(prometheus_binary: str, service_url: str, tmp_path: Path) -> Iterator[str]:
+    target = urllib.parse.urlsplit(service_url).netloc
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        f"global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\n"
+        "scrape_configs:\n"
+        "  - job_name: faceverify\n"
+        f"    static_configs:\n      - targets: ['{target}']\n",
+        encoding="utf-8",
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            prometheus_binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: http("GET", f"{url}/-/ready")[0] == 200,
+            PROMETHEUS_START_LIMIT_S,
+            "prometheus /-/ready",
+            process,
+        )
+        yield url
+    finally:
+        stop(process)
+
+
+def api(prometheus: str, path: str, **params: str) -> Any:
+    query = urllib.parse.urlencode(params)
+    status, body = http("GET", f"{prometheus}/api/v1/{path}?{query}")
+    payload = json.loads(body)
+    assert status == 200 and payload["status"] == "success", payload
+    return payload["data"]
+
+
+def test_prometheus_scrapes_the_service_and_can_query_every_exported_metric(
+    service_url, prometheus_url
+):
+    exercise(service_url)
+    expected = exported_metric_names()
+
+    def target_up() -> bool:
+        result = api(prometheus_url, "query", query='up{job="faceverify"}')["result"]
+        return len(result) == 1 and result[0]["value"][1] == "1"
+
+    def all_names_present() -> bool:
+        return expected <= set(api(prometheus_url, "label/__name__/values"))
+
+    deadline = time.monotonic() + SCRAPE_LIMIT_S
+    while not (target_up() and all_names_present()):
+        if time.monotonic() > deadline:
+            present = set(api(prometheus_url, "label/__name__/values"))
+            pytest.fail(
+                f"after {SCRAPE_LIMIT_S} s: up={target_up()}, missing {sorted(expected - present)}"
+            )
+        time.sleep(POLL_INTERVAL_S)
+
+    for name in sorted(expected):
+        result = api(prometheus_url, "query", query=f'{name}{{job="faceverify"}}')["result"]
+        assert result, f"{name} has no series"
+    verify = api(
+        prometheus_url,
+        "query",
+        query='faceverify_requests_total{job="faceverify", route="/verify", status="200"}',
+    )["result"]
+    assert [float(series["value"][1]) for series in verify] == [1.0]
+
+    for expression in dashboard_expressions(dashboard()):
+        api(prometheus_url, "query", query=grafana_to_promql(expression))

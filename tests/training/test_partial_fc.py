@@ -1,0 +1,142 @@
+"""The classification layer: full FC, Partial FC sampling, and model-parallel sharding (two
+Gloo processes) giving the same loss and gradients as one process with every class."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.nn import functional as F
+
+from training.embeddings import l2_normalize
+from training.heads import (
+    AdaFaceHead,
+    ArcFaceHead,
+    CosFaceHead,
+    CurricularFaceHead,
+    NormFaceHead,
+    SoftmaxHead,
+)
+from training.partial_fc import MarginSoftmaxClassifier, shard_range
+
+
+def test_full_fc_loss_is_cross_entropy_of_the_head_on_normalised_cosines() -> None:
+    torch.manual_seed(0)
+    classifier = MarginSoftmaxClassifier(CosFaceHead(s=16.0, m=0.2), 6, num_classes=5)
+    embeddings, labels = torch.randn(4, 6), torch.tensor([0, 4, 2, 2])
+    cosine = l2_normalize(embeddings) @ l2_normalize(classifier.weight).T
+    expected = F.cross_entropy(16.0 * (cosine - 0.2 * F.one_hot(labels, 5)), labels)
+    assert classifier(embeddings, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_shards_cover_all_classes_once() -> None:
+    ranges = [shard_range(10, rank, 4) for rank in range(4)]
+    assert ranges == [(0, 3), (3, 6), (6, 8), (8, 10)]
+
+
+def test_partial_fc_samples_the_rate_and_always_keeps_the_batch_classes() -> None:
+    torch.manual_seed(0)
+    classifier = MarginSoftmaxClassifier(NormFaceHead(s=1.0), 8, num_classes=100, sample_rate=0.1)
+    embeddings = torch.randn(4, 8)
+    labels = torch.tensor([3, 57, 57, 99])
+    logits, remapped = classifier.head_logits(embeddings, labels)
+    assert logits.shape == (4, 10)
+    expected = (l2_normalize(embeddings) * l2_normalize(classifier.weight[labels])).sum(1)
+    assert torch.allclose(logits[torch.arange(4), remapped], expected, atol=1e-6)
+
+
+def test_partial_fc_updates_only_the_sampled_centres() -> None:
+    torch.manual_seed(1)
+    classifier = MarginSoftmaxClassifier(ArcFaceHead(), 8, num_classes=50, sample_rate=0.2)
+    classifier(torch.randn(6, 8), torch.tensor([1, 2, 3, 4, 5, 6])).backward()
+    touched = (classifier.weight.grad.abs().sum(1) > 0).sum().item()
+    assert touched == 10
+    assert bool((classifier.weight.grad[1:7].abs().sum(1) > 0).all())
+
+
+def test_partial_fc_uses_every_centre_outside_training() -> None:
+    classifier = MarginSoftmaxClassifier(ArcFaceHead(), 8, num_classes=50, sample_rate=0.2).eval()
+    logits, _ = classifier.head_logits(torch.randn(2, 8), torch.tensor([0, 1]))
+    assert logits.shape == (2, 50)
+
+
+def test_invalid_sample_rate_is_rejected() -> None:
+    with pytest.raises(ValueError, match="sample_rate"):
+        MarginSoftmaxClassifier(ArcFaceHead(), 8, num_classes=5, sample_rate=0.0)
+
+
+# --- model parallelism ---------------------------------------------------------------------
+
+WORLD_SIZE = 2
+NUM_CLASSES, EMBEDDING, LOCAL_BATCH = 7, 6, 3
+HEAD_FACTORIES = {
+    "arcface": lambda: ArcFaceHead(s=8.0),
+    "curricularface": lambda: CurricularFaceHead(s=8.0),
+    "adaface": lambda: AdaFaceHead(s=8.0),
+    "softmax": SoftmaxHead,
+}
+
+
+def _reference(name: str, weight: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor):
+    """Loss and gradients of one process holding every class."""
+    classifier = MarginSoftmaxClassifier(HEAD_FACTORIES[name](), EMBEDDING, NUM_CLASSES)
+    with torch.no_grad():
+        classifier.weight.copy_(weight)
+    embeddings = embeddings.clone().requires_grad_(True)
+    loss = classifier(embeddings, labels)
+    loss.backward()
+    return loss.detach(), classifier.weight.grad, embeddings.grad
+
+
+def _sharded_worker(rank: int, init_file: str, results_dir: str) -> None:
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE
+    )
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(NUM_CLASSES, EMBEDDING, generator=generator)
+    embeddings = torch.randn(WORLD_SIZE * LOCAL_BATCH, EMBEDDING, generator=generator) * 5
+    labels = torch.tensor([0, 6, 3, 3, 5, 1])
+    rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+    outcome = {}
+    for name, factory in HEAD_FACTORIES.items():
+        classifier = MarginSoftmaxClassifier(
+            factory(), EMBEDDING, NUM_CLASSES, rank=rank, world_size=WORLD_SIZE
+        )
+        start, end = classifier.class_start, classifier.class_end
+        with torch.no_grad():
+            classifier.weight.copy_(weight[start:end])
+        local = embeddings[rows].clone().requires_grad_(True)
+        loss = classifier(local, labels[rows])
+        loss.backward()
+        ref_loss, ref_weight_grad, ref_embedding_grad = _reference(name, weight, embeddings, labels)
+        outcome[name] = {
+            "loss": (loss.item(), ref_loss.item()),
+            "weight_grad": torch.allclose(
+                classifier.weight.grad, ref_weight_grad[start:end], atol=1e-5
+            ),
+            # ×world size: DDP averages the backbone's gradients over ranks afterwards
+            "embedding_grad": torch.allclose(
+                local.grad, WORLD_SIZE * ref_embedding_grad[rows], atol=1e-5
+            ),
+        }
+    torch.save(outcome, Path(results_dir) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_model_parallel_classifier_matches_a_single_process_with_every_class() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        init_file = os.path.join(folder, "init")
+        mp.start_processes(
+            _sharded_worker, args=(init_file, folder), nprocs=WORLD_SIZE, start_method="fork"
+        )
+        outcomes = [torch.load(Path(folder) / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    for rank, outcome in enumerate(outcomes):
+        for name, checks in outcome.items():
+            sharded, single = checks["loss"]
+            assert sharded == pytest.approx(single, rel=1e-5), (rank, name)
+            assert checks["weight_grad"], (rank, name)
+            assert checks["embedding_grad"], (rank, name)
