@@ -11,7 +11,8 @@ For each size and method it prints build time, resident memory added by the buil
 single-query latency, the latency of one batch of queries, and recall@1 / recall@10 against
 exact search (the share of exact top-k ids the index also returns), plus close@10: the same
 recall counted only over exact neighbours with cosine >= 0.3, the ones an identification
-answer can depend on.
+answer can depend on; and id@1: how often the top hit is a face of the same identity as the
+exact top hit (what a 1:N answer reports).
 
     python bench/gallery_search.py                       # 10k, 100k, 1M (HNSW at 1M: minutes)
     python bench/gallery_search.py --sizes 10000 100000 --skip hnsw:1000000
@@ -50,6 +51,7 @@ class Row:
     recall1: float
     recall10: float
     recall_close: float
+    identity1: float
     note: str = ""
 
 
@@ -129,12 +131,13 @@ def bench_size(size: int, args: argparse.Namespace, skip: set[tuple[str, int]]) 
     )
     print(f"# {size:,} faces generated in {time.perf_counter() - started:.1f} s", flush=True)
     ids = np.arange(size, dtype=np.int64)
+    identity_of = ids % max(1, size // args.faces_per_identity)  # as clustered_gallery labels
     k = args.k
     rows = []
     truth = None
     for method in args.methods:
         if (method, size) in skip:
-            rows.append(Row(size, method, *(float("nan"),) * 7, note="skipped"))
+            rows.append(Row(size, method, *(float("nan"),) * 8, note="skipped"))
             continue
         gc.collect()
         before = resident_mb()
@@ -178,6 +181,7 @@ def bench_size(size: int, args: argparse.Namespace, skip: set[tuple[str, int]]) 
             recall(found, truth, 1),
             recall(found, truth, k),
             recall_of_close(found, truth, close),
+            float(np.mean(identity_of[found[:, 0]] == identity_of[truth[:, 0]])),
             note,
         )
         rows.append(row)
@@ -189,7 +193,7 @@ def bench_size(size: int, args: argparse.Namespace, skip: set[tuple[str, int]]) 
 
 HEADER = (
     f"| {'faces':>9} | {'method':<10} | {'build s':>8} | {'memory MB':>9} | {'1 query ms':>10} | "
-    f"{'batch ms':>9} | {'recall@1':>8} | {'recall@10':>9} | {'close@10':>8} | note |"
+    f"{'batch ms':>9} | {'recall@1':>8} | {'recall@10':>9} | {'close@10':>8} | {'id@1':>5} | note |"
 )
 
 SEPARATOR = "|" + "|".join("-" * len(cell) for cell in HEADER.split("|")[1:-1]) + "|"
@@ -199,7 +203,7 @@ def format_row(row: Row) -> str:
     return (
         f"| {row.size:>9,} | {row.method:<10} | {row.build_s:>8.2f} | {row.memory_mb:>9.0f} | "
         f"{row.single_ms:>10.2f} | {row.batch_ms:>9.1f} | {row.recall1:>8.3f} | "
-        f"{row.recall10:>9.3f} | {row.recall_close:>8.3f} | {row.note} |"
+        f"{row.recall10:>9.3f} | {row.recall_close:>8.3f} | {row.identity1:>5.3f} | {row.note} |"
     )
 
 

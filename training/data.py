@@ -16,6 +16,7 @@ place that flips, converts to RGB and normalises to (x/255 − 0.5)/0.5.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -246,9 +247,11 @@ def write_recordio(rec_path: Path, idx_path: Path, items: Iterable[tuple[bytes, 
 class RecordIODataset(FaceDataset):
     """InsightFace RecordIO (`train.rec` + `train.idx`, as in ms1m-retinaface-t1/), no MXNet.
 
-    Record 0 may be InsightFace's header (flag > 0, label[0] = one past the last image); then
-    images are records 1 … label[0] − 1, else every record in the index is an image. The class
-    count comes from `property` (`num_classes,112,112`) when present, else from the labels.
+    Record 0 may be InsightFace's header (flag > 0, label = [one past the last image, one past
+    the last identity record]); then images are records 1 … label[0] − 1, else every record in
+    the index is an image. The class count, read on first use, comes from `property`
+    (`num_classes,112,112`) when present, else from the header's identity records, else from
+    a scan of every label.
     """
 
     def __init__(self, rec_path: Path, idx_path: Path | None = None) -> None:
@@ -262,16 +265,22 @@ class RecordIODataset(FaceDataset):
         self._stream: io.BufferedReader | None = None
         self._stream_pid = -1
         header, _ = unpack_record(self._read(0)) if 0 in self.offsets else (None, b"")
+        self._identity_records = 0
         if header is not None and header.flag > 0:
-            self.keys = list(range(1, int(np.asarray(header.label).reshape(-1)[0])))
+            bounds = [int(value) for value in np.asarray(header.label).reshape(-1)]
+            first_identity, end = bounds[0], bounds[1] if len(bounds) > 1 else bounds[0]
+            self.keys = list(range(1, first_identity))
+            self._identity_records = max(0, end - first_identity)
         else:
             self.keys = sorted(self.offsets)
-        self.num_classes = self._count_classes()
 
-    def _count_classes(self) -> int:
+    @functools.cached_property
+    def num_classes(self) -> int:  # type: ignore[override]
         properties = self.rec_path.parent / "property"
         if properties.is_file():
             return int(properties.read_text().split(",")[0])
+        if self._identity_records:
+            return self._identity_records
         return max(self._label(key) for key in self.keys) + 1
 
     def _read(self, key: int) -> bytes:

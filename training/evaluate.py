@@ -289,6 +289,11 @@ def load_verification_set(spec: str, image_size: int = IMAGE_SIZE) -> Verificati
         return load_pairs(Path(pairs), Path(images), image_size)
     path = Path(spec)
     if path.suffix == ".bin":
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"evaluation set {path} not found: download it with the training data, or "
+                "leave it out (e.g. --set eval_sets=())"
+            )
         return load_bin(path, image_size)
     raise ValueError(
         f"evaluation set {spec!r}: give an InsightFace .bin, 'pairs.txt@images_dir' or 'synthetic'"
@@ -296,7 +301,8 @@ def load_verification_set(spec: str, image_size: int = IMAGE_SIZE) -> Verificati
 
 
 def plot_roc(results: Sequence[VerificationResult], path: Path) -> Path:
-    """Save the ROC curves (TAR against FAR, log scale) of `results` as a PNG."""
+    """Save the ROC curves (TAR against FAR, log scale) of `results` as a PNG; sets without
+    both matched and mismatched pairs have no curve and are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -304,6 +310,8 @@ def plot_roc(results: Sequence[VerificationResult], path: Path) -> Path:
 
     figure, axes = plt.subplots(figsize=(6, 4.5))
     for result in results:
+        if result.issame.all() or not result.issame.any():
+            continue
         far, tar = roc_curve(result.scores, result.issame)
         positive = far > 0
         axes.plot(far[positive], tar[positive], label=f"{result.name} (acc {result.accuracy:.4f})")
@@ -312,7 +320,8 @@ def plot_roc(results: Sequence[VerificationResult], path: Path) -> Path:
     axes.set_ylabel("true accept rate")
     axes.set_ylim(0.0, 1.01)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="lower right")
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="lower right")
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

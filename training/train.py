@@ -197,6 +197,8 @@ class Trainer:
         self.context = context or DistributedContext()
         self.device = self.context.device
         self.output_dir = config.resolved_output_dir()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed 112x112 inputs: pick the fastest kernels
         seed_everything(config.seed)
         self._build_data()
         self._build_model()
@@ -448,6 +450,7 @@ class Trainer:
             shutil.rmtree(temporary, ignore_errors=True)
             temporary.mkdir(parents=True)
         self._barrier()
+        temporary.mkdir(parents=True, exist_ok=True)  # other nodes, if storage is not shared
         torch.save(self.training_state(), temporary / rank_file(self.context.rank))
         if self.context.is_main:
             save_backbone(temporary / BACKBONE_FILE, self.backbone, self.model_metadata())
@@ -464,15 +467,16 @@ class Trainer:
         folder = latest_checkpoint(self.output_dir) if str(path) == "latest" else Path(path)
         if folder is None:
             raise FileNotFoundError(f"no checkpoint under {self.output_dir} to resume from")
+        # On the CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest.
         state = torch.load(
-            folder / rank_file(self.context.rank), map_location=self.device, weights_only=False
+            folder / rank_file(self.context.rank), map_location="cpu", weights_only=False
         )
         if state["world_size"] != self.context.world_size:
             raise ValueError(
                 f"{folder} was written by {state['world_size']} ranks; resume it with the same "
                 f"number of processes (the class centres are sharded per rank)"
             )
-        backbone = torch.load(folder / BACKBONE_FILE, map_location=self.device, weights_only=False)
+        backbone = torch.load(folder / BACKBONE_FILE, map_location="cpu", weights_only=False)
         self.backbone.load_state_dict(backbone["state_dict"])
         self.classifier.load_state_dict(state["classifier"])
         if self.center_loss is not None and state["center_loss"] is not None:

@@ -127,10 +127,15 @@ class Gallery:
         self._update_counts()
         return identity
 
-    def get_identity(self, identity_id: str) -> IdentityDetails:
+    def require_identity(self, identity_id: str) -> Identity:
+        """The identity, or `not_found` (a cheap check before costly work)."""
         identity = self.store.get_identity(identity_id)
         if identity is None:
             raise _not_found(identity_id)
+        return identity
+
+    def get_identity(self, identity_id: str) -> IdentityDetails:
+        identity = self.require_identity(identity_id)
         return IdentityDetails(identity, self.store.faces_of(identity_id))
 
     def list_identities(self, limit: int, offset: int) -> tuple[list[Identity], int]:

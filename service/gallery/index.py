@@ -35,9 +35,10 @@ logger = logging.getLogger(__name__)
 IndexKind = Literal["flat", "hnsw", "ivf"]
 IndexSetting = Literal["auto", "flat", "hnsw", "ivf"]
 
-# `auto` above the size threshold. IVF, not HNSW: every worker rebuilds its index at start-up,
-# and at 1M x 512 an HNSW build took minutes on 2 cores against tens of seconds for IVF, with
-# recall@1 >= 0.99 for both on clustered data (bench/gallery_search.py; docs/gallery.md).
+# `auto` above the size threshold. IVF, not HNSW: every worker rebuilds its index at start-up.
+# On 2 cores IVF built 1M x 512 in 28 s, HNSW took 52-190 s for 100k already (5.6-9.4 min at
+# 1M in earlier measurements); both returned a face of the exact top-1's identity for every
+# query (bench/gallery_search.py; docs/gallery.md).
 AUTO_APPROXIMATE_KIND: IndexKind = "ivf"
 
 # HNSW graph degree and beam widths. At 100k clustered 512-d faces with M=32 and efSearch 128,

@@ -144,6 +144,23 @@ def test_recordio_class_count_comes_from_the_property_file(tmp_path: Path) -> No
     assert RecordIODataset(tmp_path / "train.rec").num_classes == 93431
 
 
+def test_recordio_class_count_comes_from_insightface_identity_records(tmp_path: Path) -> None:
+    # Header: images are records 1-2, identity records 3-5 (InsightFace's layout).
+    with open(tmp_path / "train.rec", "wb") as stream:
+        offsets = [stream.tell()]
+        _write_record(stream, pack_record(RecordHeader(2, np.array([3.0, 6.0])), b""))
+        for key, label in ((1, 0.0), (2, 1.0)):
+            offsets.append(stream.tell())
+            _write_record(
+                stream, pack_record(RecordHeader(0, label, key), png_bytes(solid_image((5, 5, 5))))
+            )
+    (tmp_path / "train.idx").write_text("".join(f"{k}\t{o}\n" for k, o in enumerate(offsets)))
+    dataset = RecordIODataset(tmp_path / "train.rec")
+    assert len(dataset) == 2
+    assert dataset.num_classes == 3  # from the header, not from the labels seen (0 and 1)
+    assert dataset.load(1)[1] == 1
+
+
 def test_recordio_dataset_loads_in_worker_processes(tmp_path: Path) -> None:
     write_recordio(
         tmp_path / "train.rec",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,7 @@ def test_invalid_sample_rate_is_rejected() -> None:
 # --- model parallelism ---------------------------------------------------------------------
 
 WORLD_SIZE = 2
+SPAWN_TIMEOUT_S = 180
 NUM_CLASSES, EMBEDDING, LOCAL_BATCH = 7, 6, 3
 HEAD_FACTORIES = {
     "arcface": lambda: ArcFaceHead(s=8.0),
@@ -130,9 +132,15 @@ def _sharded_worker(rank: int, init_file: str, results_dir: str) -> None:
 def test_model_parallel_classifier_matches_a_single_process_with_every_class() -> None:
     with tempfile.TemporaryDirectory() as folder:
         init_file = os.path.join(folder, "init")
-        mp.start_processes(
-            _sharded_worker, args=(init_file, folder), nprocs=WORLD_SIZE, start_method="fork"
-        )
+        context = mp.spawn(_sharded_worker, args=(init_file, folder), nprocs=WORLD_SIZE, join=False)
+        deadline = time.monotonic() + SPAWN_TIMEOUT_S
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.terminate()
+                pytest.fail(
+                    f"the {WORLD_SIZE} Gloo processes did not finish in {SPAWN_TIMEOUT_S} s"
+                )
         outcomes = [torch.load(Path(folder) / f"rank{r}.pt") for r in range(WORLD_SIZE)]
     for rank, outcome in enumerate(outcomes):
         for name, checks in outcome.items():

@@ -113,7 +113,7 @@ async def add_face(
 ) -> EnrolledFace:
     """Enrol the largest face of the photo. The photo itself is not stored: only the
     embedding, its model, quality, detection score and the photo's sha256."""
-    await run_in_threadpool(gallery.get_identity, identity_id)  # 404 before any inference
+    await run_in_threadpool(gallery.require_identity, identity_id)  # 404 before inference
     data = await read_upload(image, services.settings)
     analyzed = await run_in_threadpool(services.pipeline.analyze, data, flip=flip)
     settings = services.settings

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
 
@@ -26,6 +27,19 @@ from service.gallery.store import SqliteStore
 
 MODEL = "testmodel@0123456789ab"
 OTHER_MODEL = "othermodel@ba9876543210"
+
+
+def noise_photo(seed: int, size: int = 640) -> bytes:
+    """PNG bytes of a smooth random-colour image; the synthetic recognizer embeds different
+    seeds differently and equal seeds equally. (Kept here rather than imported from the
+    suite's conftest: `from conftest import` resolves to whichever conftest.py pytest loaded
+    last.)"""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (size // 32, size // 32, 3), dtype=np.uint8)
+    image = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+    ok, buffer = cv2.imencode(".png", image)
+    assert ok
+    return buffer.tobytes()
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:

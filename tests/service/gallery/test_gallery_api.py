@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import encode, noise_image
+from gallery_support import noise_photo
 from synthetic_models import SyntheticFace, make_manifest_pack
 
 BIG_FACE = SyntheticFace.from_box((100.0, 120.0, 340.0, 400.0), score=0.8)
@@ -41,7 +41,7 @@ def two_face_pack(tmp_path: Path) -> Path:
 
 
 def photo(seed: int) -> bytes:
-    return encode(noise_image(seed=seed))
+    return noise_photo(seed)
 
 
 def image_file(data: bytes) -> dict:

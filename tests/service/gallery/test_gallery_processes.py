@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import encode, noise_image
-from gallery_support import Server, running_server
+from gallery_support import Server, noise_photo, running_server
 from synthetic_models import SyntheticFace, make_manifest_pack
 
 from service.gallery.gallery import Gallery
@@ -34,7 +33,7 @@ def pack(tmp_path: Path) -> Path:
 
 
 def photo(seed: int) -> bytes:
-    return encode(noise_image(seed=seed))
+    return noise_photo(seed)
 
 
 def files(seed: int) -> dict:
