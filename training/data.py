@@ -446,10 +446,6 @@ class ResumableSampler(Sampler[tuple[int, bool]]):
         return self.per_rank - self.start
 
 
-def _quiet_opencv(_: int) -> None:
-    cv2.setNumThreads(1)  # workers decode in parallel already; OpenCV's own threads oversubscribe
-
-
 def make_loader(
     dataset: FaceDataset,
     sampler: ResumableSampler,
@@ -460,7 +456,10 @@ def make_loader(
 ) -> DataLoader:
     """Batches in the sampler's order; incomplete last batches are dropped (BatchNorm and the
     step count both want full batches). The loader draws its worker seeds from its own
-    generator, not the global one, so starting an epoch leaves the training RNG untouched."""
+    generator, not the global one, so starting an epoch leaves the training RNG untouched.
+
+    Workers leave OpenCV's thread count alone: `cv2.setNumThreads` in a forked worker waits
+    forever on the parent's thread pool when the parent has used it."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -468,7 +467,6 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=True,
-        worker_init_fn=_quiet_opencv if num_workers else None,
         persistent_workers=False,
         generator=torch.Generator().manual_seed(seed),
     )
