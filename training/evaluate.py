@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +41,10 @@ NUM_FOLDS = 10
 REPORTED_FARS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 DEFAULT_TARGET_FAR = 1e-3
 # Images per forward pass when embedding an evaluation set.
+if TYPE_CHECKING:
+    from service.faces.embedder import Embedder
+    from service.packs import RecognizerSpec
+
 EMBED_BATCH = 64
 # Seed of the synthetic evaluation identities: far from any training seed, so unseen identities.
 SYNTHETIC_EVAL_SEED = 1_000
@@ -74,7 +79,8 @@ class TorchEmbedder:
 
 
 class OnnxEmbedder:
-    """Raw embeddings from an ONNX recognizer, pre-processed as its pack manifest says."""
+    """Raw embeddings from an ONNX recognizer, pre-processed exactly as the service does
+    (`service.faces.embedder.Embedder`: colour order, mean and std from the pack)."""
 
     def __init__(
         self,
@@ -83,40 +89,47 @@ class OnnxEmbedder:
         mean: float = 127.5,
         std: float = 127.5,
         providers: Sequence[str] | None = None,
-        batch_size: int = EMBED_BATCH,
     ) -> None:
-        import onnxruntime as ort
+        from service.packs import RecognizerSpec
 
-        self.session = ort.InferenceSession(
-            str(onnx_path), providers=list(providers or ["CPUExecutionProvider"])
+        spec = RecognizerSpec(
+            file=Path(onnx_path).name,
+            color_order=color_order,
+            mean=mean,
+            std=std,
+            input_size=IMAGE_SIZE,
+            embedding_size=0,  # read from the model
         )
-        model_input = self.session.get_inputs()[0]
-        self.input_name = model_input.name
-        side = model_input.shape[-1]
-        self.input_size = side if isinstance(side, int) else IMAGE_SIZE
-        self.color_order, self.mean, self.std, self.batch_size = color_order, mean, std, batch_size
+        self._embedder = _service_embedder(Path(onnx_path), spec, providers)
 
     @classmethod
     def from_pack(cls, pack_dir: Path, providers: Sequence[str] | None = None) -> OnnxEmbedder:
-        from service.packs import MANIFEST_NAME, PackManifest
+        """Any pack the service loads: ours (pack.json) or an InsightFace folder."""
+        from service.packs import load_pack
 
-        manifest_path = Path(pack_dir) / MANIFEST_NAME
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"{manifest_path} not found: give a pack written by `export`")
-        spec = PackManifest.model_validate_json(manifest_path.read_text()).recognizer
-        return cls(
-            Path(pack_dir) / spec.file, spec.color_order, spec.mean, spec.std, providers=providers
+        pack = load_pack(Path(pack_dir))
+        embedder = cls.__new__(cls)
+        embedder._embedder = _service_embedder(
+            pack.recognizer_path, pack.manifest.recognizer, providers
         )
+        return embedder
+
+    @property
+    def input_size(self) -> int:
+        return self._embedder.input_size
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        outputs = []
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start : start + self.batch_size].astype(np.float32)
-            if self.color_order == "RGB":
-                batch = batch[..., ::-1]
-            blob = np.ascontiguousarray(((batch - self.mean) / self.std).transpose(0, 3, 1, 2))
-            outputs.append(self.session.run(None, {self.input_name: blob})[0])
-        return np.concatenate(outputs).astype(np.float32)
+        return self._embedder.raw_embeddings(list(images))
+
+
+def _service_embedder(
+    path: Path, spec: RecognizerSpec, providers: Sequence[str] | None
+) -> Embedder:
+    from service.faces.embedder import Embedder
+    from service.runtime import RuntimeOptions, create_session
+
+    runtime = RuntimeOptions(providers=",".join(providers) if providers else "cpu")
+    return Embedder(create_session(path, runtime), spec)
 
 
 def embed(embedder: RawEmbedder, images: np.ndarray, flip: bool = False) -> torch.Tensor:

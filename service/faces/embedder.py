@@ -51,7 +51,9 @@ class Embedder:
         batch = (batch - self._spec.mean) / self._spec.std
         return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
-    def _raw(self, crops: list[np.ndarray]) -> np.ndarray:
+    def raw_embeddings(self, crops: list[np.ndarray]) -> np.ndarray:
+        """The recognizer's output (n, d) before normalisation, in batches of at most
+        `MAX_BATCH` (or the model's fixed batch size)."""
         outputs = [
             self._session.run(None, {self._input_name: self._blob(crops[i : i + self._max_batch])})[
                 0
@@ -74,10 +76,10 @@ class Embedder:
                     f"crop shape {crop.shape}, expected {(self.input_size,) * 2 + (3,)}"
                 )
         if flip:
-            raw_all = self._raw(list(crops) + [crop[:, ::-1] for crop in crops])
+            raw_all = self.raw_embeddings(list(crops) + [crop[:, ::-1] for crop in crops])
             raw, mirrored = raw_all[: len(crops)], raw_all[len(crops) :]
             embeddings, _ = l2_normalize(raw + mirrored)
             _, norms = l2_normalize(raw)
         else:
-            embeddings, norms = l2_normalize(self._raw(crops))
+            embeddings, norms = l2_normalize(self.raw_embeddings(crops))
         return EmbeddingBatch(embeddings, norms)
