@@ -14,7 +14,7 @@ recall counted only over exact neighbours with cosine >= 0.3, the ones an identi
 answer can depend on; and id@1: how often the top hit is a face of the same identity as the
 exact top hit (what a 1:N answer reports).
 
-    python bench/gallery_search.py                       # 10k, 100k, 1M (HNSW at 1M: minutes)
+    python bench/gallery_search.py        # 10k, 100k, 1M; HNSW at 1M takes 10+ min on 2 cores
     python bench/gallery_search.py --sizes 10000 100000 --skip hnsw:1000000
 """
 

@@ -95,13 +95,13 @@ class Metrics:
                 "faceverify_gallery_identities",
                 "Enrolled identities.",
                 registry=reg,
-                multiprocess_mode="max",
+                multiprocess_mode="mostrecent",
             ),
             gallery_faces=Gauge(
                 "faceverify_gallery_faces",
                 "Enrolled faces (embeddings).",
                 registry=reg,
-                multiprocess_mode="max",
+                multiprocess_mode="mostrecent",
             ),
             index_info=Gauge(
                 "faceverify_index_info",

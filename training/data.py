@@ -468,6 +468,9 @@ def make_loader(
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=False,
+        # Workers start from a clean process, not a fork of one that already runs OpenCV,
+        # onnxruntime or CUDA threads (a fork can inherit their locks held, and hang).
+        multiprocessing_context="forkserver" if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )
 

@@ -31,6 +31,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MISSING_FIELD: 422,
     ErrorCode.VALIDATION_ERROR: 422,
     ErrorCode.NOT_FOUND: 404,
+    ErrorCode.IDENTITY_HAS_NO_FACES: 409,
     ErrorCode.MODEL_MISMATCH: 409,
     ErrorCode.NOT_READY: 503,
     ErrorCode.INTERNAL: 500,

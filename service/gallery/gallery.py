@@ -108,7 +108,10 @@ class Gallery:
             return
         labels = (state.kind, state.device)
         if labels != self._index_labels:
-            self._metrics.index_info.clear()
+            # Set the old series to 0 rather than removing it: with several workers the
+            # values live in shared files that a removal would not reach.
+            if self._index_labels is not None:
+                self._metrics.index_info.labels(*self._index_labels).set(0)
             self._metrics.index_info.labels(*labels).set(1)
             self._index_labels = labels
         self._update_counts()
@@ -287,7 +290,7 @@ class Gallery:
                     f"/identities/{identity_id}/faces",
                 )
             raise ServiceError(
-                ErrorCode.NO_FACE,
+                ErrorCode.IDENTITY_HAS_NO_FACES,
                 f"identity {identity_id!r} has no enrolled face; enrol one with POST "
                 f"/identities/{identity_id}/faces",
             )

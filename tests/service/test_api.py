@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import encode, noise_image
 from PIL import Image
 from synthetic_models import SyntheticFace, make_manifest_pack, make_pack_folder
+from testimages import encode, noise_image
 
 # Two faces in detector-input pixels; test images are 640x640 so image pixels are the same.
 BIG_FACE = SyntheticFace.from_box((100.0, 120.0, 340.0, 400.0), score=0.8)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from fastapi import APIRouter, Request, Response
 
 from service.api.deps import get_services
 from service.api.errors import ErrorResponse
 from service.api.schemas import Health, Readiness
+from service.errors import ErrorCode, ServiceError
 
 router = APIRouter(tags=["operations"])
 
@@ -21,6 +24,12 @@ async def healthz() -> Health:
 async def readyz(request: Request) -> Readiness:
     """Models are loaded and the gallery is open: ready for traffic (503 otherwise)."""
     services = get_services(request)
+    if services.gallery is None:
+        raise ServiceError(ErrorCode.NOT_READY, "the gallery is not open")
+    try:
+        services.gallery.list_identities(limit=1, offset=0)
+    except sqlite3.Error as exc:
+        raise ServiceError(ErrorCode.NOT_READY, f"the gallery store cannot be read: {exc}") from exc
     return Readiness(
         status="ready",
         model=services.pack.model_id,

@@ -24,7 +24,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
     for status, description in {
         400: "invalid_image",
         404: "not_found (unknown identity_id)",
-        409: "model_mismatch (identity enrolled with another model)",
+        409: "model_mismatch, identity_has_no_faces",
         413: "payload_too_large, image_too_large",
         415: "unsupported_format",
         422: "no_face, face_too_small, missing_field, validation_error",

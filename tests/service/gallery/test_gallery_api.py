@@ -271,7 +271,7 @@ def test_verify_against_identity_uses_its_best_face(app_client, one_face_pack):
     assert body["similarity"] == pytest.approx(1.0, abs=1e-4)
     assert other.json()["match"] is False
     assert missing.status_code == 404
-    assert faceless.status_code == 422 and error_code(faceless) == "no_face"
+    assert faceless.status_code == 409 and error_code(faceless) == "identity_has_no_faces"
 
 
 def test_fresh_app_on_same_data_dir_sees_every_identity(app_client, one_face_pack, tmp_path):

@@ -97,7 +97,7 @@ def test_compare_errors_say_what_is_wrong(populated):
     bare = gallery.create_identity("no faces yet")
     with pytest.raises(ServiceError) as empty:
         gallery.compare(bare.id, centres[0])
-    assert empty.value.code is ErrorCode.NO_FACE and "enrol" in empty.value.message
+    assert empty.value.code is ErrorCode.IDENTITY_HAS_NO_FACES and "enrol" in empty.value.message
 
 
 def test_other_models_faces_are_never_compared(tmp_path):
@@ -206,7 +206,10 @@ def test_a_worker_behind_a_pruned_change_log_rebuilds(tmp_path):
 
 
 def test_auto_index_turns_approximate_when_the_gallery_crosses_the_threshold(tmp_path):
-    gallery = open_test_gallery(tmp_path, dim=DIM, index_setting="auto", approx_min_faces=50)
+    metrics = Metrics.create()
+    gallery = open_test_gallery(
+        tmp_path, dim=DIM, index_setting="auto", approx_min_faces=50, metrics=metrics
+    )
     try:
         _, faces, _ = clustered(20, 3, DIM, seed=8)
         _enrol(gallery, "first", faces[:10])
@@ -217,6 +220,9 @@ def test_auto_index_turns_approximate_when_the_gallery_crosses_the_threshold(tmp
         assert gallery.index_state.kind != "flat"
         assert gallery.index_state.size == 60
         assert candidates[0].name == "first"
+        value = metrics.registry.get_sample_value
+        assert value("faceverify_index_info", {"type": "flat", "device": "cpu"}) == 0
+        assert value("faceverify_index_info", {"type": "ivf", "device": "cpu"}) == 1
     finally:
         gallery.close()
 
