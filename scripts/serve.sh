@@ -8,10 +8,8 @@ PY=${PY:-.venv/bin/python}
 if [ -z "${FACEVERIFY_PACK_DIR:-}" ]; then
   export FACEVERIFY_PACK_DIR="$PWD/models/buffalo_l"
   if [ ! -d "$FACEVERIFY_PACK_DIR" ]; then
-    "$PY" -m service fetch-models buffalo_l --dir models || {
-      echo "faceverify: no model pack; offline, point at one: FACEVERIFY_PACK_DIR=../shared/assets/models/scrfd500m_mbf128 make serve" >&2
-      exit 1
-    }
+    # On failure fetch-models prints one line saying how to provide a pack by hand.
+    "$PY" -m service fetch-models buffalo_l --dir models || exit 1
   fi
 fi
 exec "$PY" -m service serve

@@ -64,7 +64,7 @@ class Metrics:
             ),
             stage_duration=Histogram(
                 "faceverify_stage_duration_seconds",
-                "Pipeline stage latency (decode, detect, align, embed, search).",
+                "Pipeline stage latency (decode, detect, align, embed); search has its own.",
                 ["stage"],
                 buckets=LATENCY_BUCKETS,
                 registry=reg,
