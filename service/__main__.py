@@ -14,6 +14,7 @@ from service.errors import PackError
 from service.settings import REPO_ROOT, Settings
 
 DEFAULT_MODELS_DIR = REPO_ROOT / "models"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _fail(message: str) -> int:
@@ -76,9 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("directory", type=Path, nargs="?", help="default: FACEVERIFY_PACK_DIR")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing noise
     if args.command == "fetch-models":
         return fetch_models(args.name, args.dir)
     settings = Settings()
