@@ -19,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,33 @@ def stop(process: subprocess.Popen) -> None:
         process.stdout.close()
 
 
+@contextmanager
+def running(
+    command: list[str],
+    cwd: Path,
+    env: dict[str, str] | None,
+    port: int,
+    ready_path: str,
+    limit_s: float,
+) -> Iterator[str]:
+    """Start `command`, wait until `ready_path` answers 200 on `port`, yield its base URL,
+    and stop the process afterwards."""
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: http("GET", f"{url}{ready_path}")[0] == 200,
+            limit_s,
+            f"{Path(command[0]).name} {ready_path}",
+            process,
+        )
+        yield url
+    finally:
+        stop(process)
+
+
 @pytest.fixture
 def prometheus_binary() -> str:
     binary = shutil.which("prometheus")
@@ -130,25 +158,16 @@ def service_url(tmp_path: Path) -> Iterator[str]:
         "FACEVERIFY_LOG_LEVEL": "warning",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    process = subprocess.Popen(
+    # cwd=tmp_path: no stray .env is read
+    with running(
         [sys.executable, "-m", "service", "serve"],
-        cwd=tmp_path,  # no stray .env is read
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(
-            lambda: http("GET", f"{url}/readyz")[0] == 200,
-            SERVICE_START_LIMIT_S,
-            "service /readyz",
-            process,
-        )
+        tmp_path,
+        env,
+        port,
+        "/readyz",
+        SERVICE_START_LIMIT_S,
+    ) as url:
         yield url
-    finally:
-        stop(process)
 
 
 def exercise(url: str) -> None:
@@ -183,29 +202,14 @@ def prometheus_url(prometheus_binary: str, service_url: str, tmp_path: Path) -> 
         encoding="utf-8",
     )
     port = free_port()
-    process = subprocess.Popen(
-        [
-            prometheus_binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(
-            lambda: http("GET", f"{url}/-/ready")[0] == 200,
-            PROMETHEUS_START_LIMIT_S,
-            "prometheus /-/ready",
-            process,
-        )
+    command = [
+        prometheus_binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    with running(command, tmp_path, None, port, "/-/ready", PROMETHEUS_START_LIMIT_S) as url:
         yield url
-    finally:
-        stop(process)
 
 
 def api(prometheus: str, path: str, **params: str) -> Any:
