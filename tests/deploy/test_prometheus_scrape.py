@@ -33,6 +33,7 @@ from deploy_support import (
     exported_metric_names,
     free_port,
     grafana_to_promql,
+    iter_panels,
 )
 from synthetic_models import SyntheticFace, make_pack_folder
 
@@ -212,6 +213,24 @@ def prometheus_url(prometheus_binary: str, service_url: str, tmp_path: Path) -> 
         yield url
 
 
+def until_series(prometheus: str, query: str) -> None:
+    """Wait until `query` returns a series (a scrape has brought it in)."""
+    deadline = time.monotonic() + SCRAPE_LIMIT_S
+    while not api(prometheus, "query", query=query)["result"]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{query} has no series after {SCRAPE_LIMIT_S} s")
+        time.sleep(POLL_INTERVAL_S)
+
+
+def panel_queries(title: str) -> dict[str, str]:
+    """The PromQL of one dashboard panel's queries, by legend (or refId)."""
+    panel = next(p for p in iter_panels(dashboard()["panels"]) if p.get("title") == title)
+    return {
+        target.get("legendFormat") or target["refId"]: grafana_to_promql(target["expr"])
+        for target in panel["targets"]
+    }
+
+
 def api(prometheus: str, path: str, **params: str) -> Any:
     query = urllib.parse.urlencode(params)
     status, body = http("GET", f"{prometheus}/api/v1/{path}?{query}")
@@ -254,3 +273,39 @@ def test_prometheus_scrapes_the_service_and_can_query_every_exported_metric(
 
     for expression in dashboard_expressions(dashboard()):
         api(prometheus_url, "query", query=grafana_to_promql(expression))
+
+
+def test_every_dashboard_panel_shows_data_after_traffic(service_url, prometheus_url):
+    """What Grafana would draw: every dashboard query returns series once the service has
+    served traffic, the error-rate panel reads 0 (not "no data") for 5xx and more than 0 for
+    the 4xx the traffic contained, and requests/s by route is positive."""
+    # Two rounds of traffic with a scrape between them, so that every rate() sees its counters
+    # increase. (Prometheus applies new targets every 5 s, so the first scrape comes late.)
+    exercise(service_url)
+    until_series(prometheus_url, 'faceverify_requests_total{job="faceverify", route="/identify"}')
+    exercise(service_url)
+    queries = [grafana_to_promql(expr) for expr in dashboard_expressions(dashboard())]
+    error_rate = panel_queries("Error rate")
+    (by_route,) = panel_queries("Requests/s by route").values()
+
+    def results(query: str) -> list[dict[str, Any]]:
+        return api(prometheus_url, "query", query=query)["result"]
+
+    def route_rates() -> dict[str, float]:
+        return {s["metric"]["route"]: float(s["value"][1]) for s in results(by_route)}
+
+    # Until the scrape after the second round is in, the rates may still read 0.
+    deadline = time.monotonic() + SCRAPE_LIMIT_S
+    while (missing := [query for query in queries if not results(query)]) or not (
+        route_rates().get("/verify", 0.0) > 0 and route_rates().get("/identify", 0.0) > 0
+    ):
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {SCRAPE_LIMIT_S} s: no data from {missing}, {route_rates()=}")
+        time.sleep(POLL_INTERVAL_S)
+
+    def value(query: str) -> float:
+        (series,) = results(query)
+        return float(series["value"][1])
+
+    assert value(error_rate["5xx"]) == 0.0
+    assert 0.0 < value(error_rate["4xx"]) < 1.0
