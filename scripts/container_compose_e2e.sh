@@ -47,7 +47,8 @@ fi
 if [ "$rebuild" = 1 ] || ! podman image exists "$FACEVERIFY_IMAGE_TAG"; then
     fv_log "building $FACEVERIFY_IMAGE_TAG"
     podman build --format docker $(fv_build_net_args) \
-        --build-arg BASE_IMAGE="$FACEVERIFY_BASE_IMAGE" -t "$FACEVERIFY_IMAGE_TAG" "$repo" >&2
+        --build-arg VARIANT=cpu --build-arg BASE_IMAGE="$FACEVERIFY_BASE_IMAGE" \
+        -t "$FACEVERIFY_IMAGE_TAG" "$repo" >&2
 fi
 # shellcheck disable=SC2046
 if [ "$rebuild" = 1 ] || ! podman image exists "$PROMETHEUS_IMAGE_TAG"; then

@@ -49,9 +49,11 @@ trap cleanup EXIT
 fv_log "building $IMAGE from $FACEVERIFY_BASE_IMAGE"
 build_start=$(date +%s)
 # --format docker keeps the HEALTHCHECK instruction (the OCI image format has no field for it).
+# VARIANT is passed although it is the default: buildah 1.28 (podman 4.3) resolves
+# `FROM python-${VARIANT}` only from a --build-arg, not from the ARG's default.
 # shellcheck disable=SC2046
 podman build --format docker "${cache_args[@]}" $(fv_build_net_args) \
-    --build-arg BASE_IMAGE="$FACEVERIFY_BASE_IMAGE" -t "$IMAGE" "$repo" >&2
+    --build-arg VARIANT=cpu --build-arg BASE_IMAGE="$FACEVERIFY_BASE_IMAGE" -t "$IMAGE" "$repo" >&2
 build_s=$(($(date +%s) - build_start))
 size_mb=$(fv_image_size_mb "$IMAGE")
 fv_log "built in ${build_s} s, image size ${size_mb} MB"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Build check of the GPU image (Dockerfile target `gpu`) on a host without a GPU or registry
+# Build check of the GPU image (build arg VARIANT=gpu) on a host without a GPU or registry
 # access: the CUDA base is replaced by the local Debian + Python base, so every step of the GPU
 # stages runs (apt, the pip swap to onnxruntime-gpu + faiss-gpu with CUDA 12 wheels, the import
 # check that onnxruntime offers CUDAExecutionProvider) except CUDA itself. On a host that can
-# pull nvidia/cuda, build the real thing with `docker build --target gpu .`.
+# pull nvidia/cuda, build the real thing with `docker build --build-arg VARIANT=gpu .`.
 #
 # Usage: scripts/container_gpu_build_check.sh
 set -euo pipefail
@@ -18,10 +18,10 @@ IMAGE="${FACEVERIFY_GPU_CHECK_IMAGE:-localhost/faceverify:gpu-check}"
 fv_podman_setup
 "$here/make_base_image.sh"
 
-fv_log "building target gpu with CUDA_BASE_IMAGE=$FACEVERIFY_BASE_IMAGE"
+fv_log "building VARIANT=gpu with CUDA_BASE_IMAGE=$FACEVERIFY_BASE_IMAGE"
 start=$(date +%s)
 # shellcheck disable=SC2046
-podman build --format docker $(fv_build_net_args) --target gpu \
+podman build --format docker $(fv_build_net_args) --build-arg VARIANT=gpu \
     --build-arg CUDA_BASE_IMAGE="$FACEVERIFY_BASE_IMAGE" -t "$IMAGE" "$repo" >&2
 build_s=$(($(date +%s) - start))
 

@@ -92,6 +92,7 @@ def test_schema_check_rejects_a_malformed_service(compose_schema):
 def test_faceverify_service_builds_the_cpu_image_with_health_restart_and_volumes():
     service = interpolate(load(COMPOSE_FILE))["services"]["faceverify"]
     assert service["build"]["target"] in dockerfile_stages()
+    assert service["build"]["args"]["VARIANT"] == "cpu"
     assert service["restart"] in {"always", "unless-stopped", "on-failure"}
     assert any(port.endswith(f":{CONTAINER_PORT}") for port in service["ports"])
     test = service["healthcheck"]["test"]
@@ -139,10 +140,11 @@ def test_prometheus_config_passes_promtool():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_gpu_override_builds_the_gpu_target_and_reserves_an_nvidia_gpu():
+def test_gpu_override_builds_the_gpu_variant_and_reserves_an_nvidia_gpu():
     service = load(GPU_COMPOSE_FILE)["services"]["faceverify"]
-    assert service["build"]["target"] == "gpu"
-    assert "gpu" in dockerfile_stages()
+    assert service["build"]["args"]["VARIANT"] == "gpu"
+    assert service["build"]["target"] in dockerfile_stages()
+    assert "python-gpu" in dockerfile_stages()
     devices = service["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
 

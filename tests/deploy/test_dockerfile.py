@@ -1,6 +1,6 @@
 """The Dockerfile's promises, checked without a container engine: configurable base, CPU and
-GPU targets on one CUDA major, non-root runtime, health check, volumes; and the health probe
-the image runs, against real HTTP servers."""
+GPU variants of one build and runtime on one CUDA major, non-root runtime, health check,
+volumes; and the health probe the image runs, against real HTTP servers."""
 
 from __future__ import annotations
 
@@ -71,22 +71,26 @@ def stage_named(name: str) -> Stage:
 
 
 def test_base_image_is_a_build_arg_defaulting_to_official_slim_python():
-    global_args, stages = parse()
+    global_args, _ = parse()
     assert global_args["BASE_IMAGE"] == "python:3.11-slim"
-    assert {stage.base for stage in stages if stage.name in {"build-cpu", "cpu"}} == {
-        "${BASE_IMAGE}"
-    }
+    assert stage_named("python-cpu").base == "${BASE_IMAGE}"
+    assert stage_named("python-gpu").base == "${CUDA_BASE_IMAGE}"
 
 
-def test_cpu_is_the_default_target_and_gpu_a_second_one():
-    _, stages = parse()
-    assert stages[-1].name == "cpu", "`docker build .` must give the CPU image"
-    assert "gpu" in {stage.name for stage in stages}
+def test_cpu_is_the_default_variant_and_both_variants_share_build_and_runtime():
+    global_args, stages = parse()
+    assert global_args["VARIANT"] == "cpu", "`docker build .` must give the CPU image"
+    assert stages[-1].name == "runtime", "the last stage is the default target"
+    for name in ("build", "runtime"):
+        assert stage_named(name).base == "python-${VARIANT}", name
+    # One definition of the runtime: no stage other than `runtime` sets the user or entrypoint.
+    for stage in stages:
+        if stage.name != "runtime":
+            assert not any(line.startswith(("USER", "ENTRYPOINT")) for line in stage.lines)
 
 
-@pytest.mark.parametrize("name", ["cpu", "gpu"])
-def test_runtime_stage_runs_as_non_root_with_healthcheck_port_and_volumes(name):
-    stage = stage_named(name)
+def test_runtime_stage_runs_as_non_root_with_healthcheck_port_and_volumes():
+    stage = stage_named("runtime")
     users = [line.split()[1] for line in stage.lines if line.upper().startswith("USER ")]
     assert users and users[-1] not in {"root", "0"}
     healthcheck = next(line for line in stage.lines if line.upper().startswith("HEALTHCHECK"))
@@ -96,19 +100,32 @@ def test_runtime_stage_runs_as_non_root_with_healthcheck_port_and_volumes(name):
     assert "EXPOSE ${PORT}" in stage.lines
     assert re.search(r"FACEVERIFY_PORT=\$\{PORT\}", stage.text)
     assert "FACEVERIFY_HOST=0.0.0.0" in stage.text
-    assert "COPY --from=build-" in stage.text, "the runtime copies a venv built elsewhere"
+    assert "COPY --from=build /opt/faceverify /opt/faceverify" in stage.lines, (
+        "the runtime copies a venv built elsewhere"
+    )
 
 
-@pytest.mark.parametrize("name", ["cpu", "gpu", "gpu-python"])
+@pytest.mark.parametrize("name", ["python-cpu", "python-gpu", "runtime"])
 def test_runtime_stages_install_no_compiler(name):
     text = stage_named(name).text
     for package in COMPILER_PACKAGES:
         assert not re.search(rf"install[^&]*\s{re.escape(package)}(\s|$)", text), package
 
 
+def test_gpu_variant_swaps_in_the_gpu_builds_and_rejects_unknown_variants():
+    build = stage_named("build").text
+    swap = next(line for line in stage_named("build").lines if "pip uninstall" in line)
+    assert swap.startswith('RUN if [ "${VARIANT}" = gpu ]; then')
+    assert "pip uninstall -y onnxruntime faiss-cpu" in swap
+    assert '"onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" "faiss-gpu==${FAISS_GPU_VERSION}"' in swap
+    assert "CUDAExecutionProvider" in swap
+    assert 'elif [ "${VARIANT}" != cpu ]' in swap and "exit 1" in swap
+    assert "ARG VARIANT" in build.splitlines(), "the stage must see the global VARIANT"
+
+
 def test_gpu_stage_uses_one_cuda_major_for_onnxruntime_and_faiss():
     global_args, _ = parse()
-    build = stage_named("build-gpu").text
+    build = stage_named("build").text
     cuda_tag = global_args["CUDA_BASE_IMAGE"].rsplit(":", 1)[1]
     assert cuda_tag.startswith("12.") and "cudnn" in cuda_tag
     onnxruntime_gpu = re.search(r"ARG ONNXRUNTIME_GPU_VERSION=(\S+)", build).group(1)
@@ -128,7 +145,7 @@ def test_gpu_versions_agree_with_the_pyproject_gpu_extra():
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     extra = pyproject["project"]["optional-dependencies"]["gpu"]
     pins = dict(requirement.split("==") for requirement in extra)
-    build = stage_named("build-gpu").text
+    build = stage_named("build").text
     onnxruntime_gpu = re.search(r"ARG ONNXRUNTIME_GPU_VERSION=(\S+)", build).group(1)
     faiss_gpu = re.search(r"ARG FAISS_GPU_VERSION=(\S+)", build).group(1)
     assert re.fullmatch(
