@@ -4,17 +4,18 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from service.errors import PackError
+from service.logs import configure_logging, logging_config
 from service.settings import REPO_ROOT, Settings
 
 DEFAULT_MODELS_DIR = REPO_ROOT / "models"
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _fail(message: str) -> int:
@@ -39,7 +40,7 @@ def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        log_level=settings.log_level,
+        log_config=logging_config(settings.log_level),
     )
     return 0
 
@@ -66,6 +67,16 @@ def check_pack(directory: Path) -> int:
     return 0
 
 
+def settings_errors(error: ValidationError) -> str:
+    """A validation error of `Settings` in one line, by environment variable."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    return "; ".join(
+        f"{prefix}{'.'.join(str(part) for part in item['loc']).upper()}={item['input']!r}: "
+        f"{item['msg']}"
+        for item in error.errors()
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="faceverify", description=__doc__)
     commands = parser.add_subparsers(dest="command")
@@ -77,11 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("directory", type=Path, nargs="?", help="default: FACEVERIFY_PACK_DIR")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing noise
     if args.command == "fetch-models":
+        configure_logging("info")
         return fetch_models(args.name, args.dir)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        return _fail(f"invalid settings: {settings_errors(exc)}")
+    configure_logging(settings.log_level)
     if args.command == "check-pack":
         return check_pack(args.directory or settings.pack_dir)
     return serve(settings)

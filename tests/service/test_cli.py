@@ -91,3 +91,76 @@ def test_serve_starts_uvicorn_and_answers_readyz(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_invalid_settings_exit_with_one_line_naming_each_variable(tmp_path):
+    result = _run(
+        "serve",
+        env={"FACEVERIFY_PORT": "eighty", "FACEVERIFY_WORKERS": "0", "FACEVERIFY_DATA_DIR": "x"},
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("faceverify: invalid settings:")
+    assert "FACEVERIFY_PORT='eighty'" in lines[0] and "FACEVERIFY_WORKERS='0'" in lines[0]
+
+
+def _serve_and_collect_log(tmp_path: Path, workers: int, log_level: str) -> str:
+    """Start `python -m service`, wait until every worker is up (each logs its start at info;
+    at warning, one worker answering /readyz), send one request, stop it, return its log."""
+    import time
+
+    import httpx
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "FACEVERIFY_PACK_DIR": str(make_manifest_pack(tmp_path / "pack")),
+        "FACEVERIFY_DATA_DIR": str(tmp_path / "data"),
+        "FACEVERIFY_PORT": str(port),
+        "FACEVERIFY_WORKERS": str(workers),
+        "FACEVERIFY_LOG_LEVEL": log_level,
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log_path = tmp_path / f"serve-{workers}-{log_level}.log"
+
+    def started() -> bool:
+        if log_level == "info":
+            return log_path.read_text().count("Application startup complete") >= workers
+        try:
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "service"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not started():
+                assert server.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, f"not started in 60 s:\n{log_path.read_text()}"
+                time.sleep(0.2)
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return log_path.read_text()
+
+
+def test_every_worker_logs_its_model_pack_and_provider(tmp_path):
+    """With several uvicorn workers, each one's start-up messages reach the log, with its pid."""
+    log = _serve_and_collect_log(tmp_path, workers=2, log_level="info")
+    loaded = [line for line in log.splitlines() if "service: model pack synthetic" in line]
+    pids = {line.split("[", 1)[1].split("]", 1)[0] for line in loaded}
+    assert len(loaded) == 2 and len(pids) == 2, log
+    assert all("CPUExecutionProvider" in line for line in loaded)
+    assert sum("gallery index built" in line for line in log.splitlines()) == 2, log
+    assert '"GET /healthz HTTP/1.1" 200' in log, "access log"
+
+
+def test_log_level_warning_silences_info_from_the_service_and_uvicorn(tmp_path):
+    log = _serve_and_collect_log(tmp_path, workers=1, log_level="warning")
+    assert " INFO " not in log, log
