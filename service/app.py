@@ -12,6 +12,7 @@ from service import __version__
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestMetrics
+from service.api.openapi import install_openapi
 from service.api.routes import faces, health, identify, identities, verify
 from service.api.uploads import BodySizeLimit, request_body_limit
 from service.faces.detector import DetectorOptions
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     install_error_handlers(app)
     for module in (verify, faces, identities, identify, health):
         app.include_router(module.router)
+    install_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=request_body_limit(settings))
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     MISSING_FIELD = "missing_field"
     VALIDATION_ERROR = "validation_error"
     NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     IDENTITY_HAS_NO_FACES = "identity_has_no_faces"
     MODEL_MISMATCH = "model_mismatch"
     NOT_READY = "not_ready"

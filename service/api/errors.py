@@ -7,12 +7,14 @@ a bare 500 page, and no bad input can take the worker down.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.api.uploads import BodyTooLarge
 from service.errors import ErrorCode, ServiceError
@@ -31,13 +33,24 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MISSING_FIELD: 422,
     ErrorCode.VALIDATION_ERROR: 422,
     ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.IDENTITY_HAS_NO_FACES: 409,
     ErrorCode.MODEL_MISMATCH: 409,
     ErrorCode.NOT_READY: 503,
     ErrorCode.INTERNAL: 500,
 }
 
-_STATUS_CODES = {404: ErrorCode.NOT_FOUND, 413: ErrorCode.PAYLOAD_TOO_LARGE}
+# Codes for the HTTP errors Starlette and FastAPI raise themselves. Any other (FastAPI's 400
+# for a body it cannot parse: not UTF-8, not JSON, broken multipart) is a `validation_error`,
+# answered with that code's status, so a code always comes with the status the table gives it.
+_STATUS_CODES = {
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+}
+
+# Methods a route of this service can answer, probed in this order to fill a 405's Allow.
+_ROUTABLE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 class ErrorBody(BaseModel):
@@ -51,14 +64,29 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-def error_response(request: Request, code: ErrorCode, message: str, status: int | None = None):
+def error_response(
+    request: Request, code: ErrorCode, message: str, headers: Mapping[str, str] | None = None
+):
     metrics = getattr(getattr(request.app.state, "services", None), "metrics", None)
     if metrics is None:
         metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:
         metrics.errors.labels(code.value).inc()
     body = ErrorResponse(error=ErrorBody(code=code, message=message))
-    return JSONResponse(body.model_dump(mode="json"), status_code=status or HTTP_STATUS[code])
+    return JSONResponse(
+        body.model_dump(mode="json"), status_code=HTTP_STATUS[code], headers=headers
+    )
+
+
+def _allowed_methods(request: Request) -> str:
+    """The methods some route answers on the request's path, for a 405's Allow header (RFC 9110
+    15.5.6 asks for all of them; Starlette names only those of the first route on the path)."""
+    allowed = []
+    for method in _ROUTABLE_METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[ErrorCode, str]:
@@ -87,7 +115,20 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc.__cause__, BodyTooLarge):
             return error_response(request, ErrorCode.PAYLOAD_TOO_LARGE, "request body too large")
         code = _STATUS_CODES.get(exc.status_code, ErrorCode.VALIDATION_ERROR)
-        return error_response(request, code, str(exc.detail), status=exc.status_code)
+        message = str(exc.detail)
+        headers = dict(exc.headers or {})
+        if code is ErrorCode.METHOD_NOT_ALLOWED:
+            headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+            message = (
+                f"{request.method} is not allowed on {request.url.path}; use {headers['Allow']}"
+            )
+        elif code is ErrorCode.VALIDATION_ERROR:
+            message = (
+                f"{message.rstrip('.')}: send the body the route documents (a JSON object in "
+                "UTF-8, or multipart/form-data with a boundary)"
+            )
+        # Headers carry what the client needs to retry, such as the Allow list of a 405.
+        return error_response(request, code, message, headers=headers)
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception):

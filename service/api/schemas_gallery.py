@@ -29,7 +29,21 @@ def _check_name(name: str | None) -> str | None:
 
 
 def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
-    if metadata is not None and len(json.dumps(metadata).encode()) > MAX_METADATA_BYTES:
+    """Metadata must come back as it was sent, so refuse what JSON answers cannot carry:
+    unpaired surrogates ("\\ud800" is legal JSON text but not Unicode, and no UTF-8 answer
+    can hold it) and NaN / Infinity (Python reads them, JSON has no such numbers)."""
+    if metadata is None:
+        return None
+    try:
+        json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            "metadata must be Unicode text: it holds an unpaired surrogate "
+            f"({exc.object[exc.start : exc.end]!r})"
+        ) from None
+    except ValueError:
+        raise ValueError("metadata numbers must be finite: NaN and Infinity are not JSON") from None
+    if len(json.dumps(metadata).encode()) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata is over {MAX_METADATA_BYTES} bytes of JSON")
     return metadata
 

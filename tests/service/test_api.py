@@ -215,6 +215,39 @@ def test_unknown_route_is_404_json(app_client, two_face_pack):
     assert response.status_code == 404 and _error(response) == "not_found"
 
 
+def test_wrong_method_is_405_method_not_allowed_with_every_allowed_method(
+    app_client, two_face_pack
+):
+    # Found by tests/service/test_api_fuzz.py: TRACE /verify answered 405 with code
+    # validation_error (a 422 code) and no Allow header; OPTIONS /identities said
+    # `Allow: POST` although GET /identities exists too.
+    with app_client(two_face_pack) as client:
+        trace = client.request("TRACE", "/verify")
+        options = client.options("/identities")
+        put = client.put("/identities/someone")
+    assert trace.status_code == 405 and _error(trace) == "method_not_allowed"
+    assert trace.headers["allow"] == "POST"
+    assert options.status_code == 405 and _error(options) == "method_not_allowed"
+    assert options.headers["allow"] == "GET, POST"
+    assert put.status_code == 405 and put.headers["allow"] == "GET, PATCH, DELETE"
+    assert "GET, PATCH, DELETE" in put.json()["error"]["message"]
+
+
+def test_unparseable_body_is_422_validation_error(app_client, two_face_pack):
+    # Found by tests/service/test_api_fuzz.py: a body FastAPI cannot parse answered 400 with
+    # code validation_error, a status the error table does not give that code.
+    with app_client(two_face_pack) as client:
+        not_utf8 = client.post(
+            "/identities", content=b"\xff\xfe{", headers={"content-type": "application/json"}
+        )
+        no_boundary = client.post(
+            "/embed", content=b"xx", headers={"content-type": "multipart/form-data"}
+        )
+    for response in (not_utf8, no_boundary):
+        assert response.status_code == 422 and _error(response) == "validation_error"
+        assert "send the body the route documents" in response.json()["error"]["message"]
+
+
 def test_worker_survives_a_burst_of_bad_inputs(app_client, two_face_pack):
     photo = encode(noise_image())
     bad = [b"", b"\x89PNG\r\n\x1a\n", photo[: len(photo) // 2], b"GIF89a" + b"\0" * 20]
@@ -275,3 +308,43 @@ def test_openapi_documents_routes_examples_and_errors(app_client, two_face_pack)
     verify = spec["paths"]["/verify"]["post"]
     assert {"413", "415", "422"} <= set(verify["responses"])
     assert "examples" in json.dumps(spec["components"]["schemas"]["VerifyResponse"])
+
+
+def test_openapi_documents_every_error_in_the_error_shape(app_client, two_face_pack):
+    # GET /identities and DELETE /identities/{id}/faces/{face_id} documented FastAPI's own
+    # 422 body ({"detail": [...]}) while answering {"error": {...}}.
+    with app_client(two_face_pack) as client:
+        spec = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in json.dumps(spec)
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (
+                        method,
+                        path,
+                        status,
+                    )
+
+
+def test_openapi_form_fields_and_query_parameters_are_never_null(app_client, two_face_pack):
+    # Found by tests/service/test_api_fuzz.py: optional fields were documented as
+    # `anyOf: [X, null]`, so a client following the schema sent the text "null" (refused) and
+    # sent the optional uploads of /verify as text fields, not files (refused too).
+    with app_client(two_face_pack) as client:
+        spec = client.get("/openapi.json").json()
+    components = spec["components"]["schemas"]
+    verify_form = components["Body_verify_verify_post"]["properties"]
+    for upload in ("image1", "image2", "image"):
+        assert verify_form[upload]["contentMediaType"] == "application/octet-stream"
+    assert verify_form["flip"]["type"] == "boolean"
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                assert "null" not in json.dumps(parameter["schema"]), parameter
+            form = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data")
+            if form:
+                body = components[form["schema"]["$ref"].rsplit("/", 1)[-1]]
+                assert "null" not in json.dumps(body["properties"]), body
+    assert {"type": "null"} in components["VerifyResponse"]["properties"]["face_id"]["anyOf"]

@@ -28,6 +28,8 @@ router = APIRouter(tags=["gallery"])
 # Page size of GET /identities: default, and the most one page may hold.
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+# SQLite binds integers as signed 64-bit values; a larger OFFSET cannot even be sent to it.
+MAX_PAGE_OFFSET = 2**63 - 1
 
 
 def documented(errors: dict[int, str]) -> dict[int | str, dict]:
@@ -54,11 +56,13 @@ def create_identity(body: IdentityCreate, gallery: GalleryDep) -> IdentityOut:
     return IdentityOut(**IdentitySummary.of(identity).model_dump(), faces=[])
 
 
-@router.get("/identities", response_model=IdentityPage)
+@router.get(
+    "/identities", response_model=IdentityPage, responses=documented({422: "validation_error"})
+)
 def list_identities(
     gallery: GalleryDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_PAGE_OFFSET)] = 0,
 ) -> IdentityPage:
     """Identities in creation order, one page at a time (`total` counts them all)."""
     identities, total = gallery.list_identities(limit, offset)
@@ -139,7 +143,7 @@ async def add_face(
     "/identities/{identity_id}/faces/{face_id}",
     status_code=204,
     response_class=Response,
-    responses=documented({404: "not_found (unknown identity or face)"}),
+    responses=documented({404: "not_found (unknown identity or face)", 422: "validation_error"}),
 )
 def delete_face(identity_id: str, face_id: str, gallery: GalleryDep) -> Response:
     """Delete one enrolled face (erased like DELETE /identities/{id})."""

@@ -94,6 +94,56 @@ def test_identities_are_paged_in_creation_order(app_client, one_face_pack):
     assert first["items"][0]["face_count"] == 0
 
 
+def test_page_offset_past_sqlite_integers_is_422_not_500(app_client, one_face_pack):
+    # Found by tests/service/test_api_fuzz.py: SQLite cannot bind this OFFSET (OverflowError).
+    with app_client(one_face_pack) as client:
+        create(client, "Ada")
+        too_far = client.get("/identities", params={"offset": 32147482173365542912})
+        last = client.get("/identities", params={"offset": 2**63 - 1})
+    assert too_far.status_code == 422 and error_code(too_far) == "validation_error"
+    assert last.status_code == 200 and last.json()["items"] == [] and last.json()["total"] == 1
+
+
+# Metadata JSON that Python parses but no JSON answer can carry: an unpaired surrogate (in a
+# value or a key) and the non-numbers NaN and Infinity (1e400 reads as Infinity).
+UNREPRESENTABLE_METADATA = [
+    b'{"note": "\\udfff"}',
+    b'{"\\ud800": 1}',
+    b'{"ratio": NaN}',
+    b'{"ratio": -Infinity}',
+    b'{"ratio": 1e400}',
+]
+
+
+@pytest.mark.parametrize("metadata", UNREPRESENTABLE_METADATA)
+def test_metadata_json_cannot_carry_is_422_and_leaves_the_gallery_readable(
+    app_client, one_face_pack, metadata
+):
+    # Found by tests/service/test_api_fuzz.py: a lone surrogate was stored, then every answer
+    # naming that identity (GET /identities included) failed to encode: 500 until deleted;
+    # NaN and Infinity were stored and came back as null.
+    headers = {"content-type": "application/json"}
+    with app_client(one_face_pack) as client:
+        identity_id = create(client, "Ada", team="x")
+        before = client.get(f"/identities/{identity_id}").json()
+        created = client.post(
+            "/identities",
+            content=b'{"name": "Bob", "metadata": ' + metadata + b"}",
+            headers=headers,
+        )
+        patched = client.patch(
+            f"/identities/{identity_id}",
+            content=b'{"metadata": ' + metadata + b"}",
+            headers=headers,
+        )
+        listed = client.get("/identities")
+        after = client.get(f"/identities/{identity_id}").json()
+    assert created.status_code == 422 and error_code(created) == "validation_error"
+    assert patched.status_code == 422 and error_code(patched) == "validation_error"
+    assert listed.status_code == 200 and listed.json()["total"] == 1
+    assert after == before
+
+
 def test_patch_renames_and_search_shows_new_name(app_client, one_face_pack):
     with app_client(one_face_pack) as client:
         identity_id = create(client, "Ada", born=1815)
