@@ -21,7 +21,7 @@ from service.faces.pipeline import FacePipeline, PipelineOptions
 from service.gallery import open_gallery
 from service.metrics import Metrics
 from service.packs import load_pack
-from service.runtime import RuntimeOptions
+from service.runtime import RuntimeOptions, threads_per_worker
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -52,7 +52,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     pack = load_pack(settings.pack_dir, verify_checksums=settings.verify_checksums)
     runtime = RuntimeOptions(
         providers=settings.providers,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=threads_per_worker(settings.intra_op_threads, settings.workers),
         inter_op_threads=settings.inter_op_threads,
     )
     pipeline = FacePipeline.from_pack(pack, pipeline_options(settings), runtime, metrics)

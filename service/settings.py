@@ -36,7 +36,12 @@ class Settings(BaseSettings):
         description="Comma-separated onnxruntime providers (`cuda`, `cpu`, or full names); "
         "`auto` = CUDA when available, else CPU.",
     )
-    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads; 0 = auto.")
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="onnxruntime intra-op threads per worker; 0 = auto (onnxruntime's default "
+        "with one worker, the CPUs divided among several workers).",
+    )
     inter_op_threads: int = Field(0, ge=0, description="onnxruntime inter-op threads; 0 = auto.")
 
     # --- pipeline ---------------------------------------------------------------------------
