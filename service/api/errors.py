@@ -64,6 +64,16 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+def documented(errors: dict[int, str]) -> dict[int | str, dict]:
+    """OpenAPI `responses` for a route's error answers: status -> the error codes it carries.
+    Every route that needs the models or the gallery may answer 503 `not_ready`, so that one
+    is always listed."""
+    return {
+        status: {"model": ErrorResponse, "description": codes}
+        for status, codes in {**errors, 503: "not_ready"}.items()
+    }
+
+
 def error_response(
     request: Request, code: ErrorCode, message: str, headers: Mapping[str, str] | None = None
 ):

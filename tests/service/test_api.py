@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ import pytest
 from PIL import Image
 from synthetic_models import SyntheticFace, make_manifest_pack, make_pack_folder
 from testimages import encode, noise_image
+
+from service.api.errors import HTTP_STATUS
+from service.errors import ErrorCode
 
 # Two faces in detector-input pixels; test images are 640x640 so image pixels are the same.
 BIG_FACE = SyntheticFace.from_box((100.0, 120.0, 340.0, 400.0), score=0.8)
@@ -326,6 +330,25 @@ def test_openapi_documents_every_error_in_the_error_shape(app_client, two_face_p
                         path,
                         status,
                     )
+
+
+def test_openapi_error_statuses_list_only_codes_the_table_maps_to_them(app_client, two_face_pack):
+    """Each documented error status names its codes, and each code is one `HTTP_STATUS` maps
+    to that status: the docs and the answers come from one table."""
+    with app_client(two_face_pack) as client:
+        spec = client.get("/openapi.json").json()
+    codes = {code.value for code in ErrorCode}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) < 400:
+                    continue
+                named = set(re.findall(r"[a-z_]+", response["description"])) & codes
+                assert named, (method, path, status, response["description"])
+                for code in named:
+                    assert HTTP_STATUS[ErrorCode(code)] == int(status), (method, path, code)
+    assert "404" not in spec["paths"]["/embed"]["post"]["responses"], "embed has no id to miss"
+    assert "503" in spec["paths"]["/identities"]["get"]["responses"]
 
 
 def test_openapi_form_fields_and_query_parameters_are_never_null(app_client, two_face_pack):

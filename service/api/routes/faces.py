@@ -8,11 +8,21 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Services, get_services
-from service.api.routes.verify import ERROR_RESPONSES
+from service.api.errors import documented
 from service.api.schemas import DetectResponse, EmbeddedFaceOut, EmbedResponse, FaceOut
 from service.api.uploads import read_upload
 
 router = APIRouter(tags=["faces"])
+
+# A photo with no face is an empty list here, not an error.
+ERROR_RESPONSES = documented(
+    {
+        400: "invalid_image",
+        413: "payload_too_large, image_too_large",
+        415: "unsupported_format",
+        422: "missing_field, validation_error",
+    }
+)
 
 
 @router.post("/embed", response_model=EmbedResponse, responses=ERROR_RESPONSES)

@@ -7,7 +7,7 @@ import sqlite3
 from fastapi import APIRouter, Request, Response
 
 from service.api.deps import get_services
-from service.api.errors import ErrorResponse
+from service.api.errors import documented
 from service.api.schemas import Health, Readiness
 from service.errors import ErrorCode, ServiceError
 
@@ -20,7 +20,7 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Readiness, responses={503: {"model": ErrorResponse}})
+@router.get("/readyz", response_model=Readiness, responses=documented({}))
 async def readyz(request: Request) -> Readiness:
     """Models are loaded and the gallery is open: ready for traffic (503 otherwise)."""
     services = get_services(request)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Services, get_gallery, get_services
-from service.api.routes.identities import documented
+from service.api.errors import documented
 from service.api.schemas import FaceOut, IdentityRef
 from service.api.schemas_gallery import CandidateOut, IdentifyResponse, IdentifyResult
 from service.api.uploads import read_upload
@@ -41,7 +41,6 @@ def _first(*values):
             413: "payload_too_large, image_too_large",
             415: "unsupported_format",
             422: "no_face, face_too_small, missing_field, validation_error",
-            503: "not_ready",
         }
     ),
 )

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Services, get_gallery, get_services
-from service.api.errors import ErrorResponse
+from service.api.errors import documented
 from service.api.schemas_gallery import (
     EnrolledFace,
     IdentityCreate,
@@ -32,13 +32,6 @@ MAX_PAGE_SIZE = 1000
 MAX_PAGE_OFFSET = 2**63 - 1
 
 
-def documented(errors: dict[int, str]) -> dict[int | str, dict]:
-    """OpenAPI `responses` for error answers: status → the error codes it carries."""
-    return {
-        status: {"model": ErrorResponse, "description": text} for status, text in errors.items()
-    }
-
-
 NOT_FOUND = documented({404: "not_found (unknown identity)", 422: "validation_error"})
 
 GalleryDep = Annotated[Gallery, Depends(get_gallery)]
@@ -48,7 +41,7 @@ GalleryDep = Annotated[Gallery, Depends(get_gallery)]
     "/identities",
     status_code=201,
     response_model=IdentityOut,
-    responses=documented({422: "missing_field, validation_error"}),
+    responses=documented({413: "payload_too_large", 422: "missing_field, validation_error"}),
 )
 def create_identity(body: IdentityCreate, gallery: GalleryDep) -> IdentityOut:
     """Create an identity with no faces yet; enrol photos with POST /identities/{id}/faces."""
@@ -77,7 +70,11 @@ def get_identity(identity_id: str, gallery: GalleryDep) -> IdentityOut:
     return IdentityOut.of_details(gallery.get_identity(identity_id), gallery.model_id)
 
 
-@router.patch("/identities/{identity_id}", response_model=IdentityOut, responses=NOT_FOUND)
+@router.patch(
+    "/identities/{identity_id}",
+    response_model=IdentityOut,
+    responses={**NOT_FOUND, **documented({413: "payload_too_large"})},
+)
 def update_identity(identity_id: str, body: IdentityUpdate, gallery: GalleryDep) -> IdentityOut:
     """Rename an identity or replace its metadata; searches show the new name at once."""
     details = gallery.update_identity(identity_id, name=body.name, metadata=body.metadata)
@@ -104,7 +101,8 @@ def delete_identity(identity_id: str, gallery: GalleryDep) -> Response:
             404: "not_found (unknown identity)",
             413: "payload_too_large, image_too_large",
             415: "unsupported_format",
-            422: "no_face, face_too_small, low_quality, multiple_faces, missing_field",
+            422: "no_face, face_too_small, low_quality, multiple_faces, missing_field, "
+            "validation_error",
         }
     ),
 )

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Services, get_services
-from service.api.errors import ErrorResponse
+from service.api.errors import documented
 from service.api.schemas import FaceOut, IdentityRef, VerifyResponse
 from service.api.uploads import read_upload
 from service.errors import ErrorCode, ServiceError
@@ -19,18 +19,16 @@ from service.matching import cosine_similarity, decide
 
 router = APIRouter(tags=["verification"])
 
-ERROR_RESPONSES: dict[int | str, dict] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
+ERROR_RESPONSES = documented(
+    {
         400: "invalid_image",
         404: "not_found (unknown identity_id)",
         409: "model_mismatch, identity_has_no_faces",
         413: "payload_too_large, image_too_large",
         415: "unsupported_format",
         422: "no_face, face_too_small, missing_field, validation_error",
-        503: "not_ready",
-    }.items()
-}
+    }
+)
 
 
 def _sum_timings(*images: AnalyzedImage) -> dict[str, float]:
