@@ -68,13 +68,20 @@ def check_pack(directory: Path) -> int:
 
 
 def settings_errors(error: ValidationError) -> str:
-    """A validation error of `Settings` in one line, by environment variable."""
+    """A validation error of `Settings` in one line, by environment variable. Values of secret
+    settings (API keys) are never repeated."""
     prefix = Settings.model_config.get("env_prefix", "")
-    return "; ".join(
-        f"{prefix}{'.'.join(str(part) for part in item['loc']).upper()}={item['input']!r}: "
-        f"{item['msg']}"
-        for item in error.errors()
-    )
+    secret = {
+        name
+        for name, field in Settings.model_fields.items()
+        if "SecretStr" in str(field.annotation)
+    }
+    parts = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"])
+        value = "<hidden>" if name in secret else repr(item["input"])
+        parts.append(f"{prefix}{name.upper()}={value}: {item['msg']}")
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__
+from service.api.auth import ApiKeyAuth
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestMetrics
@@ -105,7 +106,11 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     install_error_handlers(app)
     for module in (verify, faces, identities, identify, health):
         app.include_router(module.router)
-    install_openapi(app)
+    api_keys = settings.api_key_list()
+    install_openapi(app, api_keys=bool(api_keys))
+    # Outermost last: metrics see every answer; keys are checked before a body is read.
     app.add_middleware(BodySizeLimit, max_bytes=request_body_limit(settings))
+    if api_keys:
+        app.add_middleware(ApiKeyAuth, keys=api_keys)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     VALIDATION_ERROR = "validation_error"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNAUTHORIZED = "unauthorized"
     IDENTITY_HAS_NO_FACES = "identity_has_no_faces"
     MODEL_MISMATCH = "model_mismatch"
     NOT_READY = "not_ready"

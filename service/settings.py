@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Shorter keys can be guessed; 16 URL-safe characters carry about 96 bits.
+MIN_API_KEY_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -74,3 +76,30 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated API keys (at least 16 characters each); when set, every "
+        "route but /healthz, /readyz, /metrics and the docs needs one.",
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        keys = [key.strip() for key in value.get_secret_value().split(",")]
+        if not all(keys):
+            raise ValueError("an API key is empty (check the commas)")
+        short = sum(len(key) < MIN_API_KEY_LENGTH for key in keys)
+        if short:
+            raise ValueError(
+                f"{short} API key(s) shorter than {MIN_API_KEY_LENGTH} characters; "
+                "make them with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return value
+
+    def api_key_list(self) -> tuple[str, ...]:
+        """The API keys, or () when none are set."""
+        if self.api_keys is None:
+            return ()
+        return tuple(key.strip() for key in self.api_keys.get_secret_value().split(","))

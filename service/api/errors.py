@@ -34,6 +34,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.VALIDATION_ERROR: 422,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.IDENTITY_HAS_NO_FACES: 409,
     ErrorCode.MODEL_MISMATCH: 409,
     ErrorCode.NOT_READY: 503,

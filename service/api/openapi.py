@@ -16,6 +16,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from service.api.auth import document_api_keys
+
 FORM_MEDIA_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 _NULL = {"type": "null"}
 
@@ -62,13 +64,15 @@ def strip_form_and_query_nulls(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Make `app.openapi()` (and /openapi.json, /docs) serve the rewritten schema."""
+def install_openapi(app: FastAPI, *, api_keys: bool = False) -> None:
+    """Make `app.openapi()` (and /openapi.json, /docs) serve the rewritten schema; with
+    `api_keys`, one that declares the keys every protected operation needs."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = strip_form_and_query_nulls(generate())
+            schema = strip_form_and_query_nulls(generate())
+            app.openapi_schema = document_api_keys(schema) if api_keys else schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

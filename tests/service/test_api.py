@@ -200,6 +200,20 @@ def test_missing_image_is_422_missing_field(app_client, two_face_pack):
     assert embed.status_code == 422 and _error(embed) == "missing_field"
 
 
+def test_verify_refuses_a_pair_mixed_with_an_identity_check(app_client, two_face_pack):
+    # Found by tests/service/test_api_fuzz.py: image1 + image2 with `image` or `identity_id`
+    # too answered as a pair and silently ignored the rest.
+    photo = encode(noise_image())
+    with app_client(two_face_pack) as client:
+        mixed = client.post(
+            "/verify", files=_files(image1=photo, image2=photo), data={"identity_id": "x"}
+        )
+        half = client.post("/verify", files=_files(image1=photo, image=photo))
+    for response in (mixed, half):
+        assert response.status_code == 422 and _error(response) == "validation_error"
+        assert "not both" in response.json()["error"]["message"]
+
+
 def test_bad_form_value_is_422_validation_error(app_client, two_face_pack):
     photo = encode(noise_image())
     with app_client(two_face_pack) as client:

@@ -63,6 +63,12 @@ async def verify(
     start = time.perf_counter()
     used_threshold = services.threshold if threshold is None else threshold
     pipeline = services.pipeline
+    pair = image1 is not None or image2 is not None
+    if pair and (image is not None or identity_id is not None):
+        raise ServiceError(
+            ErrorCode.VALIDATION_ERROR,
+            "send either `image1` and `image2`, or `image` and `identity_id`, not both",
+        )
     if image1 is not None and image2 is not None:
         data1 = await read_upload(image1, services.settings)
         data2 = await read_upload(image2, services.settings)
