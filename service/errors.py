@@ -14,6 +14,7 @@ class ErrorCode(StrEnum):
 
     INVALID_IMAGE = "invalid_image"
     UNSUPPORTED_FORMAT = "unsupported_format"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     IMAGE_TOO_LARGE = "image_too_large"
     NO_FACE = "no_face"

@@ -41,6 +41,19 @@ def get_services(request: Request) -> Services:
     return services
 
 
+def require_json_body(request: Request) -> None:
+    """415 `unsupported_media_type` unless the body is declared as JSON (`application/json` or
+    a `+json` type); a body with no content type is refused too rather than guessed."""
+    declared = request.headers.get("content-type") or "none"
+    media_type = declared.split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise ServiceError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            "this route takes a JSON body sent as Content-Type: application/json, "
+            f"not {media_type!r}",
+        )
+
+
 def get_gallery(request: Request) -> Gallery:
     gallery = get_services(request).gallery
     if gallery is None:

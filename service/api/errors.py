@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_IMAGE: 400,
     ErrorCode.UNSUPPORTED_FORMAT: 415,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.IMAGE_TOO_LARGE: 413,
     ErrorCode.NO_FACE: 422,

@@ -1,5 +1,10 @@
 """Request metrics: count and time every request by its route template (not its raw path,
-which would explode label cardinality with ids)."""
+which would explode label cardinality with ids).
+
+Every label value comes from a closed set, never from the client: the route template (or
+`unmatched`), a known HTTP method (anything else, and HTTP's parser accepts any token as a
+method, counts as `other`), and the status the app answered.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,14 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
+
+# Methods counted under their own name; any other token a client sends is `other`.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The `method` label of a request: its method if standard, else `other`."""
+    return method if method in KNOWN_METHODS else "other"
 
 
 class RequestMetrics:
@@ -34,5 +47,5 @@ class RequestMetrics:
             await self.app(scope, receive, send_with_status)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.requests.labels(route, method_label(scope["method"]), str(status)).inc()
             self.metrics.request_duration.labels(route).observe(time.perf_counter() - start)

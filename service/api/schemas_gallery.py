@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -17,9 +18,39 @@ MAX_NAME_LENGTH = 200
 # Metadata is a small JSON object of the client's own keys (employee number, notes...); the
 # cap keeps one identity row small and bounded whatever a client sends.
 MAX_METADATA_BYTES = 16 * 1024
+# Byte size alone does not bound the cost of a document: 520 bytes of "[[[[..." nest 256
+# levels, past what the JSON serialiser will write back. Metadata is a record of the
+# client's own fields, so a few levels and a few hundred keys (all levels together) are ample.
+MAX_METADATA_DEPTH = 10
+MAX_METADATA_KEYS = 500
+
+log = logging.getLogger(__name__)
 
 _NAME = Field(min_length=1, max_length=MAX_NAME_LENGTH, description="Display name.")
-_METADATA_DESCRIPTION = f"Free JSON object of your own (at most {MAX_METADATA_BYTES} bytes)."
+_METADATA_DESCRIPTION = (
+    f"Free JSON object of your own: at most {MAX_METADATA_BYTES} bytes, "
+    f"{MAX_METADATA_DEPTH} levels of nesting and {MAX_METADATA_KEYS} keys."
+)
+
+
+def metadata_shape(metadata: Any) -> tuple[int, int]:
+    """(depth, keys) of a JSON value: objects and arrays nested inside the top-level object
+    (the object itself is depth 1), and object keys counted over every level. Iterative, so
+    any depth is measured without recursion."""
+    depth, keys = 0, 0
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            keys += len(value)
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        depth = max(depth, level)
+        stack.extend((child, level + 1) for child in children)
+    return depth, keys
 
 
 def _check_name(name: str | None) -> str | None:
@@ -34,6 +65,13 @@ def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
     can hold it) and NaN / Infinity (Python reads them, JSON has no such numbers)."""
     if metadata is None:
         return None
+    depth, keys = metadata_shape(metadata)
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(
+            f"metadata is nested {depth} levels deep; the limit is {MAX_METADATA_DEPTH}"
+        )
+    if keys > MAX_METADATA_KEYS:
+        raise ValueError(f"metadata has {keys} keys; the limit is {MAX_METADATA_KEYS}")
     try:
         json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode()
     except UnicodeEncodeError as exc:
@@ -97,10 +135,28 @@ class EnrolledFaceRecord(BaseModel):
         )
 
 
+def _readable_metadata(identity: Identity) -> dict[str, Any] | None:
+    """Stored metadata, or None when it is nested deeper than the API accepts (a record written
+    before the depth limit existed): one such record must not break every page it is on."""
+    depth, _ = metadata_shape(identity.metadata)
+    if depth <= MAX_METADATA_DEPTH:
+        return identity.metadata
+    log.warning(
+        "identity %s: stored metadata is nested %d levels deep (limit %d); answered as null",
+        identity.id,
+        depth,
+        MAX_METADATA_DEPTH,
+    )
+    return None
+
+
 class IdentitySummary(BaseModel):
     id: str
     name: str
-    metadata: dict[str, Any]
+    metadata: dict[str, Any] | None = Field(
+        description="Your JSON object; null only for a record stored before the nesting limit "
+        "existed whose metadata is deeper than it (replace it with PATCH)."
+    )
     created_at: str
     updated_at: str
     face_count: int
@@ -110,7 +166,7 @@ class IdentitySummary(BaseModel):
         return cls(
             id=identity.id,
             name=identity.name,
-            metadata=identity.metadata,
+            metadata=_readable_metadata(identity),
             created_at=identity.created_at,
             updated_at=identity.updated_at,
             face_count=identity.face_count,

@@ -6,13 +6,14 @@ import hashlib
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import Services, get_gallery, get_services
+from service.api.deps import Services, get_gallery, get_services, require_json_body
 from service.api.errors import documented
 from service.api.schemas_gallery import (
     EnrolledFace,
+    EnrolledFaceRecord,
     IdentityCreate,
     IdentityOut,
     IdentityPage,
@@ -20,6 +21,7 @@ from service.api.schemas_gallery import (
     IdentityUpdate,
 )
 from service.api.uploads import read_upload
+from service.errors import ErrorCode, ServiceError
 from service.gallery import Gallery
 from service.gallery.enrolment import choose_enrolment_face
 
@@ -35,17 +37,30 @@ MAX_PAGE_OFFSET = 2**63 - 1
 NOT_FOUND = documented({404: "not_found (unknown identity)", 422: "validation_error"})
 
 GalleryDep = Annotated[Gallery, Depends(get_gallery)]
+JSON_BODY = [Depends(require_json_body)]
+JSON_ERRORS = {413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def resource_url(request: Request, *segments: str) -> str:
+    """Path of a created resource, for the `Location` header of a 201 (RFC 9110 10.2.2); it
+    keeps the app's root path when served under a prefix."""
+    return "/".join([request.scope.get("root_path", "").rstrip("/"), *segments])
 
 
 @router.post(
     "/identities",
     status_code=201,
     response_model=IdentityOut,
-    responses=documented({413: "payload_too_large", 422: "missing_field, validation_error"}),
+    dependencies=JSON_BODY,
+    responses=documented({**JSON_ERRORS, 422: "missing_field, validation_error"}),
 )
-def create_identity(body: IdentityCreate, gallery: GalleryDep) -> IdentityOut:
-    """Create an identity with no faces yet; enrol photos with POST /identities/{id}/faces."""
+def create_identity(
+    body: IdentityCreate, gallery: GalleryDep, request: Request, response: Response
+) -> IdentityOut:
+    """Create an identity with no faces yet; enrol photos with POST /identities/{id}/faces.
+    `Location` gives the new identity's URL."""
     identity = gallery.create_identity(body.name, body.metadata)
+    response.headers["Location"] = resource_url(request, "identities", identity.id)
     return IdentityOut(**IdentitySummary.of(identity).model_dump(), faces=[])
 
 
@@ -73,7 +88,8 @@ def get_identity(identity_id: str, gallery: GalleryDep) -> IdentityOut:
 @router.patch(
     "/identities/{identity_id}",
     response_model=IdentityOut,
-    responses={**NOT_FOUND, **documented({413: "payload_too_large"})},
+    dependencies=JSON_BODY,
+    responses={**NOT_FOUND, **documented(JSON_ERRORS)},
 )
 def update_identity(identity_id: str, body: IdentityUpdate, gallery: GalleryDep) -> IdentityOut:
     """Rename an identity or replace its metadata; searches show the new name at once."""
@@ -110,11 +126,14 @@ async def add_face(
     identity_id: str,
     services: Annotated[Services, Depends(get_services)],
     gallery: GalleryDep,
+    request: Request,
+    response: Response,
     image: Annotated[UploadFile, File(description="Photo of the person (largest face is used).")],
     flip: Annotated[bool | None, Form(description="Flip-test (crop + mirror).")] = None,
 ) -> EnrolledFace:
     """Enrol the largest face of the photo. The photo itself is not stored: only the
-    embedding, its model, quality, detection score and the photo's sha256."""
+    embedding, its model, quality, detection score and the photo's sha256. `Location` gives
+    the new face's URL."""
     await run_in_threadpool(gallery.require_identity, identity_id)  # 404 before inference
     data = await read_upload(image, services.settings)
     analyzed = await run_in_threadpool(services.pipeline.analyze, data, flip=flip)
@@ -134,7 +153,24 @@ async def add_face(
             image_sha256=hashlib.sha256(data).hexdigest(),
         )
     )
+    response.headers["Location"] = resource_url(
+        request, "identities", identity_id, "faces", record.face_id
+    )
     return EnrolledFace.of_enrolment(face, record)
+
+
+@router.get(
+    "/identities/{identity_id}/faces/{face_id}",
+    response_model=EnrolledFaceRecord,
+    responses=documented({404: "not_found (unknown identity or face)", 422: "validation_error"}),
+)
+def get_face(identity_id: str, face_id: str, gallery: GalleryDep) -> EnrolledFaceRecord:
+    """One enrolled face of an identity (model, quality, origin; never the photo)."""
+    details = gallery.get_identity(identity_id)
+    for face in details.faces:
+        if face.face_id == face_id:
+            return EnrolledFaceRecord.of(face, gallery.model_id)
+    raise ServiceError(ErrorCode.NOT_FOUND, f"identity {identity_id} has no face {face_id}")
 
 
 @router.delete(
