@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 
 from service.errors import ErrorCode, ServiceError
 
@@ -45,6 +45,18 @@ _FORMAT_ALIASES = {"MPO": "JPEG"}
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
 _TRANSPARENT_BACKGROUND = (255, 255, 255, 255)  # opaque white
+
+# EXIF Orientation values (TIFF 6.0 / EXIF 2.3, tag 0x0112) and the transposition that shows the
+# picture upright; 1 (and any unknown value) means "as stored".
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 # What Pillow raises for data that is not a decodable image: unidentified (an OSError),
 # truncated or corrupt streams (OSError, SyntaxError, EOFError, struct.error), bad values
@@ -72,8 +84,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
         with Image.open(io.BytesIO(data)) as img:
             _check_header(img, limits)
             img.load()
-            ImageOps.exif_transpose(img, in_place=True)
-            rgb = _to_rgb_array(img)
+            rgb = _to_rgb_array(_upright(img))
     except Image.DecompressionBombError as exc:
         # Pillow's own ceiling (2 x Image.MAX_IMAGE_PIXELS), checked inside Image.open.
         raise ServiceError(
@@ -88,6 +99,21 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
             f"Send a complete, uncorrupted {_allowed_list()} file.",
         ) from exc
     return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation, or 1 when there is none or it cannot be read."""
+    try:
+        value = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # malformed EXIF raises many types; it only ever costs the rotation
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The picture turned as its EXIF orientation says (the same image when upright)."""
+    method = _ORIENTATION_TRANSPOSE.get(_orientation(img))
+    return img if method is None else img.transpose(method)
 
 
 def _reason(exc: Exception) -> str:
