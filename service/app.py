@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -79,21 +80,65 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     )
 
 
-def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
-    """The ASGI app. `services` lets tests inject ready-made components."""
+class BackgroundStartup:
+    """Builds the services in a thread while the server already answers: uvicorn serves
+    nothing until the lifespan's start-up returns, so a long load (a big gallery index) would
+    leave /healthz silent and a liveness probe would kill the process. Until the load is done
+    /readyz and every model route answer 503 `not_ready`; if it fails, /healthz does too."""
+
+    def __init__(self, app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+        self._app = app
+        self._settings = settings
+        self._metrics = metrics
+        self._thread = threading.Thread(target=self._load, name="faceverify-startup", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _load(self) -> None:
+        try:
+            self._app.state.services = build_services(self._settings, self._metrics)
+        except Exception as exc:  # reported by /healthz and /readyz, and logged in full
+            log.exception("start-up failed")
+            self._app.state.startup_error = f"{type(exc).__name__}: {exc}"
+        else:
+            log.info("ready for traffic")
+
+    def join(self) -> None:
+        self._thread.join()
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    services: Services | None = None,
+    load_in_background: bool = False,
+) -> FastAPI:
+    """The ASGI app. `services` lets tests inject ready-made components. With
+    `load_in_background`, start-up returns at once and the models and gallery load in a
+    thread (what the served app does); otherwise start-up waits for them."""
     settings = settings or (services.settings if services else Settings())
     metrics = services.metrics if services else Metrics.create()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.services = services or build_services(settings, metrics)
+        startup = None
+        if services is not None:
+            app.state.services = services
+        elif load_in_background:
+            startup = BackgroundStartup(app, settings, metrics)
+            startup.start()
+        else:
+            app.state.services = build_services(settings, metrics)
         try:
             yield
         finally:
-            gallery = app.state.services.gallery
+            if startup is not None:
+                startup.join()  # a load in progress finishes before its gallery is closed
+            ready = app.state.services
             app.state.services = None
-            if gallery is not None:
-                gallery.close()
+            if ready is not None and ready.gallery is not None:
+                ready.gallery.close()
 
     app = FastAPI(
         title="faceverify",
@@ -103,6 +148,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     )
     app.state.metrics = metrics
     app.state.services = None
+    app.state.startup_error = None
     install_error_handlers(app)
     for module in (verify, faces, identities, identify, health):
         app.include_router(module.router)
@@ -114,3 +160,9 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         app.add_middleware(ApiKeyAuth, keys=api_keys)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
+
+
+def create_served_app() -> FastAPI:
+    """The app `python -m service` runs (uvicorn's factory): settings from the environment,
+    models and gallery loaded in the background so the probes answer from the first second."""
+    return create_app(Settings(), load_in_background=True)

@@ -34,9 +34,19 @@ class Services:
         return self.pack.manifest.threshold if configured is None else configured
 
 
+def startup_failure(request: Request) -> str | None:
+    """Why loading the models or the gallery failed, or None (loaded, or still loading)."""
+    return getattr(request.app.state, "startup_error", None)
+
+
 def get_services(request: Request) -> Services:
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
+        failure = startup_failure(request)
+        if failure is not None:
+            raise ServiceError(
+                ErrorCode.NOT_READY, f"start-up failed ({failure}); the server log has details"
+            )
         raise ServiceError(ErrorCode.NOT_READY, "models are not loaded yet; retry shortly")
     return services
 

@@ -6,7 +6,7 @@ import sqlite3
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.deps import get_services
+from service.api.deps import get_services, startup_failure
 from service.api.errors import documented
 from service.api.schemas import Health, Readiness
 from service.errors import ErrorCode, ServiceError
@@ -14,12 +14,18 @@ from service.errors import ErrorCode, ServiceError
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Health)
-async def healthz() -> Health:
-    """The process is alive and serving HTTP."""
+@router.head("/healthz", include_in_schema=False)
+@router.get("/healthz", response_model=Health, responses=documented({}))
+async def healthz(request: Request) -> Health:
+    """The process is alive and serving HTTP, also while models load (then /readyz is 503).
+    503 only when loading the models or the gallery failed: restarting is the remedy."""
+    failure = startup_failure(request)
+    if failure is not None:
+        raise ServiceError(ErrorCode.NOT_READY, f"start-up failed ({failure})")
     return Health(status="ok")
 
 
+@router.head("/readyz", include_in_schema=False)
 @router.get("/readyz", response_model=Readiness, responses=documented({}))
 async def readyz(request: Request) -> Readiness:
     """Models are loaded and the gallery is open: ready for traffic (503 otherwise)."""

@@ -1,0 +1,82 @@
+"""Start-up: probes answer while the models and gallery load in the background, and say so
+when loading failed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from synthetic_models import SyntheticFace, make_manifest_pack
+from testimages import encode, noise_image
+
+import service.app
+from service.app import create_app
+from service.settings import Settings
+
+FACE = SyntheticFace.from_box((100.0, 120.0, 340.0, 400.0), score=0.9)
+
+
+def _code(response) -> str:
+    return response.json()["error"]["code"]
+
+
+def _wait_ready(client: TestClient, seconds: float = 30.0) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        status = client.get("/readyz").status_code
+        if status == 200:
+            return status
+        time.sleep(0.05)
+    return status
+
+
+def test_probes_answer_while_the_models_load_then_ready(tmp_path: Path, monkeypatch) -> None:
+    pack = make_manifest_pack(tmp_path / "pack", [FACE])
+    release = threading.Event()
+    real_build = service.app.build_services
+
+    def slow_build(settings, metrics):
+        assert release.wait(30), "the test never released the load"
+        return real_build(settings, metrics)
+
+    monkeypatch.setattr(service.app, "build_services", slow_build)
+    settings = Settings(pack_dir=pack, data_dir=tmp_path / "data", _env_file=None)
+    photo = encode(noise_image(seed=1))
+    with TestClient(create_app(settings, load_in_background=True)) as client:
+        alive = client.get("/healthz")
+        alive_head = client.head("/healthz")
+        loading = client.get("/readyz")
+        early = client.post("/detect", files={"image": ("p.png", photo, "image/png")})
+        release.set()
+        assert _wait_ready(client) == 200
+        served = client.post("/detect", files={"image": ("p.png", photo, "image/png")})
+    assert alive.status_code == 200 and alive.json() == {"status": "ok"}
+    assert alive_head.status_code == 200
+    assert loading.status_code == 503 and _code(loading) == "not_ready"
+    assert "not loaded yet" in loading.json()["error"]["message"]
+    assert early.status_code == 503 and _code(early) == "not_ready"
+    assert served.status_code == 200 and len(served.json()["faces"]) == 1
+
+
+def test_failed_background_load_fails_liveness_with_the_reason(tmp_path: Path) -> None:
+    settings = Settings(pack_dir=tmp_path / "missing", data_dir=tmp_path / "data", _env_file=None)
+    with TestClient(create_app(settings, load_in_background=True)) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/healthz").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        alive = client.get("/healthz")
+        ready = client.get("/readyz")
+    assert alive.status_code == 503 and _code(alive) == "not_ready"
+    assert "start-up failed" in alive.json()["error"]["message"]
+    assert ready.status_code == 503 and "start-up failed" in ready.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_probes_answer_head(app_client, tmp_path: Path, path: str) -> None:
+    pack = make_manifest_pack(tmp_path / "pack", [FACE])
+    with app_client(pack) as client:
+        response = client.head(path)
+    assert response.status_code == 200 and response.content == b""
