@@ -20,6 +20,7 @@ import io
 import struct
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -147,7 +148,7 @@ def _rgb_to_bgr_in_bands(img: Image.Image) -> np.ndarray:
     for top in range(0, height, rows):
         bottom = min(height, top + rows)
         band = np.asarray(img.crop((0, top, width, bottom)))
-        bgr[top:bottom] = band[:, :, ::-1]
+        cv2.cvtColor(band, cv2.COLOR_RGB2BGR, dst=bgr[top:bottom])  # SIMD, no temporary
     return bgr
 
 
