@@ -50,13 +50,10 @@ RUN python3 -m venv /opt/faceverify
 WORKDIR /src
 COPY pyproject.toml ./
 # Dependencies come from pyproject.toml, so this layer is rebuilt only when they change.
-# insightface goes in without its own requirements (they pull opencv-python and onnxruntime
-# over opencv-python-headless and onnxruntime-gpu).
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.txt \
     && pip install -r requirements.txt \
-    && pip install --no-deps insightface==2.1 \
-    && python -c "import cv2, faiss, insightface.utils.face_align, onnxruntime"
+    && python -c "import cv2, faiss, onnxruntime"
 # gpu: the GPU builds replace the CPU ones (they share module names), as in the README.
 RUN if [ "${VARIANT}" = gpu ]; then \
         pip uninstall -y onnxruntime faiss-cpu \

@@ -11,8 +11,8 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(PIP_INDEX) -e '.[dev,train]'
-	# insightface without its own requirements: they would add opencv-python and the CPU
-	# onnxruntime next to opencv-python-headless / onnxruntime-gpu (see README).
+	# insightface (tests' and benchmarks' reference only) without its own requirements: they
+	# would add opencv-python and the CPU onnxruntime next to the headless / GPU builds.
 	$(PY) -m pip install -q --no-deps insightface==2.1
 	touch $@
 

@@ -20,10 +20,11 @@ from service.api.uploads import BodySizeLimit, request_body_limit
 from service.faces.detector import DetectorOptions
 from service.faces.images import DecodeLimits
 from service.faces.pipeline import FacePipeline, PipelineOptions
+from service.faces.scheduler import InferenceScheduler, SchedulerOptions, plan_slots
 from service.gallery import open_gallery
 from service.metrics import Metrics
 from service.packs import load_pack
-from service.runtime import RuntimeOptions, threads_per_worker
+from service.runtime import RuntimeOptions
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -46,15 +47,19 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         ),
         min_face_size=settings.min_face_size,
         flip=settings.flip,
+        max_faces=settings.max_faces,
     )
 
 
 def build_services(settings: Settings, metrics: Metrics) -> Services:
     """Load the pack and open the gallery; raises PackError on a bad pack."""
     pack = load_pack(settings.pack_dir, verify_checksums=settings.verify_checksums)
+    slots, threads = plan_slots(
+        settings.inference_slots, settings.intra_op_threads, settings.workers
+    )
     runtime = RuntimeOptions(
         providers=settings.providers,
-        intra_op_threads=threads_per_worker(settings.intra_op_threads, settings.workers),
+        intra_op_threads=threads,
         inter_op_threads=settings.inter_op_threads,
     )
     pipeline = FacePipeline.from_pack(pack, pipeline_options(settings), runtime, metrics)
@@ -75,8 +80,14 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         pack.manifest.threshold if settings.threshold is None else settings.threshold,
     )
     gallery = open_gallery(settings, pack, metrics)
+    scheduler = InferenceScheduler(slots, SchedulerOptions(queue_limit=settings.queue_limit))
     return Services(
-        settings=settings, pack=pack, pipeline=pipeline, metrics=metrics, gallery=gallery
+        settings=settings,
+        pack=pack,
+        pipeline=pipeline,
+        metrics=metrics,
+        gallery=gallery,
+        scheduler=scheduler,
     )
 
 

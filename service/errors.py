@@ -29,16 +29,20 @@ class ErrorCode(StrEnum):
     IDENTITY_HAS_NO_FACES = "identity_has_no_faces"
     MODEL_MISMATCH = "model_mismatch"
     NOT_READY = "not_ready"
+    OVERLOADED = "overloaded"
     INTERNAL = "internal_error"
 
 
 class ServiceError(Exception):
     """An error the client can act on; `code` is stable, `message` says what to do."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(
+        self, code: ErrorCode, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.headers = headers  # HTTP headers the answer carries, e.g. Retry-After
 
     def __repr__(self) -> str:
         return f"ServiceError({self.code.value!r}, {self.message!r})"

@@ -7,7 +7,6 @@ the provider actually in use is read back from the session and logged.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,20 +26,6 @@ class RuntimeOptions:
     providers: str = "auto"
     intra_op_threads: int = 0
     inter_op_threads: int = 0
-
-
-def threads_per_worker(intra_op_threads: int, workers: int) -> int:
-    """Intra-op threads for each of `workers` processes; `intra_op_threads` 0 means auto.
-
-    onnxruntime's own default uses every core in every process, so several uvicorn workers
-    fight over the cores: measured with bench/service_throughput.py on 2 cores, 2 workers
-    served /verify at 1.0-1.1x one worker's serial rate with two threads each and at 1.6-1.7x
-    with one thread each. Auto therefore keeps onnxruntime's default (0) for one worker and
-    divides the CPUs this process may run on (its affinity mask) among several.
-    """
-    if intra_op_threads or workers <= 1:
-        return intra_op_threads
-    return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
 def resolve_providers(spec: str) -> list[str]:

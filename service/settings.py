@@ -53,6 +53,20 @@ class Settings(BaseSettings):
     flip: bool = Field(False, description="Flip-test by default (embed crop + its mirror).")
     max_upload_bytes: int = Field(10_000_000, ge=1, description="Max size of one uploaded file.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Max decoded width x height.")
+    max_faces: int = Field(
+        100, ge=1, description="Faces kept per image, largest first; smaller ones are ignored."
+    )
+
+    # --- inference scheduler ----------------------------------------------------------------
+    inference_slots: int = Field(
+        0,
+        ge=0,
+        description="Pipeline runs at once per worker; 0 = auto (the worker's CPUs divided by "
+        "the intra-op threads; with both auto, one slot per CPU and one thread each).",
+    )
+    queue_limit: int = Field(
+        64, ge=0, description="Requests that may wait for a slot; beyond, 503 `overloaded`."
+    )
 
     # --- gallery ----------------------------------------------------------------------------
     data_dir: Path = Field(REPO_ROOT / "data", description="Where the gallery database lives.")

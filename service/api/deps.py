@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fastapi import Request
 
 from service.errors import ErrorCode, ServiceError
 from service.faces.pipeline import FacePipeline
+from service.faces.scheduler import InferenceScheduler
 from service.metrics import Metrics
 from service.packs import ModelPack
 from service.settings import Settings
@@ -26,6 +27,7 @@ class Services:
     pipeline: FacePipeline
     metrics: Metrics
     gallery: Gallery | None = None
+    scheduler: InferenceScheduler = field(default_factory=lambda: InferenceScheduler(slots=2))
 
     @property
     def threshold(self) -> float:

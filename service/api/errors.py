@@ -39,6 +39,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.IDENTITY_HAS_NO_FACES: 409,
     ErrorCode.MODEL_MISMATCH: 409,
     ErrorCode.NOT_READY: 503,
+    ErrorCode.OVERLOADED: 503,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -69,11 +70,15 @@ class ErrorResponse(BaseModel):
 def documented(errors: dict[int, str]) -> dict[int | str, dict]:
     """OpenAPI `responses` for a route's error answers: status -> the error codes it carries.
     Every route that needs the models or the gallery may answer 503 `not_ready`, so that one
-    is always listed."""
+    is always listed; routes that run the models add `overloaded` with `INFERENCE_ERRORS`."""
     return {
         status: {"model": ErrorResponse, "description": codes}
-        for status, codes in {**errors, 503: "not_ready"}.items()
+        for status, codes in {503: "not_ready", **errors}.items()
     }
+
+
+# The 503s of a route that runs the pipeline through the inference scheduler.
+INFERENCE_ERRORS = {503: "not_ready, overloaded (queue full; see Retry-After)"}
 
 
 def error_response(
@@ -115,7 +120,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[ErrorCode, str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def on_service_error(request: Request, exc: ServiceError):
-        return error_response(request, exc.code, exc.message)
+        return error_response(request, exc.code, exc.message, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):

@@ -20,6 +20,7 @@ import io
 import struct
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import ExifTags, Image
 
@@ -58,6 +59,9 @@ _ORIENTATION_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 
+# Pixels converted per step from Pillow's image to the BGR array (about 3 MB of RGB).
+_BAND_PIXELS = 1 << 20
+
 # What Pillow raises for data that is not a decodable image: unidentified (an OSError),
 # truncated or corrupt streams (OSError, SyntaxError, EOFError, struct.error), bad values
 # in headers or chunks (ValueError).
@@ -84,7 +88,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
         with Image.open(io.BytesIO(data)) as img:
             _check_header(img, limits)
             img.load()
-            rgb = _to_rgb_array(_upright(img))
+            bgr = _to_bgr_array(_upright(img))
     except Image.DecompressionBombError as exc:
         # Pillow's own ceiling (2 x Image.MAX_IMAGE_PIXELS), checked inside Image.open.
         raise ServiceError(
@@ -98,7 +102,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
             f"The file could not be decoded as an image ({_reason(exc)}). "
             f"Send a complete, uncorrupted {_allowed_list()} file.",
         ) from exc
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+    return bgr
 
 
 def _orientation(img: Image.Image) -> int:
@@ -142,8 +146,8 @@ def _check_header(img: Image.Image, limits: DecodeLimits) -> None:
         )
 
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
-    """Any decoded mode -> RGB uint8 (H, W, 3), by the rules in the module docstring."""
+def _to_bgr_array(img: Image.Image) -> np.ndarray:
+    """Any decoded mode -> BGR uint8 (H, W, 3), by the rules in the module docstring."""
     if img.mode in _SIXTEEN_BIT_MODES:
         grey16 = np.clip(np.asarray(img), 0, 0xFFFF).astype(np.uint16)
         grey8 = (grey16 >> 8).astype(np.uint8)
@@ -151,7 +155,27 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     if img.mode in ("RGBA", "LA", "PA") or img.has_transparency_data:
         background = Image.new("RGBA", img.size, _TRANSPARENT_BACKGROUND)
         img = Image.alpha_composite(background, img.convert("RGBA"))
-    return np.asarray(img.convert("RGB"))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return _rgb_to_bgr_in_bands(img)
+
+
+def _rgb_to_bgr_in_bands(img: Image.Image) -> np.ndarray:
+    """Copy an RGB image into a new BGR array a band of rows at a time.
+
+    `np.asarray(img)` goes through `tobytes`, which holds the pixels twice more (its chunks and
+    their join) before the array exists, and the BGR swap then needs one more full copy: a
+    40 MP JPEG peaked at +537 MiB. Band by band, the only full-size buffers are Pillow's and
+    the result (measured: +280 MiB).
+    """
+    width, height = img.size
+    bgr = np.empty((height, width, 3), dtype=np.uint8)
+    rows = max(1, _BAND_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        band = np.asarray(img.crop((0, top, width, bottom)))
+        cv2.cvtColor(band, cv2.COLOR_RGB2BGR, dst=bgr[top:bottom])  # SIMD, no temporary
+    return bgr
 
 
 def _allowed_list() -> str:

@@ -25,6 +25,8 @@ from service.packs import ModelPack
 from service.runtime import RuntimeOptions, active_provider, create_session
 
 FaceRule = Literal["largest", "best"]
+# Which faces `analyze` embeds: the one face a rule picks, or every face (up to max_faces).
+FacesToEmbed = Literal["largest", "best", "all"]
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,15 @@ class PipelineOptions:
     detector: DetectorOptions = field(default_factory=DetectorOptions)
     min_face_size: int = 20
     flip: bool = False
+    # Faces kept per image, largest first; a crowd photo gave 400 detections, and each one
+    # kept costs an alignment and a recognizer run.
+    max_faces: int = 100
 
 
 @dataclass
 class DetectedImage:
-    """Faces found in one image (largest first) and those dropped as too small."""
+    """Faces found in one image (largest first, at most `max_faces`) and those dropped as too
+    small."""
 
     faces: list[DetectedFace]
     too_small: int
@@ -50,7 +56,8 @@ class DetectedImage:
 
 @dataclass
 class AnalyzedImage:
-    """Embedded faces of one image (largest first) and those dropped as too small."""
+    """Embedded faces of one image (largest first) and those dropped as too small. When
+    `analyze` was asked for one face, `faces` holds only that one."""
 
     faces: list[EmbeddedFace]
     too_small: int
@@ -135,18 +142,25 @@ class FacePipeline:
             found = self.detector.detect(image)
         minimum = self.options.min_face_size
         faces = [f for f in found if min(f.width, f.height) >= minimum]
+        faces = faces[: self.options.max_faces]
         if self._metrics is not None:
             self._metrics.faces_per_image.observe(len(faces))
             self._metrics.faces_detected.inc(len(faces))
-        return faces, len(found) - len(faces)
+        too_small = sum(min(f.width, f.height) < minimum for f in found)
+        return faces, too_small
 
-    def analyze(self, data: bytes, *, flip: bool | None = None) -> AnalyzedImage:
-        """Decode, detect, align and embed every face of an uploaded image."""
+    def analyze(
+        self, data: bytes, *, flip: bool | None = None, faces: FacesToEmbed = "all"
+    ) -> AnalyzedImage:
+        """Decode, detect, align and embed the faces of an uploaded image: every face, or only
+        the one a 1:1 request is about (`largest` or `best`, the rules of `select_face`)."""
         timings: dict[str, float] = {}
         with self._stage("decode", timings):
             image = decode_image(data, self.options.limits)
-        faces, too_small = self._detect(image, timings)
-        embedded = self.embed_faces(image, faces, flip=flip, timings=timings)
+        found, too_small = self._detect(image, timings)
+        if faces != "all" and found:
+            found = [found[0] if faces == "largest" else max(found, key=lambda f: f.score)]
+        embedded = self.embed_faces(image, found, flip=flip, timings=timings)
         return AnalyzedImage(embedded, too_small, image.shape[1], image.shape[0], timings)
 
     def embed_faces(

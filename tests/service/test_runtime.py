@@ -1,6 +1,6 @@
-"""onnxruntime thread budget: several uvicorn workers share the CPUs instead of each taking
-all of them (onnxruntime's default): on 2 cores, two workers served 1.0-1.1x one worker's
-serial rate with two threads each and 1.6-1.7x with one each."""
+"""CPU budget: slots x onnxruntime intra-op threads = the CPUs of each uvicorn worker, instead
+of each model run taking all of them (onnxruntime's default): on 2 cores, two workers served
+1.0-1.1x one worker's serial rate with two threads each and 1.6-1.7x with one each."""
 
 from __future__ import annotations
 
@@ -10,28 +10,25 @@ from synthetic_models import make_manifest_pack
 
 from service import app as app_module
 from service.app import create_app
-from service.runtime import threads_per_worker
+from service.faces.scheduler import plan_slots
 from service.settings import Settings
 
 
 @pytest.fixture
 def eight_cpus(monkeypatch):
-    monkeypatch.setattr("service.runtime.os.sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr("service.faces.scheduler.os.sched_getaffinity", lambda pid: set(range(8)))
 
 
-def test_one_worker_keeps_onnxruntime_default(eight_cpus):
-    assert threads_per_worker(0, workers=1) == 0
+def test_auto_gives_one_single_thread_slot_per_cpu_of_the_worker(eight_cpus):
+    assert plan_slots(0, 0, workers=1) == (8, 1)
+    assert plan_slots(0, 0, workers=4) == (2, 1)
+    assert plan_slots(0, 0, workers=16) == (1, 1), "never fewer than one slot or thread"
 
 
-def test_several_workers_divide_the_cpus_among_them(eight_cpus):
-    assert threads_per_worker(0, workers=2) == 4
-    assert threads_per_worker(0, workers=3) == 2
-    assert threads_per_worker(0, workers=16) == 1, "never fewer than one thread"
-
-
-def test_an_explicit_thread_count_is_kept(eight_cpus):
-    assert threads_per_worker(3, workers=4) == 3
-    assert threads_per_worker(5, workers=1) == 5
+def test_explicit_threads_or_slots_divide_the_rest(eight_cpus):
+    assert plan_slots(0, 4, workers=1) == (2, 4)
+    assert plan_slots(2, 0, workers=1) == (2, 4)
+    assert plan_slots(3, 5, workers=1) == (3, 5)
 
 
 def test_the_app_opens_its_sessions_with_the_per_worker_budget(tmp_path, eight_cpus, monkeypatch):
@@ -51,4 +48,4 @@ def test_the_app_opens_its_sessions_with_the_per_worker_budget(tmp_path, eight_c
     )
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").status_code == 200
-    assert [runtime.intra_op_threads for runtime in seen] == [2]
+    assert [runtime.intra_op_threads for runtime in seen] == [1]

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
-from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Services, get_services
-from service.api.errors import documented
+from service.api.errors import INFERENCE_ERRORS, documented
 from service.api.schemas import DetectResponse, EmbeddedFaceOut, EmbedResponse, FaceOut
 from service.api.uploads import read_upload
 
@@ -21,6 +20,7 @@ ERROR_RESPONSES = documented(
         413: "payload_too_large, image_too_large",
         415: "unsupported_format",
         422: "missing_field, validation_error",
+        **INFERENCE_ERRORS,
     }
 )
 
@@ -33,7 +33,7 @@ async def embed(
 ) -> EmbedResponse:
     """Every face in the photo (largest first) with its L2-normalised embedding."""
     data = await read_upload(image, services.settings)
-    analyzed = await run_in_threadpool(services.pipeline.analyze, data, flip=flip)
+    analyzed = await services.scheduler.run(services.pipeline.analyze, data, flip=flip)
     return EmbedResponse(
         model=services.pack.model_id,
         faces=[EmbeddedFaceOut.of(face) for face in analyzed.faces],
@@ -48,7 +48,7 @@ async def detect(
 ) -> DetectResponse:
     """Every face in the photo (largest first): box, landmarks, detection score."""
     data = await read_upload(image, services.settings)
-    detected = await run_in_threadpool(services.pipeline.detect, data)
+    detected = await services.scheduler.run(services.pipeline.detect, data)
     return DetectResponse(
         faces=[FaceOut.of(face) for face in detected.faces],
         width=detected.width,

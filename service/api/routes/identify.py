@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Services, get_gallery, get_services
-from service.api.errors import documented
+from service.api.errors import INFERENCE_ERRORS, documented
 from service.api.schemas import FaceOut, IdentityRef
 from service.api.schemas_gallery import CandidateOut, IdentifyResponse, IdentifyResult
 from service.api.uploads import read_upload
@@ -41,6 +41,7 @@ def _first(*values):
             413: "payload_too_large, image_too_large",
             415: "unsupported_format",
             422: "no_face, face_too_small, missing_field, validation_error",
+            **INFERENCE_ERRORS,
         }
     ),
 )
@@ -71,9 +72,12 @@ async def identify(
     given_threshold = _first(threshold, threshold_query)
     used_threshold = services.threshold if given_threshold is None else given_threshold
     data = await read_upload(image, services.settings)
-    analyzed = await run_in_threadpool(services.pipeline.analyze, data, flip=flip)
+    every_face = bool(_first(all_faces, all_faces_query))
+    analyzed = await services.scheduler.run(
+        services.pipeline.analyze, data, flip=flip, faces="all" if every_face else "largest"
+    )
     largest = select_face(analyzed, "largest")  # no_face / face_too_small when none is usable
-    faces = analyzed.faces if _first(all_faces, all_faces_query) else [largest]
+    faces = analyzed.faces if every_face else [largest]
     search_start = time.perf_counter()
     ranked = await run_in_threadpool(
         gallery.identify, np.stack([face.embedding for face in faces]), wanted

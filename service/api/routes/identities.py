@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Services, get_gallery, get_services, require_json_body
-from service.api.errors import documented
+from service.api.errors import INFERENCE_ERRORS, documented
 from service.api.schemas_gallery import (
     EnrolledFace,
     EnrolledFaceRecord,
@@ -119,6 +119,7 @@ def delete_identity(identity_id: str, gallery: GalleryDep) -> Response:
             415: "unsupported_format",
             422: "no_face, face_too_small, low_quality, multiple_faces, missing_field, "
             "validation_error",
+            **INFERENCE_ERRORS,
         }
     ),
 )
@@ -136,8 +137,12 @@ async def add_face(
     the new face's URL."""
     await run_in_threadpool(gallery.require_identity, identity_id)  # 404 before inference
     data = await read_upload(image, services.settings)
-    analyzed = await run_in_threadpool(services.pipeline.analyze, data, flip=flip)
     settings = services.settings
+    # Only the largest face is enrolled; all are embedded only when they must be counted.
+    wanted = "all" if settings.require_single_face else "largest"
+    analyzed = await services.scheduler.run(
+        services.pipeline.analyze, data, flip=flip, faces=wanted
+    )
     face = choose_enrolment_face(
         analyzed,
         require_single_face=settings.require_single_face,

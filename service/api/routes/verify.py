@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Services, get_services
-from service.api.errors import documented
+from service.api.errors import INFERENCE_ERRORS, documented
 from service.api.schemas import FaceOut, IdentityRef, VerifyResponse
 from service.api.uploads import read_upload
 from service.errors import ErrorCode, ServiceError
@@ -27,6 +27,7 @@ ERROR_RESPONSES = documented(
         413: "payload_too_large, image_too_large",
         415: "unsupported_format",
         422: "no_face, face_too_small, missing_field, validation_error",
+        **INFERENCE_ERRORS,
     }
 )
 
@@ -73,8 +74,8 @@ async def verify(
         data1 = await read_upload(image1, services.settings)
         data2 = await read_upload(image2, services.settings)
         first, second = await asyncio.gather(
-            run_in_threadpool(pipeline.analyze, data1, flip=flip),
-            run_in_threadpool(pipeline.analyze, data2, flip=flip),
+            services.scheduler.run(pipeline.analyze, data1, flip=flip, faces=face),
+            services.scheduler.run(pipeline.analyze, data2, flip=flip, faces=face),
         )
         face1, face2 = select_face(first, face), select_face(second, face)
         similarity = cosine_similarity(face1.embedding, face2.embedding)
@@ -85,7 +86,7 @@ async def verify(
         if services.gallery is None:
             raise ServiceError(ErrorCode.NOT_READY, "the gallery is not open")
         data = await read_upload(image, services.settings)
-        probe_image = await run_in_threadpool(pipeline.analyze, data, flip=flip)
+        probe_image = await services.scheduler.run(pipeline.analyze, data, flip=flip, faces=face)
         probe = select_face(probe_image, face)
         match = await run_in_threadpool(services.gallery.compare, identity_id, probe.embedding)
         similarity = match.similarity
