@@ -44,6 +44,11 @@ BUSY_TIMEOUT_MS = 30_000
 # pages the journal will be copied over); the next checkpoint finishes the job.
 ERASE_CHECKPOINT_WAIT_MS = 2_000
 
+# Idle connections a store keeps for reuse. Requests run in a thread pool (anyio's default
+# is 40 threads), but a borrowed connection is held for one short transaction only, so a few
+# serve them; a burst wider than this opens extra connections and closes them afterwards.
+POOL_IDLE_CONNECTIONS = 8
+
 # Rows fetched per round trip when loading a whole gallery (bounded memory per step).
 LOAD_BATCH_ROWS = 10_000
 
@@ -276,16 +281,20 @@ _IDENTITY_SELECT = (
 class SqliteStore:
     """`GalleryStore` on one SQLite file; safe for many threads and many processes.
 
-    Each thread gets its own connection (SQLite connections must not be shared across threads
-    while in use); all of them are closed by `close`.
+    Connections come from a small pool owned by the store: an operation borrows one (SQLite
+    connections must not be used by two threads at once) and gives it back when done. At most
+    `POOL_IDLE_CONNECTIONS` idle connections are kept; one borrowed beyond that (a burst wider
+    than the pool) is closed on return. So the open handles on the database file are bounded by
+    the store, not by how many threads the server has created over its life (anyio retires idle
+    worker threads and makes new ones, which leaked one connection each when they were
+    per-thread). All are closed by `close`.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
         self._closed = False
         with self._write() as db:
             for statement in _SCHEMA.split(";"):
@@ -309,54 +318,70 @@ class SqliteStore:
 
     # --- connections and transactions ----------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._closed:
-            raise RuntimeError("the gallery store is closed")
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            # isolation_level=None: no implicit transactions; every one is explicit below.
-            db = sqlite3.connect(
-                self.path,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA secure_delete=ON")
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            self._local.db = db
-            with self._connections_lock:
-                self._connections.append(db)
+    def _open_connection(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; every one is explicit below.
+        db = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA secure_delete=ON")
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return db
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a pooled connection for one operation (outside any open transaction)."""
+        with self._pool_lock:
+            if self._closed:
+                raise RuntimeError("the gallery store is closed")
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = self._open_connection()
+        try:
+            yield db
+        finally:
+            if db.in_transaction:  # an interrupted statement: never hand on an open transaction
+                with suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            with self._pool_lock:
+                keep = not self._closed and len(self._idle) < POOL_IDLE_CONNECTIONS
+                if keep:
+                    self._idle.append(db)
+            if not keep:
+                db.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction; BEGIN IMMEDIATE takes the write lock up front, so two writers
         never deadlock upgrading read locks."""
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: every statement inside sees the same snapshot."""
-        db = self._connection()
-        db.execute("BEGIN")
-        try:
-            yield db
-        finally:
-            db.execute("COMMIT")
+        with self._connection() as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        row = self._connection().execute(sql, params).fetchone()
+        with self._connection() as db:
+            row = db.execute(sql, params).fetchone()
         return None if row is None else row[0]
 
     # --- identities ----------------------------------------------------------------------
@@ -373,17 +398,15 @@ class SqliteStore:
         return identity
 
     def get_identity(self, identity_id: str) -> Identity | None:
-        row = (
-            self._connection()
-            .execute(_IDENTITY_SELECT + " WHERE i.id = ?", (identity_id,))
-            .fetchone()
-        )
+        with self._connection() as db:
+            row = db.execute(_IDENTITY_SELECT + " WHERE i.id = ?", (identity_id,)).fetchone()
         return None if row is None else _identity(row)
 
     def list_identities(self, limit: int, offset: int) -> list[Identity]:
-        rows = self._connection().execute(
-            _IDENTITY_SELECT + " ORDER BY i.rowid LIMIT ? OFFSET ?", (limit, offset)
-        )
+        with self._connection() as db:
+            rows = db.execute(
+                _IDENTITY_SELECT + " ORDER BY i.rowid LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
         return [_identity(row) for row in rows]
 
     def update_identity(
@@ -487,22 +510,20 @@ class SqliteStore:
         return index_id
 
     def faces_of(self, identity_id: str) -> list[FaceRecord]:
-        rows = self._connection().execute(
-            f"SELECT {_FACE_COLUMNS} FROM faces WHERE identity_id = ? ORDER BY index_id",
-            (identity_id,),
-        )
+        with self._connection() as db:
+            rows = db.execute(
+                f"SELECT {_FACE_COLUMNS} FROM faces WHERE identity_id = ? ORDER BY index_id",
+                (identity_id,),
+            ).fetchall()
         return [_face(row) for row in rows]
 
     def embeddings_of(self, identity_id: str, model_id: str) -> tuple[list[FaceRecord], np.ndarray]:
-        rows = (
-            self._connection()
-            .execute(
+        with self._connection() as db:
+            rows = db.execute(
                 f"SELECT {_FACE_COLUMNS}, embedding FROM faces "
                 "WHERE identity_id = ? AND model_id = ? ORDER BY index_id",
                 (identity_id, model_id),
-            )
-            .fetchall()
-        )
+            ).fetchall()
         faces = [_face(row) for row in rows]
         if not rows:
             return faces, np.zeros((0, 0), np.float32)
@@ -529,9 +550,10 @@ class SqliteStore:
         return found
 
     def faces_per_model(self) -> dict[str, int]:
-        rows = self._connection().execute(
-            "SELECT model_id, count(*) FROM faces GROUP BY model_id ORDER BY model_id"
-        )
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT model_id, count(*) FROM faces GROUP BY model_id ORDER BY model_id"
+            ).fetchall()
         return {row[0]: int(row[1]) for row in rows}
 
     # --- change log ----------------------------------------------------------------------
@@ -618,18 +640,21 @@ class SqliteStore:
         Returns False when another connection's open read transaction kept part of the WAL
         alive; the next successful checkpoint (any later deletion, or shutdown) finishes it.
         """
-        db = self._connection()
-        db.execute(f"PRAGMA busy_timeout={ERASE_CHECKPOINT_WAIT_MS}")
-        try:
-            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        finally:
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        with self._connection() as db:
+            db.execute(f"PRAGMA busy_timeout={ERASE_CHECKPOINT_WAIT_MS}")
+            try:
+                busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return busy == 0
 
     def close(self) -> None:
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
+        with self._pool_lock:
+            connections, self._idle = self._idle, []
             self._closed = True
+        if not connections:
+            with suppress(sqlite3.Error):
+                connections = [self._open_connection()]
         if connections:
             # Fold the WAL into the database so that a stopped service leaves one tidy file.
             with suppress(sqlite3.Error):
