@@ -277,10 +277,12 @@ class Gallery:
 
     def compare(self, identity_id: str, embedding: np.ndarray) -> GalleryMatch:
         """1:1: the query face against every face of one identity made by the loaded model."""
-        identity = self.store.get_identity(identity_id)
-        if identity is None:
+        # One read for the identity and its faces: a delete between two reads would make a
+        # gone identity look like one with only other models' faces (model_mismatch, not 404).
+        found = self.store.identity_embeddings(identity_id, self.model_id)
+        if found is None:
             raise _not_found(identity_id)
-        faces, vectors = self.store.embeddings_of(identity_id, self.model_id)
+        identity, faces, vectors = found.identity, found.faces, found.embeddings
         if not faces:
             if identity.face_count:
                 raise ServiceError(

@@ -97,6 +97,15 @@ class NewFace:
 
 
 @dataclass(frozen=True)
+class IdentityEmbeddings:
+    """An identity and its faces made by one model, read together (one consistent view)."""
+
+    identity: Identity
+    faces: list[FaceRecord]
+    embeddings: np.ndarray  # (n, d) float32, one row per face; (0, 0) when there is none
+
+
+@dataclass(frozen=True)
 class FaceLabel:
     """What a search hit needs to be reported: the face and its identity's current name."""
 
@@ -167,6 +176,10 @@ class GalleryStore(Protocol):
 
     def embeddings_of(self, identity_id: str, model_id: str) -> tuple[list[FaceRecord], np.ndarray]:
         """An identity's faces made by `model_id`, with their embeddings as (n, d) rows."""
+        ...
+
+    def identity_embeddings(self, identity_id: str, model_id: str) -> IdentityEmbeddings | None:
+        """The identity with its faces made by `model_id`, as of one moment; None if unknown."""
         ...
 
     def labels(self, index_ids: Sequence[int]) -> dict[int, FaceLabel]:
@@ -528,6 +541,23 @@ class SqliteStore:
         if not rows:
             return faces, np.zeros((0, 0), np.float32)
         return faces, np.stack([blob_to_embedding(row["embedding"]) for row in rows])
+
+    def identity_embeddings(self, identity_id: str, model_id: str) -> IdentityEmbeddings | None:
+        with self._read() as db:
+            row = db.execute(_IDENTITY_SELECT + " WHERE i.id = ?", (identity_id,)).fetchone()
+            if row is None:
+                return None
+            rows = db.execute(
+                f"SELECT {_FACE_COLUMNS}, embedding FROM faces "
+                "WHERE identity_id = ? AND model_id = ? ORDER BY index_id",
+                (identity_id, model_id),
+            ).fetchall()
+        embeddings = (
+            np.stack([blob_to_embedding(r["embedding"]) for r in rows])
+            if rows
+            else np.zeros((0, 0), np.float32)
+        )
+        return IdentityEmbeddings(_identity(row), [_face(r) for r in rows], embeddings)
 
     def labels(self, index_ids: Sequence[int]) -> dict[int, FaceLabel]:
         wanted = sorted({int(i) for i in index_ids})

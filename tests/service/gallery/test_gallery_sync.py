@@ -336,3 +336,46 @@ def test_deleting_an_identity_removes_its_faces_from_another_worker_in_one_batch
     finally:
         worker_a.close()
         worker_b.close()
+
+
+class _DeleteAfterFirstRead:
+    """A store that deletes an identity right after the next read: the delete of another
+    request landing between two reads of one `compare`."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+        self.doomed: str | None = None
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._store, name)
+        if self.doomed is None or not callable(attribute):
+            return attribute
+
+        def read_then_delete(*args, **kwargs):
+            result = attribute(*args, **kwargs)
+            doomed, self.doomed = self.doomed, None
+            self._store.delete_identity(doomed)
+            return result
+
+        return read_then_delete
+
+
+def test_compare_racing_a_delete_answers_the_identity_or_not_found_never_mismatch(tmp_path):
+    store = _DeleteAfterFirstRead(SqliteStore.in_directory(tmp_path))
+    gallery = Gallery(store, model_id=MODEL, dim=DIM, use_gpu=False, poll_interval_s=None)
+    try:
+        centres, faces, _ = clustered(1, 2, DIM, seed=9)
+        identity_id, face_ids = _enrol(gallery, "Ada", faces)
+        store.doomed = identity_id
+        try:
+            match = gallery.compare(identity_id, probe_near(centres[0], seed=3))
+        except ServiceError as error:
+            assert error.code == ErrorCode.NOT_FOUND, error
+        else:
+            assert match.identity_id == identity_id and match.face_id in face_ids
+        assert store.doomed is None  # the delete did land during the compare
+        with pytest.raises(ServiceError) as gone:
+            gallery.compare(identity_id, probe_near(centres[0], seed=3))
+        assert gone.value.code == ErrorCode.NOT_FOUND
+    finally:
+        gallery.close()
