@@ -19,8 +19,15 @@ import numpy as np
 
 from service.errors import ErrorCode, ServiceError
 from service.gallery.index import IndexSetting
-from service.gallery.store import FaceRecord, GalleryStore, Identity, NewFace
-from service.gallery.sync import POLL_INTERVAL_S, IndexState, IndexSync
+from service.gallery.interface import (
+    FaceRecord,
+    FaceSearch,
+    GalleryStore,
+    Identity,
+    IndexState,
+    NewFace,
+)
+from service.gallery.sync import POLL_INTERVAL_S, IndexSync
 from service.matching import l2_normalize
 from service.metrics import Metrics
 
@@ -67,7 +74,11 @@ def _not_found(identity_id: str) -> ServiceError:
 
 
 class Gallery:
-    """Identities and faces in a `GalleryStore`, searched through this worker's index."""
+    """Identities and faces in a `GalleryStore`, searched through a `FaceSearch`.
+
+    Without `search`, the store must also be a `ChangeLog` (the embedded backend) and this
+    worker gets its own FAISS index following it (`IndexSync`).
+    """
 
     def __init__(
         self,
@@ -80,14 +91,15 @@ class Gallery:
         metrics: Metrics | None = None,
         use_gpu: bool | None = None,
         poll_interval_s: float | None = POLL_INTERVAL_S,
+        search: FaceSearch | None = None,
     ) -> None:
         self.store = store
         self.model_id = model_id
         self.dim = dim
         self._metrics = metrics
         self._index_labels: tuple[str, str] | None = None
-        self._sync = IndexSync(
-            store,
+        self._sync: FaceSearch = search or IndexSync(
+            store,  # type: ignore[arg-type]  # the embedded store is also a ChangeLog
             model_id=model_id,
             dim=dim,
             setting=index_setting,
@@ -95,6 +107,8 @@ class Gallery:
             use_gpu=use_gpu,
             on_change=self._index_changed,
         )
+        if search is not None:
+            self._index_changed(search.state)
         self._update_counts()
         if self._sync.state.other_model_faces:
             logger.warning("%s", self._mismatch_message())

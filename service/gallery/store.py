@@ -1,8 +1,8 @@
 """The gallery's durable store: the one source of truth for identities and their face embeddings.
 
-The FAISS index is derived from it and can always be rebuilt. `GalleryStore` is the small
-interface the rest of the service uses; `SqliteStore` implements it on an embedded SQLite file
-so that a server database can replace it later without touching the index or the routes.
+The FAISS index is derived from it and can always be rebuilt. `SqliteStore` implements the
+`GalleryStore` and `ChangeLog` interfaces (service/gallery/interface.py) on an embedded SQLite
+file; service/gallery/milvus.py is the other implementation of `GalleryStore`.
 
 Durability and multi-process rules (SQLite specifics):
 - WAL journal with `synchronous=FULL`: a write is on disk (WAL fsynced) when `commit` returns,
@@ -22,15 +22,42 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
+
+from service.gallery.interface import (
+    Change,
+    ChangesSince,
+    ExportedIdentity,
+    FaceLabel,
+    FaceRecord,
+    GalleryStore,
+    Identity,
+    IdentityEmbeddings,
+    NewFace,
+    Snapshot,
+    new_id,
+    utc_now,
+)
+
+# Names of the interface re-exported where they were first defined (older imports keep working).
+__all__ = [
+    "Change",
+    "ChangesSince",
+    "ExportedIdentity",
+    "FaceLabel",
+    "FaceRecord",
+    "GalleryStore",
+    "Identity",
+    "IdentityEmbeddings",
+    "NewFace",
+    "Snapshot",
+    "SqliteStore",
+]
 
 DATABASE_NAME = "gallery.sqlite3"
 SCHEMA_VERSION = 1
@@ -54,164 +81,6 @@ LOAD_BATCH_ROWS = 10_000
 
 # Embeddings are stored as little-endian float32 bytes, whatever the host's byte order.
 EMBEDDING_DTYPE = np.dtype("<f4")
-
-ChangeOp = Literal["add", "remove"]
-
-
-@dataclass(frozen=True)
-class Identity:
-    """An enrolled person (or any labelled subject); `face_count` counts all models' faces."""
-
-    id: str
-    name: str
-    metadata: dict[str, Any]
-    created_at: str
-    updated_at: str
-    face_count: int = 0
-
-
-@dataclass(frozen=True)
-class FaceRecord:
-    """One enrolled face: an embedding and where it came from. No image is ever stored."""
-
-    face_id: str
-    index_id: int
-    identity_id: str
-    model_id: str
-    quality: float
-    det_score: float
-    image_sha256: str
-    created_at: str
-
-
-@dataclass(frozen=True)
-class NewFace:
-    """What enrolment hands the store."""
-
-    identity_id: str
-    model_id: str
-    embedding: np.ndarray  # (d,) float32, L2-normalised
-    quality: float
-    det_score: float
-    image_sha256: str
-
-
-@dataclass(frozen=True)
-class IdentityEmbeddings:
-    """An identity and its faces made by one model, read together (one consistent view)."""
-
-    identity: Identity
-    faces: list[FaceRecord]
-    embeddings: np.ndarray  # (n, d) float32, one row per face; (0, 0) when there is none
-
-
-@dataclass(frozen=True)
-class FaceLabel:
-    """What a search hit needs to be reported: the face and its identity's current name."""
-
-    index_id: int
-    face_id: str
-    identity_id: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Change:
-    """One entry of the change log. For an `add` of a face that still exists and belongs to
-    the requested model, `embedding` holds it; otherwise it is None (the face was removed since,
-    or was made by another model)."""
-
-    seq: int
-    op: ChangeOp
-    index_id: int
-    model_id: str
-    embedding: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Every face of one model at one point of the change log (`seq`), and how many faces
-    other models made (those can never be searched with this model's index)."""
-
-    seq: int
-    index_ids: np.ndarray  # (n,) int64
-    embeddings: np.ndarray  # (n, d) float32
-    other_model_faces: int
-
-
-@dataclass(frozen=True)
-class ChangesSince:
-    """Changes after a seq, or `complete=False` when the log was pruned past it (rebuild)."""
-
-    changes: list[Change] = field(default_factory=list)
-    complete: bool = True
-
-
-class GalleryStore(Protocol):
-    """Durable identities and faces, plus an ordered log of face additions and removals."""
-
-    def create_identity(self, name: str, metadata: dict[str, Any]) -> Identity: ...
-
-    def get_identity(self, identity_id: str) -> Identity | None: ...
-
-    def list_identities(self, limit: int, offset: int) -> list[Identity]: ...
-
-    def update_identity(
-        self, identity_id: str, name: str | None, metadata: dict[str, Any] | None
-    ) -> Identity | None: ...
-
-    def delete_identity(self, identity_id: str) -> list[int] | None:
-        """Delete an identity and its faces; the removed index ids, or None if unknown."""
-        ...
-
-    def add_face(self, face: NewFace) -> FaceRecord | None:
-        """Store a face; None if the identity does not exist (any more)."""
-        ...
-
-    def delete_face(self, identity_id: str, face_id: str) -> int | None:
-        """Delete one face of an identity; its index id, or None if there is no such face."""
-        ...
-
-    def faces_of(self, identity_id: str) -> list[FaceRecord]: ...
-
-    def embeddings_of(self, identity_id: str, model_id: str) -> tuple[list[FaceRecord], np.ndarray]:
-        """An identity's faces made by `model_id`, with their embeddings as (n, d) rows."""
-        ...
-
-    def identity_embeddings(self, identity_id: str, model_id: str) -> IdentityEmbeddings | None:
-        """The identity with its faces made by `model_id`, as of one moment; None if unknown."""
-        ...
-
-    def labels(self, index_ids: Sequence[int]) -> dict[int, FaceLabel]:
-        """Face and identity of each index id that still exists (deleted ones are absent)."""
-        ...
-
-    def counts(self) -> tuple[int, int]:
-        """(identities, faces) in the store."""
-        ...
-
-    def faces_per_model(self) -> dict[str, int]: ...
-
-    def snapshot(self, model_id: str) -> Snapshot: ...
-
-    def changes_since(self, seq: int, model_id: str) -> ChangesSince: ...
-
-    def last_seq(self) -> int: ...
-
-    def erase(self) -> bool:
-        """Push deleted content out of the journal; True when nothing of it is left on disk."""
-        ...
-
-    def close(self) -> None: ...
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def new_id() -> str:
-    """Identity and face ids: random uuid4 hex (no ordering, nothing guessable)."""
-    return uuid.uuid4().hex
 
 
 def embedding_to_blob(embedding: np.ndarray) -> bytes:
@@ -399,16 +268,18 @@ class SqliteStore:
 
     # --- identities ----------------------------------------------------------------------
 
-    def create_identity(self, name: str, metadata: dict[str, Any]) -> Identity:
-        now = _now()
-        identity = Identity(new_id(), name, dict(metadata), now, now, 0)
+    def create_identity(
+        self, name: str, metadata: dict[str, Any], identity_id: str | None = None
+    ) -> Identity | None:
+        now = utc_now()
+        identity = Identity(identity_id or new_id(), name, dict(metadata), now, now, 0)
         with self._write() as db:
-            db.execute(
-                "INSERT INTO identities(id, name, metadata, created_at, updated_at) "
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO identities(id, name, metadata, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (identity.id, name, json.dumps(metadata), now, now),
-            )
-        return identity
+            ).rowcount
+        return identity if inserted else None
 
     def get_identity(self, identity_id: str) -> Identity | None:
         with self._connection() as db:
@@ -435,7 +306,7 @@ class SqliteStore:
                 (
                     current["name"] if name is None else name,
                     current["metadata"] if metadata is None else json.dumps(metadata),
-                    _now(),
+                    utc_now(),
                     identity_id,
                 ),
             )
@@ -469,32 +340,45 @@ class SqliteStore:
     # --- faces ---------------------------------------------------------------------------
 
     def add_face(self, face: NewFace) -> FaceRecord | None:
-        embedding = np.asarray(face.embedding, dtype=np.float32).reshape(-1)
-        face_id, now = new_id(), _now()
         with self._write() as db:
-            exists = db.execute("SELECT 1 FROM identities WHERE id = ?", (face.identity_id,))
-            if exists.fetchone() is None:
-                return None
-            cursor = db.execute(
-                "INSERT INTO faces(face_id, identity_id, model_id, dim, embedding, quality, "
-                "det_score, image_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    face_id,
-                    face.identity_id,
-                    face.model_id,
-                    embedding.size,
-                    embedding_to_blob(embedding),
-                    float(face.quality),
-                    float(face.det_score),
-                    face.image_sha256,
-                    now,
-                ),
-            )
-            index_id = int(cursor.lastrowid or 0)
-            db.execute(
-                "INSERT INTO changes(op, index_id, model_id) VALUES ('add', ?, ?)",
-                (index_id, face.model_id),
-            )
+            return self._insert_face(db, face)
+
+    def add_faces(self, faces: Sequence[NewFace]) -> int:
+        """One transaction (one fsync) for the whole batch: imports run at thousands of faces
+        per second where one transaction per face would wait for a disk flush each."""
+        with self._write() as db:
+            return sum(self._insert_face(db, face) is not None for face in faces)
+
+    def _insert_face(self, db: sqlite3.Connection, face: NewFace) -> FaceRecord | None:
+        """Insert a face inside the caller's write transaction; None if its identity is gone
+        or its given `face_id` is already stored."""
+        embedding = np.asarray(face.embedding, dtype=np.float32).reshape(-1)
+        face_id, now = face.face_id or new_id(), utc_now()
+        exists = db.execute("SELECT 1 FROM identities WHERE id = ?", (face.identity_id,))
+        if exists.fetchone() is None:
+            return None
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO faces(face_id, identity_id, model_id, dim, embedding, "
+            "quality, det_score, image_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                face_id,
+                face.identity_id,
+                face.model_id,
+                embedding.size,
+                embedding_to_blob(embedding),
+                float(face.quality),
+                float(face.det_score),
+                face.image_sha256,
+                now,
+            ),
+        )
+        if not cursor.rowcount:
+            return None
+        index_id = int(cursor.lastrowid or 0)
+        db.execute(
+            "INSERT INTO changes(op, index_id, model_id) VALUES ('add', ?, ?)",
+            (index_id, face.model_id),
+        )
         return FaceRecord(
             face_id=face_id,
             index_id=index_id,
@@ -558,6 +442,29 @@ class SqliteStore:
             else np.zeros((0, 0), np.float32)
         )
         return IdentityEmbeddings(_identity(row), [_face(r) for r in rows], embeddings)
+
+    def export(self, batch_size: int = LOAD_BATCH_ROWS) -> Iterator[ExportedIdentity]:
+        """Streams identities in creation order, each with its faces (one read snapshot)."""
+        with self._read() as db:
+            identities = db.execute(_IDENTITY_SELECT + " ORDER BY i.rowid")
+            faces = db.execute(
+                f"SELECT {_FACE_COLUMNS}, embedding FROM faces f "
+                "JOIN identities i ON i.id = f.identity_id ORDER BY i.rowid, f.index_id"
+            )
+            pending: list[sqlite3.Row] = []
+            while rows := identities.fetchmany(batch_size):
+                for row in rows:
+                    identity = _identity(row)
+                    mine: list[sqlite3.Row] = []
+                    while len(mine) < identity.face_count:
+                        if not pending:
+                            pending = faces.fetchmany(batch_size)[::-1]
+                        mine.append(pending.pop())
+                    yield ExportedIdentity(
+                        identity,
+                        [_face(face) for face in mine],
+                        [blob_to_embedding(face["embedding"]) for face in mine],
+                    )
 
     def labels(self, index_ids: Sequence[int]) -> dict[int, FaceLabel]:
         wanted = sorted({int(i) for i in index_ids})

@@ -14,18 +14,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-from service.gallery.index import (
-    FaceIndex,
-    IndexKind,
-    IndexSetting,
-    SearchResult,
-    choose_kind,
-)
-from service.gallery.store import GalleryStore
+from service.gallery.index import FaceIndex, IndexSetting, choose_kind
+from service.gallery.interface import ChangeLog, IndexState, SearchResult
 
 logger = logging.getLogger(__name__)
 
@@ -41,19 +34,10 @@ CHANGE_LOG_KEEP = 100_000
 IVF_RETRAIN_GROWTH = 4
 
 
-@dataclass(frozen=True)
-class IndexState:
-    """What /metrics and the docs report about the live index."""
-
-    kind: IndexKind
-    device: str
-    size: int
-    seq: int
-    other_model_faces: int
-
-
 class IndexSync:
-    """Owns a worker's index: build from a store snapshot, replay changes, search.
+    """`FaceSearch` on a FAISS index per worker: build from a store snapshot, replay changes.
+
+    Owns a worker's index: build from a store snapshot, replay changes, search.
 
     Thread-safe: one lock serialises catch-up and search (FAISS uses all cores inside a
     search anyway, so parallel searches would only contend).
@@ -61,7 +45,7 @@ class IndexSync:
 
     def __init__(
         self,
-        store: GalleryStore,
+        store: ChangeLog,
         *,
         model_id: str,
         dim: int,
