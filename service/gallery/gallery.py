@@ -10,6 +10,7 @@ identity that has no face of the loaded model.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -214,6 +215,45 @@ class Gallery:
             raise _not_found(identity_id)
         self._update_counts()
         return record
+
+    def add_embedding(self, identity_id: str, embedding: list[float], model_id: str) -> FaceRecord:
+        """Enrol an embedding computed elsewhere (by the same model, which `model_id` names).
+
+        Refuses another model's embedding (`model_mismatch`: the spaces cannot be compared)
+        and a wrong size or non-finite values (`validation_error`). The face's quality is the
+        embedding's norm as sent, its detection score 0 (no detection ran here), and its
+        `image_sha256` the sha256 of the embedding as little-endian float32 bytes.
+        """
+        if model_id != self.model_id:
+            raise ServiceError(
+                ErrorCode.MODEL_MISMATCH,
+                f"the embedding was made by {model_id!r}, but this gallery's model is "
+                f"{self.model_id!r} (GET /readyz); embeddings of different models cannot be "
+                "compared: compute it with the loaded model, or enrol the photo instead",
+            )
+        with np.errstate(over="ignore", under="ignore"):
+            vector = np.asarray(embedding, dtype=np.float64).reshape(-1).astype(np.float32)
+            norm = float(np.linalg.norm(vector.astype(np.float64)))
+        finite = bool(np.all(np.isfinite(vector)))
+        if vector.size != self.dim or not finite:
+            raise ServiceError(
+                ErrorCode.VALIDATION_ERROR,
+                f"the embedding must have {self.dim} finite float32 values (model "
+                f"{self.model_id}); got {vector.size} value(s)"
+                + ("" if finite else ", some not finite"),
+            )
+        if not 0.0 < norm < np.finfo(np.float32).max:
+            raise ServiceError(
+                ErrorCode.VALIDATION_ERROR, f"the embedding's norm {norm:g} cannot be normalised"
+            )
+        little_endian = vector.astype("<f4").tobytes()
+        return self.add_face(
+            identity_id,
+            vector,
+            quality=norm,
+            det_score=0.0,
+            image_sha256=hashlib.sha256(little_endian).hexdigest(),
+        )
 
     def delete_face(self, identity_id: str, face_id: str) -> None:
         if self.store.delete_face(identity_id, face_id) is None:
