@@ -447,8 +447,9 @@ class SqliteStore:
         """Streams identities in creation order, each with its faces (one read snapshot)."""
         with self._read() as db:
             identities = db.execute(_IDENTITY_SELECT + " ORDER BY i.rowid")
+            columns = ", ".join(f"f.{name.strip()}" for name in _FACE_COLUMNS.split(","))
             faces = db.execute(
-                f"SELECT {_FACE_COLUMNS}, embedding FROM faces f "
+                f"SELECT {columns}, f.embedding FROM faces f "
                 "JOIN identities i ON i.id = f.identity_id ORDER BY i.rowid, f.index_id"
             )
             pending: list[sqlite3.Row] = []
