@@ -52,7 +52,8 @@ COPY pyproject.toml ./
 # Dependencies come from pyproject.toml, so this layer is rebuilt only when they change.
 # insightface goes in without its own requirements (they pull opencv-python and onnxruntime
 # over opencv-python-headless and onnxruntime-gpu).
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+# The `milvus` extra too, so one image serves either gallery backend (docker-compose.milvus.yml).
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['milvus']))" \
         > requirements.txt \
     && pip install -r requirements.txt \
     && pip install --no-deps insightface==2.1 \
