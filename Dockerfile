@@ -50,7 +50,8 @@ RUN python3 -m venv /opt/faceverify
 WORKDIR /src
 COPY pyproject.toml ./
 # Dependencies come from pyproject.toml, so this layer is rebuilt only when they change.
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+# The `milvus` extra too, so one image serves either gallery backend (docker-compose.milvus.yml).
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['milvus']))" \
         > requirements.txt \
     && pip install -r requirements.txt \
     && python -c "import cv2, faiss, onnxruntime"

@@ -1,5 +1,5 @@
 """Command line: `python -m service [serve]`, `python -m service fetch-models NAME`,
-`python -m service check-pack [DIR]`."""
+`python -m service check-pack [DIR]`, `python -m service gallery export|import|migrate`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from service.errors import PackError
+from service.gallery import transfer
 from service.logs import configure_logging, logging_config
 from service.settings import REPO_ROOT, Settings
 
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--dir", type=Path, default=DEFAULT_MODELS_DIR, help="models folder")
     check = commands.add_parser("check-pack", help="verify a pack folder and print its manifest")
     check.add_argument("directory", type=Path, nargs="?", help="default: FACEVERIFY_PACK_DIR")
+    gallery = commands.add_parser("gallery", help="export, import or migrate the gallery")
+    transfer.add_arguments(gallery)
     args = parser.parse_args(argv)
 
     if args.command == "fetch-models":
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     if args.command == "check-pack":
         return check_pack(args.directory or settings.pack_dir)
+    if args.command == "gallery":
+        return transfer.run(args, settings)
     return serve(settings)
 
 

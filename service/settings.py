@@ -83,6 +83,25 @@ class Settings(BaseSettings):
         0.0, ge=0.0, description="Min embedding norm (quality) to enrol; 0 disables the check."
     )
 
+    # --- gallery backend --------------------------------------------------------------------
+    gallery_backend: Literal["sqlite", "milvus"] = Field(
+        "sqlite",
+        description="`sqlite`: embedded (SQLite file + a FAISS index per worker); `milvus`: "
+        "identities, faces and search in Milvus, shared by every replica.",
+    )
+    milvus_uri: str = Field(
+        "http://127.0.0.1:19530", description="Milvus server (with `gallery_backend=milvus`)."
+    )
+    milvus_token: SecretStr | None = Field(
+        None, description="Milvus token (`user:password` or an API key) for a secured cluster."
+    )
+    milvus_collection_prefix: str = Field(
+        "faceverify",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        description="Prefix of the gallery's Milvus collection names (several galleries, one "
+        "server).",
+    )
+
     # --- server -----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=1, le=65535, description="Port to bind.")

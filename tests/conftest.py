@@ -34,6 +34,20 @@ def assets_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One milvus-lite server for the whole session (tests isolate by collection prefix)."""
+    pytest.importorskip("pymilvus", reason="the Milvus tests need the dev extra (pymilvus)")
+    pytest.importorskip("milvus_lite", reason="the Milvus tests need the dev extra (milvus-lite)")
+    from milvus_server import MilvusLiteServer
+
+    server = MilvusLiteServer(tmp_path_factory.mktemp("milvus"))
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def real_pack_dir(assets_dir: Path) -> Path:
     pack = assets_dir / REAL_PACK
     if not pack.is_dir():

@@ -279,3 +279,22 @@ class IdentifyResponse(BaseModel):
     threshold: float = Field(description="identity is set when similarity ≥ threshold.")
     results: list[IdentifyResult] = Field(description="One per face (largest first).")
     timings_ms: dict[str, float]
+
+
+# Longest embedding POST /identities/{id}/embeddings accepts (the largest recognizers emit 512).
+MAX_EMBEDDING_VALUES = 4096
+
+
+class EmbeddingEnrol(BaseModel):
+    """An embedding computed by another system with the loaded model, to enrol as a face."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        min_length=1, max_length=256, description="Model that made it (GET /readyz `model`)."
+    )
+    embedding: list[float] = Field(
+        min_length=1,
+        max_length=MAX_EMBEDDING_VALUES,
+        description="The embedding, as the model output it (it is L2-normalised here).",
+    )

@@ -1,10 +1,13 @@
-"""Enrolled gallery: a durable store (source of truth) and a derived FAISS index per worker.
+"""Enrolled gallery: a durable store (source of truth) and a search over it, in one of two
+backends: embedded (SQLite + a FAISS index per worker) or Milvus (shared by every replica).
 
 `open_gallery` is the one factory the app calls at start-up; `Gallery` is what routes use.
 Design notes (store, index choice, multi-worker sync, model tagging, erasure): docs/gallery.md.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from service.gallery.gallery import Candidate, Gallery, GalleryMatch, IdentityDetails
 from service.gallery.store import SqliteStore
@@ -13,11 +16,16 @@ from service.metrics import Metrics
 from service.packs import ModelPack
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from service.gallery.milvus import MilvusStore
+
 __all__ = ["Candidate", "Gallery", "GalleryMatch", "IdentityDetails", "open_gallery"]
 
 
 def open_gallery(settings: Settings, pack: ModelPack, metrics: Metrics | None = None) -> Gallery:
-    """Open (or create) the gallery in `settings.data_dir` for the loaded pack's model."""
+    """Open (or create) the gallery of `settings.gallery_backend` for the loaded pack's model."""
+    if settings.gallery_backend == "milvus":
+        return _open_milvus_gallery(settings, pack, metrics)
     store = SqliteStore.in_directory(settings.data_dir)
     try:
         store.prune_changes(CHANGE_LOG_KEEP)
@@ -29,6 +37,27 @@ def open_gallery(settings: Settings, pack: ModelPack, metrics: Metrics | None = 
             approx_min_faces=settings.approx_index_min_faces,
             metrics=metrics,
         )
+    except BaseException:
+        store.close()
+        raise
+
+
+def open_milvus_store(settings: Settings) -> MilvusStore:
+    """The Milvus store named by the settings (also used by the gallery CLI)."""
+    from service.gallery.milvus import MilvusStore
+
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+    return MilvusStore(settings.milvus_uri, token=token, prefix=settings.milvus_collection_prefix)
+
+
+def _open_milvus_gallery(settings: Settings, pack: ModelPack, metrics: Metrics | None) -> Gallery:
+    from service.gallery.milvus import MilvusSearch
+
+    store = open_milvus_store(settings)
+    model_id, dim = pack.model_id, pack.manifest.recognizer.embedding_size
+    try:
+        search = MilvusSearch(store, model_id=model_id, dim=dim)
+        return Gallery(store, model_id=model_id, dim=dim, metrics=metrics, search=search)
     except BaseException:
         store.close()
         raise

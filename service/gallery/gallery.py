@@ -10,6 +10,7 @@ identity that has no face of the loaded model.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -19,8 +20,15 @@ import numpy as np
 
 from service.errors import ErrorCode, ServiceError
 from service.gallery.index import IndexSetting
-from service.gallery.store import FaceRecord, GalleryStore, Identity, NewFace
-from service.gallery.sync import POLL_INTERVAL_S, IndexState, IndexSync
+from service.gallery.interface import (
+    FaceRecord,
+    FaceSearch,
+    GalleryStore,
+    Identity,
+    IndexState,
+    NewFace,
+)
+from service.gallery.sync import POLL_INTERVAL_S, IndexSync
 from service.matching import l2_normalize
 from service.metrics import Metrics
 
@@ -67,7 +75,11 @@ def _not_found(identity_id: str) -> ServiceError:
 
 
 class Gallery:
-    """Identities and faces in a `GalleryStore`, searched through this worker's index."""
+    """Identities and faces in a `GalleryStore`, searched through a `FaceSearch`.
+
+    Without `search`, the store must also be a `ChangeLog` (the embedded backend) and this
+    worker gets its own FAISS index following it (`IndexSync`).
+    """
 
     def __init__(
         self,
@@ -80,14 +92,15 @@ class Gallery:
         metrics: Metrics | None = None,
         use_gpu: bool | None = None,
         poll_interval_s: float | None = POLL_INTERVAL_S,
+        search: FaceSearch | None = None,
     ) -> None:
         self.store = store
         self.model_id = model_id
         self.dim = dim
         self._metrics = metrics
         self._index_labels: tuple[str, str] | None = None
-        self._sync = IndexSync(
-            store,
+        self._sync: FaceSearch = search or IndexSync(
+            store,  # type: ignore[arg-type]  # the embedded store is also a ChangeLog
             model_id=model_id,
             dim=dim,
             setting=index_setting,
@@ -95,6 +108,8 @@ class Gallery:
             use_gpu=use_gpu,
             on_change=self._index_changed,
         )
+        if search is not None:
+            self._index_changed(search.state)
         self._update_counts()
         if self._sync.state.other_model_faces:
             logger.warning("%s", self._mismatch_message())
@@ -201,6 +216,45 @@ class Gallery:
         self._update_counts()
         return record
 
+    def add_embedding(self, identity_id: str, embedding: list[float], model_id: str) -> FaceRecord:
+        """Enrol an embedding computed elsewhere (by the same model, which `model_id` names).
+
+        Refuses another model's embedding (`model_mismatch`: the spaces cannot be compared)
+        and a wrong size or non-finite values (`validation_error`). The face's quality is the
+        embedding's norm as sent, its detection score 0 (no detection ran here), and its
+        `image_sha256` the sha256 of the embedding as little-endian float32 bytes.
+        """
+        if model_id != self.model_id:
+            raise ServiceError(
+                ErrorCode.MODEL_MISMATCH,
+                f"the embedding was made by {model_id!r}, but this gallery's model is "
+                f"{self.model_id!r} (GET /readyz); embeddings of different models cannot be "
+                "compared: compute it with the loaded model, or enrol the photo instead",
+            )
+        with np.errstate(over="ignore", under="ignore"):
+            vector = np.asarray(embedding, dtype=np.float64).reshape(-1).astype(np.float32)
+            norm = float(np.linalg.norm(vector.astype(np.float64)))
+        finite = bool(np.all(np.isfinite(vector)))
+        if vector.size != self.dim or not finite:
+            raise ServiceError(
+                ErrorCode.VALIDATION_ERROR,
+                f"the embedding must have {self.dim} finite float32 values (model "
+                f"{self.model_id}); got {vector.size} value(s)"
+                + ("" if finite else ", some not finite"),
+            )
+        if not 0.0 < norm < np.finfo(np.float32).max:
+            raise ServiceError(
+                ErrorCode.VALIDATION_ERROR, f"the embedding's norm {norm:g} cannot be normalised"
+            )
+        little_endian = vector.astype("<f4").tobytes()
+        return self.add_face(
+            identity_id,
+            vector,
+            quality=norm,
+            det_score=0.0,
+            image_sha256=hashlib.sha256(little_endian).hexdigest(),
+        )
+
     def delete_face(self, identity_id: str, face_id: str) -> None:
         if self.store.delete_face(identity_id, face_id) is None:
             if self.store.get_identity(identity_id) is None:
@@ -277,10 +331,12 @@ class Gallery:
 
     def compare(self, identity_id: str, embedding: np.ndarray) -> GalleryMatch:
         """1:1: the query face against every face of one identity made by the loaded model."""
-        identity = self.store.get_identity(identity_id)
-        if identity is None:
+        # One read for the identity and its faces: a delete between two reads would make a
+        # gone identity look like one with only other models' faces (model_mismatch, not 404).
+        found = self.store.identity_embeddings(identity_id, self.model_id)
+        if found is None:
             raise _not_found(identity_id)
-        faces, vectors = self.store.embeddings_of(identity_id, self.model_id)
+        identity, faces, vectors = found.identity, found.faces, found.embeddings
         if not faces:
             if identity.face_count:
                 raise ServiceError(

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import faiss
 import numpy as np
+
+from service.gallery.interface import SearchResult
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +98,6 @@ def ivf_probe_count(lists: int) -> int:
 def gpu_available() -> bool:
     """True when this FAISS build has GPU support and sees at least one GPU."""
     return hasattr(faiss, "index_cpu_to_gpu") and faiss.get_num_gpus() > 0
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """Per query row: similarities (descending) and index ids; -1 ids mark empty slots."""
-
-    similarities: np.ndarray  # (n, k) float32
-    ids: np.ndarray  # (n, k) int64
 
 
 class FaceIndex:

@@ -1,8 +1,8 @@
 """The gallery's durable store: the one source of truth for identities and their face embeddings.
 
-The FAISS index is derived from it and can always be rebuilt. `GalleryStore` is the small
-interface the rest of the service uses; `SqliteStore` implements it on an embedded SQLite file
-so that a server database can replace it later without touching the index or the routes.
+The FAISS index is derived from it and can always be rebuilt. `SqliteStore` implements the
+`GalleryStore` and `ChangeLog` interfaces (service/gallery/interface.py) on an embedded SQLite
+file; service/gallery/milvus.py is the other implementation of `GalleryStore`.
 
 Durability and multi-process rules (SQLite specifics):
 - WAL journal with `synchronous=FULL`: a write is on disk (WAL fsynced) when `commit` returns,
@@ -22,15 +22,42 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
+
+from service.gallery.interface import (
+    Change,
+    ChangesSince,
+    ExportedIdentity,
+    FaceLabel,
+    FaceRecord,
+    GalleryStore,
+    Identity,
+    IdentityEmbeddings,
+    NewFace,
+    Snapshot,
+    new_id,
+    utc_now,
+)
+
+# Names of the interface re-exported where they were first defined (older imports keep working).
+__all__ = [
+    "Change",
+    "ChangesSince",
+    "ExportedIdentity",
+    "FaceLabel",
+    "FaceRecord",
+    "GalleryStore",
+    "Identity",
+    "IdentityEmbeddings",
+    "NewFace",
+    "Snapshot",
+    "SqliteStore",
+]
 
 DATABASE_NAME = "gallery.sqlite3"
 SCHEMA_VERSION = 1
@@ -44,156 +71,16 @@ BUSY_TIMEOUT_MS = 30_000
 # pages the journal will be copied over); the next checkpoint finishes the job.
 ERASE_CHECKPOINT_WAIT_MS = 2_000
 
+# Idle connections a store keeps for reuse. Requests run in a thread pool (anyio's default
+# is 40 threads), but a borrowed connection is held for one short transaction only, so a few
+# serve them; a burst wider than this opens extra connections and closes them afterwards.
+POOL_IDLE_CONNECTIONS = 8
+
 # Rows fetched per round trip when loading a whole gallery (bounded memory per step).
 LOAD_BATCH_ROWS = 10_000
 
 # Embeddings are stored as little-endian float32 bytes, whatever the host's byte order.
 EMBEDDING_DTYPE = np.dtype("<f4")
-
-ChangeOp = Literal["add", "remove"]
-
-
-@dataclass(frozen=True)
-class Identity:
-    """An enrolled person (or any labelled subject); `face_count` counts all models' faces."""
-
-    id: str
-    name: str
-    metadata: dict[str, Any]
-    created_at: str
-    updated_at: str
-    face_count: int = 0
-
-
-@dataclass(frozen=True)
-class FaceRecord:
-    """One enrolled face: an embedding and where it came from. No image is ever stored."""
-
-    face_id: str
-    index_id: int
-    identity_id: str
-    model_id: str
-    quality: float
-    det_score: float
-    image_sha256: str
-    created_at: str
-
-
-@dataclass(frozen=True)
-class NewFace:
-    """What enrolment hands the store."""
-
-    identity_id: str
-    model_id: str
-    embedding: np.ndarray  # (d,) float32, L2-normalised
-    quality: float
-    det_score: float
-    image_sha256: str
-
-
-@dataclass(frozen=True)
-class FaceLabel:
-    """What a search hit needs to be reported: the face and its identity's current name."""
-
-    index_id: int
-    face_id: str
-    identity_id: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Change:
-    """One entry of the change log. For an `add` of a face that still exists and belongs to
-    the requested model, `embedding` holds it; otherwise it is None (the face was removed since,
-    or was made by another model)."""
-
-    seq: int
-    op: ChangeOp
-    index_id: int
-    model_id: str
-    embedding: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Every face of one model at one point of the change log (`seq`), and how many faces
-    other models made (those can never be searched with this model's index)."""
-
-    seq: int
-    index_ids: np.ndarray  # (n,) int64
-    embeddings: np.ndarray  # (n, d) float32
-    other_model_faces: int
-
-
-@dataclass(frozen=True)
-class ChangesSince:
-    """Changes after a seq, or `complete=False` when the log was pruned past it (rebuild)."""
-
-    changes: list[Change] = field(default_factory=list)
-    complete: bool = True
-
-
-class GalleryStore(Protocol):
-    """Durable identities and faces, plus an ordered log of face additions and removals."""
-
-    def create_identity(self, name: str, metadata: dict[str, Any]) -> Identity: ...
-
-    def get_identity(self, identity_id: str) -> Identity | None: ...
-
-    def list_identities(self, limit: int, offset: int) -> list[Identity]: ...
-
-    def update_identity(
-        self, identity_id: str, name: str | None, metadata: dict[str, Any] | None
-    ) -> Identity | None: ...
-
-    def delete_identity(self, identity_id: str) -> list[int] | None:
-        """Delete an identity and its faces; the removed index ids, or None if unknown."""
-        ...
-
-    def add_face(self, face: NewFace) -> FaceRecord | None:
-        """Store a face; None if the identity does not exist (any more)."""
-        ...
-
-    def delete_face(self, identity_id: str, face_id: str) -> int | None:
-        """Delete one face of an identity; its index id, or None if there is no such face."""
-        ...
-
-    def faces_of(self, identity_id: str) -> list[FaceRecord]: ...
-
-    def embeddings_of(self, identity_id: str, model_id: str) -> tuple[list[FaceRecord], np.ndarray]:
-        """An identity's faces made by `model_id`, with their embeddings as (n, d) rows."""
-        ...
-
-    def labels(self, index_ids: Sequence[int]) -> dict[int, FaceLabel]:
-        """Face and identity of each index id that still exists (deleted ones are absent)."""
-        ...
-
-    def counts(self) -> tuple[int, int]:
-        """(identities, faces) in the store."""
-        ...
-
-    def faces_per_model(self) -> dict[str, int]: ...
-
-    def snapshot(self, model_id: str) -> Snapshot: ...
-
-    def changes_since(self, seq: int, model_id: str) -> ChangesSince: ...
-
-    def last_seq(self) -> int: ...
-
-    def erase(self) -> bool:
-        """Push deleted content out of the journal; True when nothing of it is left on disk."""
-        ...
-
-    def close(self) -> None: ...
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def new_id() -> str:
-    """Identity and face ids: random uuid4 hex (no ordering, nothing guessable)."""
-    return uuid.uuid4().hex
 
 
 def embedding_to_blob(embedding: np.ndarray) -> bytes:
@@ -276,16 +163,20 @@ _IDENTITY_SELECT = (
 class SqliteStore:
     """`GalleryStore` on one SQLite file; safe for many threads and many processes.
 
-    Each thread gets its own connection (SQLite connections must not be shared across threads
-    while in use); all of them are closed by `close`.
+    Connections come from a small pool owned by the store: an operation borrows one (SQLite
+    connections must not be used by two threads at once) and gives it back when done. At most
+    `POOL_IDLE_CONNECTIONS` idle connections are kept; one borrowed beyond that (a burst wider
+    than the pool) is closed on return. So the open handles on the database file are bounded by
+    the store, not by how many threads the server has created over its life (anyio retires idle
+    worker threads and makes new ones, which leaked one connection each when they were
+    per-thread). All are closed by `close`.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
         self._closed = False
         with self._write() as db:
             for statement in _SCHEMA.split(";"):
@@ -309,81 +200,97 @@ class SqliteStore:
 
     # --- connections and transactions ----------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._closed:
-            raise RuntimeError("the gallery store is closed")
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            # isolation_level=None: no implicit transactions; every one is explicit below.
-            db = sqlite3.connect(
-                self.path,
-                timeout=BUSY_TIMEOUT_MS / 1000,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA secure_delete=ON")
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            self._local.db = db
-            with self._connections_lock:
-                self._connections.append(db)
+    def _open_connection(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; every one is explicit below.
+        db = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA secure_delete=ON")
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return db
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a pooled connection for one operation (outside any open transaction)."""
+        with self._pool_lock:
+            if self._closed:
+                raise RuntimeError("the gallery store is closed")
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = self._open_connection()
+        try:
+            yield db
+        finally:
+            if db.in_transaction:  # an interrupted statement: never hand on an open transaction
+                with suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            with self._pool_lock:
+                keep = not self._closed and len(self._idle) < POOL_IDLE_CONNECTIONS
+                if keep:
+                    self._idle.append(db)
+            if not keep:
+                db.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction; BEGIN IMMEDIATE takes the write lock up front, so two writers
         never deadlock upgrading read locks."""
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: every statement inside sees the same snapshot."""
-        db = self._connection()
-        db.execute("BEGIN")
-        try:
-            yield db
-        finally:
-            db.execute("COMMIT")
+        with self._connection() as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        row = self._connection().execute(sql, params).fetchone()
+        with self._connection() as db:
+            row = db.execute(sql, params).fetchone()
         return None if row is None else row[0]
 
     # --- identities ----------------------------------------------------------------------
 
-    def create_identity(self, name: str, metadata: dict[str, Any]) -> Identity:
-        now = _now()
-        identity = Identity(new_id(), name, dict(metadata), now, now, 0)
+    def create_identity(
+        self, name: str, metadata: dict[str, Any], identity_id: str | None = None
+    ) -> Identity | None:
+        now = utc_now()
+        identity = Identity(identity_id or new_id(), name, dict(metadata), now, now, 0)
         with self._write() as db:
-            db.execute(
-                "INSERT INTO identities(id, name, metadata, created_at, updated_at) "
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO identities(id, name, metadata, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (identity.id, name, json.dumps(metadata), now, now),
-            )
-        return identity
+            ).rowcount
+        return identity if inserted else None
 
     def get_identity(self, identity_id: str) -> Identity | None:
-        row = (
-            self._connection()
-            .execute(_IDENTITY_SELECT + " WHERE i.id = ?", (identity_id,))
-            .fetchone()
-        )
+        with self._connection() as db:
+            row = db.execute(_IDENTITY_SELECT + " WHERE i.id = ?", (identity_id,)).fetchone()
         return None if row is None else _identity(row)
 
     def list_identities(self, limit: int, offset: int) -> list[Identity]:
-        rows = self._connection().execute(
-            _IDENTITY_SELECT + " ORDER BY i.rowid LIMIT ? OFFSET ?", (limit, offset)
-        )
+        with self._connection() as db:
+            rows = db.execute(
+                _IDENTITY_SELECT + " ORDER BY i.rowid LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
         return [_identity(row) for row in rows]
 
     def update_identity(
@@ -399,7 +306,7 @@ class SqliteStore:
                 (
                     current["name"] if name is None else name,
                     current["metadata"] if metadata is None else json.dumps(metadata),
-                    _now(),
+                    utc_now(),
                     identity_id,
                 ),
             )
@@ -433,32 +340,45 @@ class SqliteStore:
     # --- faces ---------------------------------------------------------------------------
 
     def add_face(self, face: NewFace) -> FaceRecord | None:
-        embedding = np.asarray(face.embedding, dtype=np.float32).reshape(-1)
-        face_id, now = new_id(), _now()
         with self._write() as db:
-            exists = db.execute("SELECT 1 FROM identities WHERE id = ?", (face.identity_id,))
-            if exists.fetchone() is None:
-                return None
-            cursor = db.execute(
-                "INSERT INTO faces(face_id, identity_id, model_id, dim, embedding, quality, "
-                "det_score, image_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    face_id,
-                    face.identity_id,
-                    face.model_id,
-                    embedding.size,
-                    embedding_to_blob(embedding),
-                    float(face.quality),
-                    float(face.det_score),
-                    face.image_sha256,
-                    now,
-                ),
-            )
-            index_id = int(cursor.lastrowid or 0)
-            db.execute(
-                "INSERT INTO changes(op, index_id, model_id) VALUES ('add', ?, ?)",
-                (index_id, face.model_id),
-            )
+            return self._insert_face(db, face)
+
+    def add_faces(self, faces: Sequence[NewFace]) -> int:
+        """One transaction (one fsync) for the whole batch: imports run at thousands of faces
+        per second where one transaction per face would wait for a disk flush each."""
+        with self._write() as db:
+            return sum(self._insert_face(db, face) is not None for face in faces)
+
+    def _insert_face(self, db: sqlite3.Connection, face: NewFace) -> FaceRecord | None:
+        """Insert a face inside the caller's write transaction; None if its identity is gone
+        or its given `face_id` is already stored."""
+        embedding = np.asarray(face.embedding, dtype=np.float32).reshape(-1)
+        face_id, now = face.face_id or new_id(), utc_now()
+        exists = db.execute("SELECT 1 FROM identities WHERE id = ?", (face.identity_id,))
+        if exists.fetchone() is None:
+            return None
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO faces(face_id, identity_id, model_id, dim, embedding, "
+            "quality, det_score, image_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                face_id,
+                face.identity_id,
+                face.model_id,
+                embedding.size,
+                embedding_to_blob(embedding),
+                float(face.quality),
+                float(face.det_score),
+                face.image_sha256,
+                now,
+            ),
+        )
+        if not cursor.rowcount:
+            return None
+        index_id = int(cursor.lastrowid or 0)
+        db.execute(
+            "INSERT INTO changes(op, index_id, model_id) VALUES ('add', ?, ?)",
+            (index_id, face.model_id),
+        )
         return FaceRecord(
             face_id=face_id,
             index_id=index_id,
@@ -487,26 +407,65 @@ class SqliteStore:
         return index_id
 
     def faces_of(self, identity_id: str) -> list[FaceRecord]:
-        rows = self._connection().execute(
-            f"SELECT {_FACE_COLUMNS} FROM faces WHERE identity_id = ? ORDER BY index_id",
-            (identity_id,),
-        )
+        with self._connection() as db:
+            rows = db.execute(
+                f"SELECT {_FACE_COLUMNS} FROM faces WHERE identity_id = ? ORDER BY index_id",
+                (identity_id,),
+            ).fetchall()
         return [_face(row) for row in rows]
 
     def embeddings_of(self, identity_id: str, model_id: str) -> tuple[list[FaceRecord], np.ndarray]:
-        rows = (
-            self._connection()
-            .execute(
+        with self._connection() as db:
+            rows = db.execute(
                 f"SELECT {_FACE_COLUMNS}, embedding FROM faces "
                 "WHERE identity_id = ? AND model_id = ? ORDER BY index_id",
                 (identity_id, model_id),
-            )
-            .fetchall()
-        )
+            ).fetchall()
         faces = [_face(row) for row in rows]
         if not rows:
             return faces, np.zeros((0, 0), np.float32)
         return faces, np.stack([blob_to_embedding(row["embedding"]) for row in rows])
+
+    def identity_embeddings(self, identity_id: str, model_id: str) -> IdentityEmbeddings | None:
+        with self._read() as db:
+            row = db.execute(_IDENTITY_SELECT + " WHERE i.id = ?", (identity_id,)).fetchone()
+            if row is None:
+                return None
+            rows = db.execute(
+                f"SELECT {_FACE_COLUMNS}, embedding FROM faces "
+                "WHERE identity_id = ? AND model_id = ? ORDER BY index_id",
+                (identity_id, model_id),
+            ).fetchall()
+        embeddings = (
+            np.stack([blob_to_embedding(r["embedding"]) for r in rows])
+            if rows
+            else np.zeros((0, 0), np.float32)
+        )
+        return IdentityEmbeddings(_identity(row), [_face(r) for r in rows], embeddings)
+
+    def export(self, batch_size: int = LOAD_BATCH_ROWS) -> Iterator[ExportedIdentity]:
+        """Streams identities in creation order, each with its faces (one read snapshot)."""
+        with self._read() as db:
+            identities = db.execute(_IDENTITY_SELECT + " ORDER BY i.rowid")
+            columns = ", ".join(f"f.{name.strip()}" for name in _FACE_COLUMNS.split(","))
+            faces = db.execute(
+                f"SELECT {columns}, f.embedding FROM faces f "
+                "JOIN identities i ON i.id = f.identity_id ORDER BY i.rowid, f.index_id"
+            )
+            pending: list[sqlite3.Row] = []
+            while rows := identities.fetchmany(batch_size):
+                for row in rows:
+                    identity = _identity(row)
+                    mine: list[sqlite3.Row] = []
+                    while len(mine) < identity.face_count:
+                        if not pending:
+                            pending = faces.fetchmany(batch_size)[::-1]
+                        mine.append(pending.pop())
+                    yield ExportedIdentity(
+                        identity,
+                        [_face(face) for face in mine],
+                        [blob_to_embedding(face["embedding"]) for face in mine],
+                    )
 
     def labels(self, index_ids: Sequence[int]) -> dict[int, FaceLabel]:
         wanted = sorted({int(i) for i in index_ids})
@@ -529,9 +488,10 @@ class SqliteStore:
         return found
 
     def faces_per_model(self) -> dict[str, int]:
-        rows = self._connection().execute(
-            "SELECT model_id, count(*) FROM faces GROUP BY model_id ORDER BY model_id"
-        )
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT model_id, count(*) FROM faces GROUP BY model_id ORDER BY model_id"
+            ).fetchall()
         return {row[0]: int(row[1]) for row in rows}
 
     # --- change log ----------------------------------------------------------------------
@@ -618,18 +578,21 @@ class SqliteStore:
         Returns False when another connection's open read transaction kept part of the WAL
         alive; the next successful checkpoint (any later deletion, or shutdown) finishes it.
         """
-        db = self._connection()
-        db.execute(f"PRAGMA busy_timeout={ERASE_CHECKPOINT_WAIT_MS}")
-        try:
-            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        finally:
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        with self._connection() as db:
+            db.execute(f"PRAGMA busy_timeout={ERASE_CHECKPOINT_WAIT_MS}")
+            try:
+                busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return busy == 0
 
     def close(self) -> None:
-        with self._connections_lock:
-            connections, self._connections = self._connections, []
+        with self._pool_lock:
+            connections, self._idle = self._idle, []
             self._closed = True
+        if not connections:
+            with suppress(sqlite3.Error):
+                connections = [self._open_connection()]
         if connections:
             # Fold the WAL into the database so that a stopped service leaves one tidy file.
             with suppress(sqlite3.Error):

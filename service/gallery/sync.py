@@ -14,18 +14,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-from service.gallery.index import (
-    FaceIndex,
-    IndexKind,
-    IndexSetting,
-    SearchResult,
-    choose_kind,
-)
-from service.gallery.store import GalleryStore
+from service.gallery.index import FaceIndex, IndexSetting, choose_kind
+from service.gallery.interface import ChangeLog, IndexState, SearchResult
 
 logger = logging.getLogger(__name__)
 
@@ -41,19 +34,10 @@ CHANGE_LOG_KEEP = 100_000
 IVF_RETRAIN_GROWTH = 4
 
 
-@dataclass(frozen=True)
-class IndexState:
-    """What /metrics and the docs report about the live index."""
-
-    kind: IndexKind
-    device: str
-    size: int
-    seq: int
-    other_model_faces: int
-
-
 class IndexSync:
-    """Owns a worker's index: build from a store snapshot, replay changes, search.
+    """`FaceSearch` on a FAISS index per worker: build from a store snapshot, replay changes.
+
+    Owns a worker's index: build from a store snapshot, replay changes, search.
 
     Thread-safe: one lock serialises catch-up and search (FAISS uses all cores inside a
     search anyway, so parallel searches would only contend).
@@ -61,7 +45,7 @@ class IndexSync:
 
     def __init__(
         self,
-        store: GalleryStore,
+        store: ChangeLog,
         *,
         model_id: str,
         dim: int,
@@ -148,8 +132,13 @@ class IndexSync:
             return 0
         if not since.changes:
             return 0
+        # Removals and additions are each applied as one batch (a removal scans the stored ids
+        # once per call: 5 faces one by one took 198 ms at 200k x 512, as one batch 39 ms).
+        # Their order does not matter: index ids are never reused, and the log is read in one
+        # snapshot, so an add whose face was removed within it carries no embedding.
         added_ids: list[int] = []
         added_vectors: list[np.ndarray] = []
+        removed_ids: list[int] = []
         for change in since.changes:
             if change.model_id != self.model_id:
                 self._other_model_faces += 1 if change.op == "add" else -1
@@ -158,12 +147,11 @@ class IndexSync:
                     added_ids.append(change.index_id)
                     added_vectors.append(change.embedding)
             else:
-                if added_ids:  # keep order: flush additions before a removal
-                    self._index.add(np.array(added_ids), np.stack(added_vectors))
-                    added_ids, added_vectors = [], []
-                self._index.remove(np.array([change.index_id]))
+                removed_ids.append(change.index_id)
+        if removed_ids:
+            self._index.remove(np.array(removed_ids, np.int64))
         if added_ids:
-            self._index.add(np.array(added_ids), np.stack(added_vectors))
+            self._index.add(np.array(added_ids, np.int64), np.stack(added_vectors))
         self._seq = since.changes[-1].seq
         if self._should_rebuild():
             self._rebuild()

@@ -20,6 +20,7 @@ from service.metrics import Metrics
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 GPU_COMPOSE_FILE = REPO_ROOT / "docker-compose.gpu.yml"
+MILVUS_COMPOSE_FILE = REPO_ROOT / "docker-compose.milvus.yml"
 LOCAL_COMPOSE_FILE = REPO_ROOT / "deploy" / "compose.local.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 PROMETHEUS_CONFIG = REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml"

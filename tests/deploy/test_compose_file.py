@@ -17,6 +17,7 @@ from deploy_support import (
     DOCKERFILE,
     GPU_COMPOSE_FILE,
     LOCAL_COMPOSE_FILE,
+    MILVUS_COMPOSE_FILE,
     PROMETHEUS_CONFIG,
     REPO_ROOT,
 )
@@ -26,7 +27,7 @@ jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is needed to v
 
 # The service listens on this port inside its container (Dockerfile `ARG PORT`).
 CONTAINER_PORT = 8000
-COMPOSE_FILES = (COMPOSE_FILE, GPU_COMPOSE_FILE, LOCAL_COMPOSE_FILE)
+COMPOSE_FILES = (COMPOSE_FILE, GPU_COMPOSE_FILE, LOCAL_COMPOSE_FILE, MILVUS_COMPOSE_FILE)
 # ${NAME}, ${NAME:-default}, ${NAME-default}; compose-spec "interpolation".
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 
@@ -159,3 +160,18 @@ def test_local_override_only_swaps_images_and_parks_grafana():
     assert local["grafana"] == {"profiles": ["grafana"]}
     containerfile = REPO_ROOT / local["prometheus"]["build"]["context"] / "Containerfile"
     assert containerfile.is_file()
+
+
+def test_milvus_override_points_the_service_at_a_healthy_milvus_with_pinned_images():
+    override = interpolate(load(MILVUS_COMPOSE_FILE))
+    services = override["services"]
+    environment = services["faceverify"]["environment"]
+    assert environment["FACEVERIFY_GALLERY_BACKEND"] == "milvus"
+    host, port = environment["FACEVERIFY_MILVUS_URI"].removeprefix("http://").split(":")
+    assert host in services and port == "19530"
+    assert services["faceverify"]["depends_on"][host]["condition"] == "service_healthy"
+    assert set(services[host]["depends_on"]) == {"etcd", "minio"}
+    for name in ("milvus", "etcd", "minio"):
+        image = services[name]["image"]
+        assert ":" in image and not image.endswith(":latest"), f"{name} image not pinned"
+        assert "healthcheck" in services[name]

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import re
 
-from deploy_support import COMPOSE_FILE, DOCKERFILE, GPU_COMPOSE_FILE, REPO_ROOT
+from deploy_support import (
+    COMPOSE_FILE,
+    DOCKERFILE,
+    GPU_COMPOSE_FILE,
+    MILVUS_COMPOSE_FILE,
+    REPO_ROOT,
+)
 
 from service.settings import Settings
 
@@ -30,7 +36,7 @@ def test_every_service_setting_is_documented():
 
 def test_every_compose_variable_is_documented():
     variables = set()
-    for path in (COMPOSE_FILE, GPU_COMPOSE_FILE):
+    for path in (COMPOSE_FILE, GPU_COMPOSE_FILE, MILVUS_COMPOSE_FILE):
         variables |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", path.read_text(encoding="utf-8")))
     missing = variables - documented_names()
     assert not missing, f"add to docs/deployment.md: {sorted(missing)}"

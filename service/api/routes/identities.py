@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import Services, get_gallery, get_services, require_json_body
 from service.api.errors import INFERENCE_ERRORS, documented
 from service.api.schemas_gallery import (
+    EmbeddingEnrol,
     EnrolledFace,
     EnrolledFaceRecord,
     IdentityCreate,
@@ -188,3 +189,34 @@ def delete_face(identity_id: str, face_id: str, gallery: GalleryDep) -> Response
     """Delete one enrolled face (erased like DELETE /identities/{id})."""
     gallery.delete_face(identity_id, face_id)
     return Response(status_code=204)
+
+
+@router.post(
+    "/identities/{identity_id}/embeddings",
+    status_code=201,
+    response_model=EnrolledFaceRecord,
+    dependencies=JSON_BODY,
+    responses=documented(
+        {
+            **JSON_ERRORS,
+            404: "not_found (unknown identity)",
+            409: "model_mismatch (the embedding was made by another model)",
+            422: "missing_field, validation_error (wrong size, values not finite)",
+        }
+    ),
+)
+def add_embedding(
+    identity_id: str,
+    body: EmbeddingEnrol,
+    gallery: GalleryDep,
+    request: Request,
+    response: Response,
+) -> EnrolledFaceRecord:
+    """Enrol a face from an embedding computed elsewhere with the loaded model (`model` must be
+    its id, as GET /readyz shows). For systems that run the models themselves, or migrate
+    embeddings without the photos. `Location` gives the new face's URL."""
+    record = gallery.add_embedding(identity_id, body.embedding, body.model)
+    response.headers["Location"] = resource_url(
+        request, "identities", identity_id, "faces", record.face_id
+    )
+    return EnrolledFaceRecord.of(record, gallery.model_id)

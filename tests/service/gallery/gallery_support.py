@@ -7,6 +7,7 @@ Named `gallery_support` (not `conftest`): test modules import it directly, and a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -90,6 +91,24 @@ def open_test_gallery(
         use_gpu=False,
         poll_interval_s=None,
     )
+
+
+def milvus_prefix(data_dir: Path) -> str:
+    """A Milvus collection prefix of its own for each gallery folder of a test: galleries on
+    the session's one Milvus server stay apart, and reopening one folder reopens its gallery."""
+    return "t" + hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def backend_settings(backend: str, data_dir: Path, milvus_uri: str | None) -> dict[str, str]:
+    """Settings that put a test's gallery in `backend` (the default embedded one, or Milvus)."""
+    if backend == "sqlite":
+        return {}
+    assert milvus_uri is not None
+    return {
+        "gallery_backend": "milvus",
+        "milvus_uri": milvus_uri,
+        "milvus_collection_prefix": milvus_prefix(data_dir),
+    }
 
 
 def free_port() -> int:

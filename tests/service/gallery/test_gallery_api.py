@@ -1,6 +1,9 @@
 """The gallery's HTTP contract on tiny synthetic models: identity CRUD, enrolment and its
 refusals, /identify with "unknown", /verify against an identity, model tagging, persistence.
 
+Every test runs against both backends (`app_client` is parametrised): the embedded one and
+Milvus (a milvus-lite server started once per session), with the same assertions.
+
 The synthetic detector reports the same faces in every image and the synthetic recognizer
 embeds a coarse average of the crop, so different noise images are different "people" (cosine
 about 0 +- 0.15 at 32-d) and an image is the same person as itself (cosine 1).
@@ -10,17 +13,41 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from gallery_support import noise_photo
+from gallery_support import backend_settings, noise_photo
 from synthetic_models import SyntheticFace, make_manifest_pack
+
+from service.app import create_app
+from service.settings import Settings
 
 BIG_FACE = SyntheticFace.from_box((100.0, 120.0, 340.0, 400.0), score=0.8)
 SMALL_FACE = SyntheticFace.from_box((420.0, 200.0, 520.0, 320.0), score=0.95)
 TINY_FACE = SyntheticFace.from_box((300.0, 300.0, 310.0, 312.0), score=0.9)
 THRESHOLD = 0.5
 EMBEDDING_SIZE = 32
+
+
+@pytest.fixture(params=["sqlite", "milvus"])
+def app_client(request, tmp_path: Path):
+    """The suite's `app_client`, on the gallery backend of the parameter."""
+    from fastapi.testclient import TestClient
+
+    milvus_uri = request.getfixturevalue("milvus_uri") if request.param == "milvus" else None
+
+    @contextmanager
+    def make(pack_dir: Path, **overrides):
+        data_dir = overrides.setdefault("data_dir", tmp_path / "data")
+        for name, value in backend_settings(request.param, data_dir, milvus_uri).items():
+            overrides.setdefault(name, value)
+        settings = Settings(pack_dir=pack_dir, _env_file=None, **overrides)
+        with TestClient(create_app(settings)) as client:
+            yield client
+
+    make.backend = request.param
+    return make
 
 
 @pytest.fixture
@@ -369,7 +396,8 @@ def test_metrics_show_gallery_size_index_and_search(app_client, one_face_pack):
         text = client.get("/metrics").text
     assert "faceverify_gallery_identities 2.0" in text
     assert "faceverify_gallery_faces 1.0" in text
-    assert 'faceverify_index_info{device="cpu",type="flat"} 1.0' in text
+    index_info = {"sqlite": 'device="cpu",type="flat"', "milvus": 'device="remote",type="milvus"'}
+    assert f"faceverify_index_info{{{index_info[app_client.backend]}}} 1.0" in text
     assert "faceverify_search_duration_seconds_count 1.0" in text
     assert 'faceverify_best_match_similarity_bucket{le="1.0"} 1.0' in text
 
@@ -408,3 +436,44 @@ def test_parallel_enrol_and_identify_requests_all_succeed(app_client, one_face_p
         assert failures == [] and wrong == []
         counts = [client.get(f"/identities/{i}").json()["face_count"] for i in ids]
     assert counts == [1, 6, 6, 6]
+
+
+def test_enrolment_from_an_embedding_is_found_and_checks_model_size_and_values(
+    app_client, one_face_pack
+):
+    with app_client(one_face_pack) as client:
+        model = client.get("/readyz").json()["model"]
+        embedding = client.post("/embed", files=image_file(photo(7))).json()["faces"][0]
+        vector = embedding["embedding"]
+        ada = create(client, "Ada")
+
+        def post(body, identity_id=ada):
+            return client.post(f"/identities/{identity_id}/embeddings", json=body)
+
+        enrolled = post({"model": model, "embedding": [2 * v for v in vector]})
+        other = post({"model": "othermodel@ba9876543210", "embedding": vector})
+        short = post({"model": model, "embedding": vector[:-1]})
+        missing = post({"embedding": vector})
+        unknown = post({"model": model, "embedding": vector}, identity_id="nobody")
+        not_finite = client.post(
+            f"/identities/{ada}/embeddings",
+            content=b'{"model": "%s", "embedding": [NaN%s]}'
+            % (model.encode(), b", 0.1" * (len(vector) - 1)),
+            headers={"content-type": "application/json"},
+        )
+        found = client.post("/identify", files=image_file(photo(7))).json()
+        faces = client.get(f"/identities/{ada}").json()["faces"]
+    assert enrolled.status_code == 201, enrolled.text
+    body = enrolled.json()
+    assert body["model"] == model and body["current_model"] is True
+    assert body["det_score"] == 0.0
+    assert [f["face_id"] for f in faces] == [body["face_id"]]
+    [result] = found["results"]
+    assert result["identity"]["id"] == ada
+    assert result["candidates"][0]["similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert other.status_code == 409 and error_code(other) == "model_mismatch"
+    assert "othermodel@ba9876543210" in other.json()["error"]["message"]
+    assert short.status_code == 422 and error_code(short) == "validation_error"
+    assert missing.status_code == 422 and error_code(missing) == "missing_field"
+    assert unknown.status_code == 404 and error_code(unknown) == "not_found"
+    assert not_finite.status_code == 422 and error_code(not_finite) == "validation_error"

@@ -1,0 +1,537 @@
+"""The gallery in Milvus: identities, faces and the search shared by every replica.
+
+Chosen by `FACEVERIFY_GALLERY_BACKEND=milvus`; the embedded SQLite + FAISS backend stays the
+default. Everything goes through pymilvus's `MilvusClient`, so the same code talks to Milvus
+Standalone, Distributed, or a milvus-lite server (the tests use the latter).
+
+Schema (collection names start with `FACEVERIFY_MILVUS_COLLECTION_PREFIX`, here `p`):
+- `p_identities`: `id` VARCHAR primary key, `name` VARCHAR, `metadata` VARCHAR (JSON text, kept
+  verbatim), `created_at`/`updated_at` VARCHAR (ISO 8601), `created_ns` INT64 (creation order
+  for paging), and `unused` FLOAT_VECTOR(2) (Milvus requires a vector field in every collection).
+- `p_faces_<d>`: one collection per embedding size `d` (a vector field has one size, and
+  galleries can hold faces of models of different sizes): `index_id` INT64 primary key (random
+  63-bit, unique across collections), `face_id`, `identity_id`, `model_id`, `image_sha256`,
+  `created_at` VARCHAR, `quality`, `det_score` FLOAT, `embedding` FLOAT_VECTOR(d) with a FLAT
+  index on inner product (exact, like the embedded flat index).
+Every collection uses Strong consistency: a read or search sees every write acknowledged
+before it, through any replica.
+
+Milvus has no transactions across collections. Writes are ordered so that a crash between two
+of them leaves nothing searchable that the API said was gone: a delete removes faces, then the
+identity, then sweeps faces again (a face added concurrently); a face insert re-checks its
+identity afterwards and removes itself if the identity was deleted meanwhile.
+
+Erasure: Milvus marks deleted rows with delete logs at once (Strong reads and searches never
+return them); the bytes stay in the sealed segment files until a compaction rewrites those
+segments, and the old files are removed from object storage by Milvus's garbage collector after
+`dataCoord.gc.dropTolerance` (see docs/gallery.md). After a delete this backend flushes and
+requests a compaction of the collections it touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from service.gallery.interface import (
+    ExportedIdentity,
+    FaceLabel,
+    FaceRecord,
+    Identity,
+    IdentityEmbeddings,
+    IndexState,
+    NewFace,
+    SearchResult,
+    new_id,
+    utc_now,
+)
+
+logger = logging.getLogger(__name__)
+
+# Milvus's limits on one request: `topk` of a search and `offset + limit` of a query
+# (proxy.maxResultWindow / the 16384 cap of Milvus 2.x).
+MAX_RESULT_WINDOW = 16_384
+# Rows per insert request and per `in [...]` filter: well under Milvus's 64 MB gRPC messages.
+WRITE_BATCH_ROWS = 1_000
+FILTER_BATCH_IDS = 1_000
+# Strings: identity names and metadata are bounded at the HTTP edge (service/api/
+# schemas_gallery.py: metadata at most 16 KB of JSON); these are Milvus's own column sizes.
+ID_LENGTH = 128
+NAME_LENGTH = 4_096
+METADATA_LENGTH = 65_535
+MODEL_LENGTH = 256
+UNUSED_VECTOR_DIM = 2
+# Face columns returned by reads (the embedding only where needed: it is the bulk of a row).
+FACE_FIELDS = (
+    "index_id",
+    "face_id",
+    "identity_id",
+    "model_id",
+    "quality",
+    "det_score",
+    "image_sha256",
+    "created_at",
+)
+
+
+def _quote(value: str) -> str:
+    """A string literal for a Milvus filter expression."""
+    return json.dumps(value)
+
+
+def _in(field: str, values: Sequence[Any]) -> str:
+    return f"{field} in {json.dumps(list(values))}"
+
+
+class MilvusStore:
+    """`GalleryStore` in Milvus collections (see the module docstring for the schema)."""
+
+    def __init__(self, uri: str, *, token: str = "", prefix: str = "faceverify") -> None:
+        from pymilvus import MilvusClient
+
+        self.uri = uri
+        self.prefix = prefix
+        self.client = MilvusClient(uri=uri, token=token)
+        self.identities = f"{prefix}_identities"
+        self._known_faces: set[str] = set()
+        if not self.client.has_collection(self.identities):
+            self._create_identities()
+
+    # --- collections ---------------------------------------------------------------------
+
+    def _create_identities(self) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_LENGTH)
+        schema.add_field("name", DataType.VARCHAR, max_length=NAME_LENGTH)
+        schema.add_field("metadata", DataType.VARCHAR, max_length=METADATA_LENGTH)
+        schema.add_field("created_at", DataType.VARCHAR, max_length=64)
+        schema.add_field("updated_at", DataType.VARCHAR, max_length=64)
+        schema.add_field("created_ns", DataType.INT64)
+        schema.add_field("unused", DataType.FLOAT_VECTOR, dim=UNUSED_VECTOR_DIM)
+        index = self.client.prepare_index_params()
+        index.add_index(field_name="unused", index_type="FLAT", metric_type="IP")
+        self.client.create_collection(
+            self.identities, schema=schema, index_params=index, consistency_level="Strong"
+        )
+
+    def faces_collection(self, dim: int) -> str:
+        return f"{self.prefix}_faces_{dim}"
+
+    def _ensure_faces(self, dim: int) -> str:
+        from pymilvus import DataType, MilvusClient
+
+        name = self.faces_collection(dim)
+        if name in self._known_faces or self.client.has_collection(name):
+            self._known_faces.add(name)
+            return name
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("index_id", DataType.INT64, is_primary=True)
+        schema.add_field("face_id", DataType.VARCHAR, max_length=ID_LENGTH)
+        schema.add_field("identity_id", DataType.VARCHAR, max_length=ID_LENGTH)
+        schema.add_field("model_id", DataType.VARCHAR, max_length=MODEL_LENGTH)
+        schema.add_field("image_sha256", DataType.VARCHAR, max_length=64)
+        schema.add_field("created_at", DataType.VARCHAR, max_length=64)
+        schema.add_field("quality", DataType.FLOAT)
+        schema.add_field("det_score", DataType.FLOAT)
+        schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)
+        index = self.client.prepare_index_params()
+        index.add_index(field_name="embedding", index_type="FLAT", metric_type="IP")
+        self.client.create_collection(
+            name, schema=schema, index_params=index, consistency_level="Strong"
+        )
+        self._known_faces.add(name)
+        return name
+
+    def face_collections(self) -> list[str]:
+        """Every faces collection of this gallery (one per embedding size)."""
+        start = f"{self.prefix}_faces_"
+        found = [c for c in self.client.list_collections() if c.startswith(start)]
+        self._known_faces.update(found)
+        return sorted(found)
+
+    def _query(self, collection: str, expression: str, fields: list[str]) -> list[dict]:
+        """Every row matching `expression` (paged past Milvus's result window)."""
+        rows: list[dict] = []
+        iterator = self.client.query_iterator(
+            collection, batch_size=MAX_RESULT_WINDOW // 4, filter=expression, output_fields=fields
+        )
+        try:
+            while batch := iterator.next():
+                rows.extend(batch)
+        finally:
+            iterator.close()
+        return rows
+
+    def _count(self, collection: str, expression: str = "") -> int:
+        result = self.client.query(collection, filter=expression, output_fields=["count(*)"])
+        return int(result[0]["count(*)"])
+
+    # --- identities ----------------------------------------------------------------------
+
+    def _identity_rows(self, ids: Sequence[str]) -> list[dict]:
+        rows: list[dict] = []
+        for start in range(0, len(ids), FILTER_BATCH_IDS):
+            part = list(ids[start : start + FILTER_BATCH_IDS])
+            rows += self.client.query(
+                self.identities,
+                filter=_in("id", part),
+                output_fields=["id", "name", "metadata", "created_at", "updated_at"],
+            )
+        return rows
+
+    def _face_counts(self, ids: Sequence[str]) -> dict[str, int]:
+        counts = dict.fromkeys(ids, 0)
+        for collection in self.face_collections():
+            for start in range(0, len(ids), FILTER_BATCH_IDS):
+                part = list(ids[start : start + FILTER_BATCH_IDS])
+                for row in self._query(collection, _in("identity_id", part), ["identity_id"]):
+                    counts[row["identity_id"]] += 1
+        return counts
+
+    def _identities(self, ids: Sequence[str]) -> list[Identity]:
+        """The identities with these ids that exist, in the order of `ids`."""
+        rows = {row["id"]: row for row in self._identity_rows(ids)}
+        counts = self._face_counts([i for i in ids if i in rows])
+        return [
+            Identity(
+                id=i,
+                name=rows[i]["name"],
+                metadata=json.loads(rows[i]["metadata"]),
+                created_at=rows[i]["created_at"],
+                updated_at=rows[i]["updated_at"],
+                face_count=counts[i],
+            )
+            for i in ids
+            if i in rows
+        ]
+
+    def create_identity(
+        self, name: str, metadata: dict[str, Any], identity_id: str | None = None
+    ) -> Identity | None:
+        if identity_id is not None and self._identity_rows([identity_id]):
+            return None
+        now = utc_now()
+        identity = Identity(identity_id or new_id(), name, dict(metadata), now, now, 0)
+        self.client.insert(self.identities, [self._identity_row(identity, time.time_ns())])
+        return identity
+
+    @staticmethod
+    def _identity_row(identity: Identity, created_ns: int) -> dict[str, Any]:
+        return {
+            "id": identity.id,
+            "name": identity.name,
+            "metadata": json.dumps(identity.metadata, ensure_ascii=False),
+            "created_at": identity.created_at,
+            "updated_at": identity.updated_at,
+            "created_ns": created_ns,
+            "unused": [0.0] * UNUSED_VECTOR_DIM,
+        }
+
+    def get_identity(self, identity_id: str) -> Identity | None:
+        found = self._identities([identity_id])
+        return found[0] if found else None
+
+    def _ordered_ids(self) -> list[str]:
+        rows = self._query(self.identities, "", ["id", "created_ns"])
+        rows.sort(key=lambda row: (row["created_ns"], row["id"]))
+        return [row["id"] for row in rows]
+
+    def list_identities(self, limit: int, offset: int) -> list[Identity]:
+        """Milvus queries have no ORDER BY: ids and creation times are read and sorted here
+        (about 50 bytes per identity), then the page is fetched."""
+        page = self._ordered_ids()[offset : offset + limit]
+        return self._identities(page)
+
+    def update_identity(
+        self, identity_id: str, name: str | None, metadata: dict[str, Any] | None
+    ) -> Identity | None:
+        rows = self.client.query(
+            self.identities, filter=_in("id", [identity_id]), output_fields=["*"]
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        updated = Identity(
+            id=identity_id,
+            name=row["name"] if name is None else name,
+            metadata=json.loads(row["metadata"]) if metadata is None else metadata,
+            created_at=row["created_at"],
+            updated_at=utc_now(),
+        )
+        self.client.upsert(self.identities, [self._identity_row(updated, row["created_ns"])])
+        return self.get_identity(identity_id)
+
+    def delete_identity(self, identity_id: str) -> list[int] | None:
+        if not self._identity_rows([identity_id]):
+            return None
+        removed: list[int] = []
+        expression = f"identity_id == {_quote(identity_id)}"
+        for collection in self.face_collections():
+            removed += [r["index_id"] for r in self._query(collection, expression, ["index_id"])]
+            self.client.delete(collection, filter=expression)
+        self.client.delete(self.identities, filter=_in("id", [identity_id]))
+        for collection in self.face_collections():  # a face added while we deleted
+            self.client.delete(collection, filter=expression)
+        return sorted(removed)
+
+    def counts(self) -> tuple[int, int]:
+        faces = sum(self._count(c) for c in self.face_collections())
+        return self._count(self.identities), faces
+
+    # --- faces ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _face(row: dict) -> FaceRecord:
+        return FaceRecord(
+            face_id=row["face_id"],
+            index_id=int(row["index_id"]),
+            identity_id=row["identity_id"],
+            model_id=row["model_id"],
+            quality=float(row["quality"]),
+            det_score=float(row["det_score"]),
+            image_sha256=row["image_sha256"],
+            created_at=row["created_at"],
+        )
+
+    def _face_row(self, face: NewFace) -> tuple[dict[str, Any], FaceRecord]:
+        embedding = np.asarray(face.embedding, dtype=np.float32).reshape(-1)
+        record = FaceRecord(
+            face_id=face.face_id or new_id(),
+            index_id=secrets.randbits(63),
+            identity_id=face.identity_id,
+            model_id=face.model_id,
+            quality=float(face.quality),
+            det_score=float(face.det_score),
+            image_sha256=face.image_sha256,
+            created_at=utc_now(),
+        )
+        row = {**record.__dict__, "embedding": embedding.tolist()}
+        return row, record
+
+    def add_face(self, face: NewFace) -> FaceRecord | None:
+        stored = self._add(face.identity_id, [face])
+        return stored[0] if stored else None
+
+    def add_faces(self, faces: Sequence[NewFace]) -> int:
+        by_identity: dict[str, list[NewFace]] = {}
+        for face in faces:
+            by_identity.setdefault(face.identity_id, []).append(face)
+        existing = {row["id"] for row in self._identity_rows(list(by_identity))}
+        return sum(
+            len(self._add(identity_id, group, checked=True))
+            for identity_id, group in by_identity.items()
+            if identity_id in existing
+        )
+
+    def _add(
+        self, identity_id: str, faces: Sequence[NewFace], *, checked: bool = False
+    ) -> list[FaceRecord]:
+        if not checked and not self._identity_rows([identity_id]):
+            return []
+        given = [f.face_id for f in faces if f.face_id]
+        present = set()
+        for collection in self.face_collections() if given else []:
+            rows = self._query(collection, _in("face_id", given), ["face_id"])
+            present.update(row["face_id"] for row in rows)
+        records: list[FaceRecord] = []
+        by_collection: dict[str, list[dict]] = {}
+        for face in faces:
+            if face.face_id in present:
+                continue
+            row, record = self._face_row(face)
+            collection = self._ensure_faces(len(row["embedding"]))
+            by_collection.setdefault(collection, []).append(row)
+            records.append(record)
+        for collection, rows in by_collection.items():
+            for start in range(0, len(rows), WRITE_BATCH_ROWS):
+                self.client.insert(collection, rows[start : start + WRITE_BATCH_ROWS])
+        if records and not self._identity_rows([identity_id]):
+            # The identity was deleted while we inserted: take the faces back out.
+            for collection, rows in by_collection.items():
+                self.client.delete(collection, ids=[row["index_id"] for row in rows])
+            return []
+        return records
+
+    def delete_face(self, identity_id: str, face_id: str) -> int | None:
+        expression = f"face_id == {_quote(face_id)} and identity_id == {_quote(identity_id)}"
+        for collection in self.face_collections():
+            rows = self.client.query(collection, filter=expression, output_fields=["index_id"])
+            if rows:
+                index_id = int(rows[0]["index_id"])
+                self.client.delete(collection, ids=[index_id])
+                return index_id
+        return None
+
+    @staticmethod
+    def _creation_order(row: dict) -> tuple[str, int]:
+        return row["created_at"], int(row["index_id"])
+
+    def faces_of(self, identity_id: str) -> list[FaceRecord]:
+        rows: list[dict] = []
+        expression = f"identity_id == {_quote(identity_id)}"
+        for collection in self.face_collections():
+            rows += self._query(collection, expression, list(FACE_FIELDS))
+        return [self._face(row) for row in sorted(rows, key=self._creation_order)]
+
+    def _model_faces(self, identity_id: str, model_id: str) -> list[dict]:
+        expression = f"identity_id == {_quote(identity_id)} and model_id == {_quote(model_id)}"
+        rows: list[dict] = []
+        for collection in self.face_collections():
+            rows += self._query(collection, expression, [*FACE_FIELDS, "embedding"])
+        return sorted(rows, key=self._creation_order)
+
+    def embeddings_of(self, identity_id: str, model_id: str) -> tuple[list[FaceRecord], np.ndarray]:
+        rows = self._model_faces(identity_id, model_id)
+        if not rows:
+            return [], np.zeros((0, 0), np.float32)
+        vectors = np.asarray([row["embedding"] for row in rows], np.float32)
+        return [self._face(row) for row in rows], vectors
+
+    def identity_embeddings(self, identity_id: str, model_id: str) -> IdentityEmbeddings | None:
+        """Faces first, then the identity: a delete racing this read (it removes faces, then
+        the identity) makes it answer None or no faces, never faces without an identity."""
+        faces, vectors = self.embeddings_of(identity_id, model_id)
+        identity = self.get_identity(identity_id)
+        if identity is None:
+            return None
+        return IdentityEmbeddings(identity, faces, vectors)
+
+    def export(self, batch_size: int = 1_000) -> Iterator[ExportedIdentity]:
+        ids = self._ordered_ids()
+        for start in range(0, len(ids), batch_size):
+            identities = self._identities(ids[start : start + batch_size])
+            wanted = [i.id for i in identities]
+            rows: dict[str, list[dict]] = {i: [] for i in wanted}
+            for collection in self.face_collections():
+                for row in self._query(
+                    collection, _in("identity_id", wanted), [*FACE_FIELDS, "embedding"]
+                ):
+                    rows[row["identity_id"]].append(row)
+            for identity in identities:
+                mine = sorted(rows[identity.id], key=self._creation_order)
+                yield ExportedIdentity(
+                    identity,
+                    [self._face(row) for row in mine],
+                    [np.asarray(row["embedding"], np.float32) for row in mine],
+                )
+
+    def labels(self, index_ids: Sequence[int]) -> dict[int, FaceLabel]:
+        wanted = sorted({int(i) for i in index_ids})
+        faces: list[dict] = []
+        for collection in self.face_collections() if wanted else []:
+            for start in range(0, len(wanted), FILTER_BATCH_IDS):
+                part = wanted[start : start + FILTER_BATCH_IDS]
+                faces += self.client.query(
+                    collection,
+                    filter=_in("index_id", part),
+                    output_fields=["index_id", "face_id", "identity_id"],
+                )
+        names = {
+            row["id"]: row["name"]
+            for row in self._identity_rows(sorted({f["identity_id"] for f in faces}))
+        }
+        return {
+            int(f["index_id"]): FaceLabel(
+                int(f["index_id"]), f["face_id"], f["identity_id"], names[f["identity_id"]]
+            )
+            for f in faces
+            if f["identity_id"] in names
+        }
+
+    def faces_per_model(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for collection in self.face_collections():
+            for row in self._query(collection, "", ["model_id"]):
+                counts[row["model_id"]] = counts.get(row["model_id"], 0) + 1
+        return dict(sorted(counts.items()))
+
+    def has_faces_of_other_models(self, model_id: str) -> bool:
+        expression = f"model_id != {_quote(model_id)}"
+        return any(
+            self.client.query(c, filter=expression, output_fields=["index_id"], limit=1)
+            for c in self.face_collections()
+        )
+
+    # --- erasure and shutdown ------------------------------------------------------------
+
+    def erase(self) -> bool:
+        """Seal the delete logs and ask Milvus to compact, so that deleted rows are rewritten
+        out of the segments (Milvus runs the compaction in the background)."""
+        for collection in [self.identities, *self.face_collections()]:
+            self.client.flush(collection)
+            self.client.compact(collection)
+        return True
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class MilvusSearch:
+    """`FaceSearch` by Milvus: the loaded model's faces, searched in Milvus at each request.
+
+    Nothing is cached in the worker, so there is nothing to catch up: every replica sees every
+    acknowledged write at its next request (Strong consistency).
+    """
+
+    def __init__(self, store: MilvusStore, *, model_id: str, dim: int) -> None:
+        self._store = store
+        self.model_id = model_id
+        self.dim = dim
+        self._other_model_faces = int(store.has_faces_of_other_models(model_id))
+
+    @property
+    def state(self) -> IndexState:
+        return IndexState(
+            kind="milvus", device="remote", size=0, seq=0, other_model_faces=self._other_model_faces
+        )
+
+    def search(self, queries: np.ndarray, k: int) -> SearchResult:
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        self._other_model_faces = int(self._store.has_faces_of_other_models(self.model_id))
+        collection = self._store.faces_collection(self.dim)
+        limit = min(k, MAX_RESULT_WINDOW)
+        if not self._store.client.has_collection(collection) or len(queries) == 0:
+            hits: list[list[dict]] = [[] for _ in queries]
+        else:
+            hits = self._store.client.search(
+                collection,
+                data=queries.tolist(),
+                limit=limit,
+                filter=f"model_id == {_quote(self.model_id)}",
+                search_params={"metric_type": "IP"},
+                output_fields=[],
+            )
+        # Fewer columns than k tells `Gallery` the whole gallery was searched; a k beyond
+        # Milvus's window is searched up to the window only.
+        width = max((len(row) for row in hits), default=0)
+        similarities = np.full((len(queries), width), -np.inf, np.float32)
+        ids = np.full((len(queries), width), -1, np.int64)
+        for number, row in enumerate(hits):
+            for column, hit in enumerate(row):
+                similarities[number, column] = hit["distance"]
+                ids[number, column] = hit.get("index_id", hit.get("id"))
+        return SearchResult(similarities, ids)
+
+    def catch_up(self) -> int:
+        return 0
+
+    def indexed_ids(self) -> np.ndarray:
+        collection = self._store.faces_collection(self.dim)
+        if not self._store.client.has_collection(collection):
+            return np.zeros(0, np.int64)
+        rows = self._store._query(collection, f"model_id == {_quote(self.model_id)}", ["index_id"])
+        return np.sort(np.asarray([r["index_id"] for r in rows], np.int64))
+
+    def start_polling(self, interval_s: float) -> None:
+        """Nothing to poll: no worker holds a copy of the gallery."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
