@@ -15,6 +15,8 @@ half precision has no resolution left.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.distributed import ReduceOp
@@ -23,8 +25,13 @@ from torch.nn import functional as F
 from training.embeddings import l2_normalize
 from training.heads import MarginHead
 
-# Class centres start as N(0, 0.01²) (insightface arcface_torch partial_fc_v2.py).
+# Class centres start as N(0, 0.01²) (insightface arcface_torch partial_fc_v2.py); their scale
+# does not matter to heads that normalise them.
 WEIGHT_INIT_STD = 0.01
+# Heads whose logits keep ‖W_j‖ (softmax, L-Softmax) start from Caffe's "msra" filler,
+# N(0, 2 / fan_in), as the L-Softmax authors' prototxts do: 0.01 would leave every logit near 0
+# and the softmax near uniform for many steps.
+UNNORMALISED_WEIGHT_GAIN = 2.0
 
 
 def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
@@ -142,7 +149,11 @@ class MarginSoftmaxClassifier(nn.Module):
         self.sample_rate, self.rank, self.world_size = sample_rate, rank, world_size
         self.class_start, self.class_end = shard_range(num_classes, rank, world_size)
         num_local = self.class_end - self.class_start
-        self.weight = nn.Parameter(torch.normal(0.0, WEIGHT_INIT_STD, (num_local, embedding_size)))
+        normalised = head.uses_cosine and not head.needs_weight_norms
+        std = (
+            WEIGHT_INIT_STD if normalised else math.sqrt(UNNORMALISED_WEIGHT_GAIN / embedding_size)
+        )
+        self.weight = nn.Parameter(torch.normal(0.0, std, (num_local, embedding_size)))
         # Only the plain softmax baseline has a bias (L-Softmax's layer has none either).
         self.bias = None if head.uses_cosine else nn.Parameter(torch.zeros(num_local))
 
