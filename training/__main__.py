@@ -32,6 +32,13 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bin", action="append", metavar="FILE", help="InsightFace .bin set")
     parser.add_argument("--target-far", type=float, default=1e-3, help="FAR for the threshold")
     parser.add_argument("--flip", action="store_true", help="flip-test: add the mirror's embedding")
+    parser.add_argument(
+        "--protocol",
+        choices=("auto", "insightface", "exact"),
+        default="auto",
+        help="accuracy protocol: insightface (verification.py), exact (best cosine midpoint), "
+        "auto (default: insightface for .bin sets, exact otherwise)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +124,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             load_verification_set(spec, embedder.input_size),
             flip=args.flip,
             target_far=args.target_far,
+            protocol=args.protocol,
         )
         for spec in specs
     ]
@@ -142,6 +150,7 @@ def run_export(args: argparse.Namespace) -> int:
         flip=args.flip,
         threshold=args.threshold,
         licence=args.licence,
+        protocol=args.protocol,
     )
     print(f"pack written to {result.pack_dir} (threshold {result.manifest.threshold:.4f})")
     return 0
@@ -150,12 +159,13 @@ def run_export(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from service.errors import PackError
+    from training.divergence import TrainingDiverged
     from training.export import ParityError
 
     runners = {"train": run_train, "evaluate": run_evaluate, "export": run_export}
     try:
         return runners[args.command](args)
-    except (FileNotFoundError, ValueError, ParityError, PackError) as exc:
+    except (FileNotFoundError, ValueError, ParityError, PackError, TrainingDiverged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -5,7 +5,9 @@
   what the pack manifest reports (head, margins, data). `evaluate` and `export` read it.
 - A checkpoint folder `checkpoints/step_NNNNNNNN/`: the backbone file plus one `rank_R.pt` per
   rank with everything else a resume needs (class-centre shard, optimizer, scheduler, scaler,
-  position in the data, RNG states).
+  position in the data, RNG states). A checkpoint whose weights or buffers hold NaN/inf also
+  holds a `NONFINITE` marker file: pruning never deletes the newest checkpoint without one,
+  and `latest` resumes from it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ BACKBONE_FORMAT = "faceverify-backbone/1"
 BACKBONE_FILE = "model.pt"
 CHECKPOINT_DIR = "checkpoints"
 STEP_PREFIX = "step_"
+NONFINITE_MARKER = "NONFINITE"
 
 
 def rank_file(rank: int) -> str:
@@ -90,15 +93,29 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     )
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
+def is_finite_checkpoint(folder: Path) -> bool:
+    """False for a checkpoint marked as holding NaN/inf values."""
+    return not (Path(folder) / NONFINITE_MARKER).exists()
+
+
+def latest_checkpoint(output_dir: Path, finite_only: bool = False) -> Path | None:
+    """The newest complete checkpoint (with `finite_only`, the newest without NaN/inf)."""
     checkpoints = list_checkpoints(output_dir)
+    if finite_only:
+        checkpoints = [folder for folder in checkpoints if is_finite_checkpoint(folder)]
     return checkpoints[-1] if checkpoints else None
 
 
 def prune_checkpoints(output_dir: Path, keep: int) -> None:
-    """Delete all but the `keep` newest checkpoints."""
-    for old in list_checkpoints(output_dir)[: -keep or None] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    """Delete all but the `keep` newest checkpoints, and never the newest finite one (a
+    diverged run must not delete its last good state)."""
+    if keep <= 0:
+        return
+    checkpoints = list_checkpoints(output_dir)
+    last_finite = latest_checkpoint(output_dir, finite_only=True)
+    for old in checkpoints[:-keep]:
+        if old != last_finite:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def rng_state() -> dict[str, Any]:

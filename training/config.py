@@ -40,8 +40,16 @@ class TrainConfig:
     num_workers: int = 2  # data loader processes per rank
     flip: bool = True  # random horizontal flips
     # --- optimisation -----------------------------------------------------------------------
-    batch_size: int = 128  # per rank; the global batch is batch_size x world size
-    epochs: int = 20
+    batch_size: int = 128  # per rank and micro-batch
+    # Micro-batches summed into one optimizer step (arcface_torch's `gradient_acc`): the global
+    # batch is batch_size x world size x gradient_accumulation; steps count optimizer steps.
+    gradient_accumulation: int = 1
+    # The global batch the recipe's lr was tuned for (None: no check). When the run's global
+    # batch differs, `lr_scaling` "linear" multiplies lr by global / recipe (Goyal et al. 2017,
+    # "linear scaling rule"); "warn" keeps lr and prints a warning.
+    recipe_global_batch: int | None = None
+    lr_scaling: Literal["linear", "warn"] = "linear"
+    epochs: float = 20  # may be fractional: a recipe's iteration count in epochs
     max_steps: int | None = None  # stop earlier than `epochs` (smoke runs)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.1
@@ -56,6 +64,13 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     amp_dtype: Literal["float16", "bfloat16"] = "float16"
     seed: int = 0
+    # --- divergence guard -------------------------------------------------------------------
+    # A step whose loss or gradients are not finite is skipped (no update; under float16 the
+    # gradient scaler lowers its scale). After `max_bad_steps` such steps in a row the run
+    # stops ("stop") or reloads the weights of the last finite checkpoint and goes on with the
+    # next batches ("rollback", at most 3 times).
+    max_bad_steps: int = 20
+    on_divergence: Literal["stop", "rollback"] = "stop"
     # --- output and evaluation --------------------------------------------------------------
     output_dir: str = ""  # defaults to runs/<name>
     log_every: int = 50  # steps between CSV/TensorBoard rows
@@ -64,6 +79,10 @@ class TrainConfig:
     eval_sets: tuple[str, ...] = ()  # .bin files, "pairs.txt@images_dir" or "synthetic"
     eval_every: int = 2000
     eval_flip: bool = True
+    # Accuracy protocol: "insightface" (arcface_torch eval/verification.py: squared-L2
+    # thresholds 0, 0.01 … 3.99), "exact" (best cosine midpoint), or "auto" (insightface for
+    # .bin sets, exact for the others); see training.evaluate.
+    eval_protocol: Literal["auto", "insightface", "exact"] = "auto"
     target_far: float = 1e-3  # FAR at which evaluation reports the threshold
 
     def resolved_output_dir(self) -> Path:

@@ -105,10 +105,54 @@ class FaceDataset(Dataset):
         """The BGR uint8 image and label of item `index`."""
         raise NotImplementedError
 
+    def locate(self, index: int) -> str:
+        """Where item `index` comes from (file, line or record), for error messages."""
+        return f"{type(self).__name__} item {index}"
+
+    def label_outside(self, num_classes: int) -> str | None:
+        """The first item whose label is outside [0, num_classes), as 'where: label L', when
+        the labels are known without reading every image; else None."""
+        return None
+
     def __getitem__(self, item: int | tuple[int, bool]) -> tuple[torch.Tensor, int]:
         index, flip = item if isinstance(item, tuple) else (item, False)
         image, label = self.load(int(index))
+        if not 0 <= label < self.num_classes:
+            raise ValueError(
+                f"{self.locate(int(index))}: label {label} is outside [0, {self.num_classes}), "
+                f"the {self.num_classes} classes of this data set"
+            )
         return to_tensor(fit_to_size(image, self.image_size), bool(flip)), label
+
+
+def _first_label_outside(samples: Sequence[tuple[str, int]], num_classes: int) -> str | None:
+    for where, label in samples:
+        if not 0 <= label < num_classes:
+            return f"{where}: label {label}"
+    return None
+
+
+def check_num_classes(dataset: FaceDataset, expected: int | None, source: str) -> int:
+    """The class count of a training run: the data set's, or `expected` (a recipe's value)
+    when it agrees with the data set's. A disagreement is refused, naming the data (and a
+    label outside the expected range when the labels are known), because a label ≥ C would
+    otherwise be dropped silently by the sharded classifier, and C > the data's wastes
+    centres that never see a sample."""
+    actual = dataset.num_classes
+    if expected is None or expected == actual:
+        return actual
+    hint = "set num_classes=None (--set num_classes=None) to take the count from the data"
+    if expected < actual:
+        example = dataset.label_outside(expected)
+        where = f"; e.g. {example}" if example else ""
+        raise ValueError(
+            f"num_classes={expected} in the config, but the training data {source} has "
+            f"{actual} classes (labels up to {actual - 1}){where}: {hint}, or fix the data"
+        )
+    raise ValueError(
+        f"num_classes={expected} in the config, but the training data {source} has only "
+        f"{actual} classes (labels 0…{actual - 1}): {hint}"
+    )
 
 
 class ImageFolderDataset(FaceDataset):
@@ -137,6 +181,9 @@ class ImageFolderDataset(FaceDataset):
         path, label = self.samples[index]
         return read_image(path), label
 
+    def locate(self, index: int) -> str:
+        return str(self.samples[index][0])
+
 
 class LabelListDataset(FaceDataset):
     """A `label.txt` of `relative/path<TAB>label` lines (paths relative to its folder)."""
@@ -144,6 +191,7 @@ class LabelListDataset(FaceDataset):
     def __init__(self, label_file: Path) -> None:
         self.label_file = Path(label_file)
         self.samples: list[tuple[Path, int]] = []
+        self.line_numbers: list[int] = []
         for number, line in enumerate(self.label_file.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
@@ -152,7 +200,16 @@ class LabelListDataset(FaceDataset):
                 raise ValueError(
                     f"{self.label_file}:{number}: expected 'path<TAB>label', got {line!r}"
                 )
-            self.samples.append((self.label_file.parent / fields[0], int(fields[1])))
+            try:
+                label = int(fields[1])
+            except ValueError:
+                label = -1
+            if label < 0:
+                raise ValueError(
+                    f"{self.label_file}:{number}: label {fields[1]!r} is not an integer ≥ 0"
+                )
+            self.samples.append((self.label_file.parent / fields[0], label))
+            self.line_numbers.append(number)
         if not self.samples:
             raise ValueError(f"{self.label_file} lists no images")
         self.num_classes = max(label for _, label in self.samples) + 1
@@ -163,6 +220,14 @@ class LabelListDataset(FaceDataset):
     def load(self, index: int) -> tuple[np.ndarray, int]:
         path, label = self.samples[index]
         return read_image(path), label
+
+    def locate(self, index: int) -> str:
+        return f"{self.label_file}:{self.line_numbers[index]} ({self.samples[index][0].name})"
+
+    def label_outside(self, num_classes: int) -> str | None:
+        return _first_label_outside(
+            [(self.locate(i), label) for i, (_, label) in enumerate(self.samples)], num_classes
+        )
 
 
 @dataclass(frozen=True)
@@ -300,6 +365,9 @@ class RecordIODataset(FaceDataset):
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def locate(self, index: int) -> str:
+        return f"{self.rec_path} record {self.keys[index]}"
 
     def load(self, index: int) -> tuple[np.ndarray, int]:
         key = self.keys[index]
@@ -481,11 +549,13 @@ def make_loader(
 @dataclass(frozen=True)
 class VerificationSet:
     """Image pairs for verification: images (2N, H, W, 3) BGR uint8, where images 2i and
-    2i + 1 form pair i, and `issame` (N,) bool."""
+    2i + 1 form pair i, and `issame` (N,) bool. `source_format` says where they come from
+    ("bin", "pairs" or "synthetic"): evaluation picks its default protocol by it."""
 
     name: str
     images: np.ndarray
     issame: np.ndarray
+    source_format: str = ""
 
     def __post_init__(self) -> None:
         if len(self.images) != 2 * len(self.issame):
@@ -504,7 +574,7 @@ def load_bin(path: Path, image_size: int = IMAGE_SIZE) -> VerificationSet:
             for i, item in enumerate(encoded)
         ]
     )
-    return VerificationSet(path.stem, images, np.asarray(issame, dtype=bool))
+    return VerificationSet(path.stem, images, np.asarray(issame, dtype=bool), "bin")
 
 
 def _pair_image(images_root: Path, name: str, number: str) -> Path:
@@ -535,7 +605,9 @@ def load_pairs(
             raise ValueError(f"{pairs_file}:{number}: expected 3 or 4 fields, got {fields}")
         images += [fit_to_size(read_image(_pair_image(images_root, *p)), image_size) for p in paths]
         issame.append(len(fields) == 3)
-    return VerificationSet(Path(pairs_file).stem, np.stack(images), np.asarray(issame, dtype=bool))
+    return VerificationSet(
+        Path(pairs_file).stem, np.stack(images), np.asarray(issame, dtype=bool), "pairs"
+    )
 
 
 def synthetic_verification_set(
@@ -562,4 +634,4 @@ def synthetic_verification_set(
         images.append(dataset.load(first * images_per_identity + int(a))[0])
         images.append(dataset.load(second * images_per_identity + int(b))[0])
         issame.append(same)
-    return VerificationSet(f"synthetic-{seed}", np.stack(images), np.asarray(issame))
+    return VerificationSet(f"synthetic-{seed}", np.stack(images), np.asarray(issame), "synthetic")

@@ -2,7 +2,15 @@
 
 Reported per set (`VerificationResult`):
 - 10-fold accuracy as in LFW's protocol: for each fold, the threshold with the best accuracy
-  on the other nine folds is applied to it; mean and standard deviation over the folds,
+  on the other nine folds is applied to it; mean and standard deviation over the folds. Two
+  protocols choose that threshold:
+  - "insightface", as insightface's `recognition/arcface_torch/eval/verification.py` (the
+    numbers of papers and of arcface_torch's logs): squared L2 distance of the unit
+    embeddings, d = 2 − 2·cos, thresholds 0, 0.01, …, 3.99, a match when d < threshold,
+    the first best threshold (np.argmax); contiguous folds as sklearn's KFold(10);
+  - "exact": the best threshold over all cosine midpoints, a match when cos ≥ threshold
+    (the service's rule); it can differ from insightface's by a few hundredths of a point.
+  The default ("auto") is insightface for `.bin` sets, exact for the others,
 - TAR at FAR 1e-1 … 1e-6, for each FAR that the number of mismatched pairs can resolve
   (at least 1/FAR of them),
 - the similarity threshold at a target FAR (what a deployment should use),
@@ -37,6 +45,10 @@ from training.embeddings import l2_normalize
 
 # LFW's protocol: 10 folds (Huang et al. 2007, "View 2").
 NUM_FOLDS = 10
+# insightface verification.py `evaluate`: thresholds on the squared L2 distance of unit
+# embeddings, np.arange(0, 4, 0.01).
+INSIGHTFACE_DISTANCE_THRESHOLDS = np.arange(0, 4, 0.01)
+PROTOCOLS = ("auto", "insightface", "exact")
 # FARs at which TAR is reported (IJB-B/C style), where the pair count allows.
 REPORTED_FARS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 DEFAULT_TARGET_FAR = 1e-3
@@ -178,6 +190,38 @@ def kfold_accuracy(
     return float(np.mean(accuracies)), float(np.std(accuracies)), float(np.mean(thresholds))
 
 
+def insightface_kfold_accuracy(
+    scores: np.ndarray, issame: np.ndarray, num_folds: int = NUM_FOLDS
+) -> tuple[float, float, float]:
+    """(mean accuracy, std, mean threshold as a cosine) as insightface's verification.py
+    computes them: d = ‖a − b‖² = 2 − 2·cos of the unit embeddings, thresholds 0 … 3.99 step
+    0.01, a match when d < threshold, per fold the first threshold with the best accuracy on
+    the other folds. The threshold is reported as the cosine 1 − d/2 (a match is then
+    cos > threshold)."""
+    distances = 2.0 - 2.0 * np.asarray(scores, dtype=np.float64)
+    thresholds = INSIGHTFACE_DISTANCE_THRESHOLDS
+    num_folds = max(2, min(num_folds, len(scores)))
+    folds = np.array_split(np.arange(len(scores)), num_folds)  # = KFold(n, shuffle=False)
+    accuracies, chosen = [], []
+    for fold in folds:
+        train = np.setdiff1d(np.arange(len(scores)), fold)
+        predicted = distances[train][None, :] < thresholds[:, None]
+        train_accuracy = (predicted == issame[train][None, :]).mean(axis=1)
+        best = thresholds[int(np.argmax(train_accuracy))]
+        accuracies.append(float(np.mean((distances[fold] < best) == issame[fold])))
+        chosen.append(1.0 - best / 2.0)
+    return float(np.mean(accuracies)), float(np.std(accuracies)), float(np.mean(chosen))
+
+
+def resolve_protocol(protocol: str, source_format: str) -> str:
+    """ "auto" → "insightface" for `.bin` sets, "exact" otherwise; others as given."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}: use {', '.join(PROTOCOLS)}")
+    if protocol == "auto":
+        return "insightface" if source_format == "bin" else "exact"
+    return protocol
+
+
 def threshold_at_far(scores: np.ndarray, issame: np.ndarray, far: float) -> float | None:
     """Threshold accepting (score ≥ threshold, as `service.matching.decide` does) at most a
     `far` fraction of mismatched pairs; None when there are fewer than 1/far mismatched pairs
@@ -214,6 +258,8 @@ class VerificationResult:
     target_far: float
     threshold_at_target_far: float | None
     tar_at_far: dict[float, float] = field(default_factory=dict)
+    protocol: str = "exact"
+    flip: bool = False
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     issame: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
 
@@ -223,6 +269,8 @@ class VerificationResult:
             "name": self.name,
             "num_pairs": self.num_pairs,
             "num_matched": self.num_matched,
+            "protocol": self.protocol,
+            "flip_test": self.flip,
             "accuracy": round(self.accuracy, 6),
             "accuracy_std": round(self.accuracy_std, 6),
             "best_threshold": round(self.best_threshold, 6),
@@ -240,19 +288,29 @@ class VerificationResult:
             if self.threshold_at_target_far is None
             else f"{self.threshold_at_target_far:.4f}"
         )
+        flip = ", flip-test" if self.flip else ""
         return (
             f"{self.name}: accuracy {self.accuracy:.4f} ± {self.accuracy_std:.4f} "
-            f"({self.num_pairs} pairs); {tars or 'TAR@FAR: n/a'}; "
+            f"({self.protocol} protocol{flip}, {self.num_pairs} pairs); "
+            f"{tars or 'TAR@FAR: n/a'}; "
             f"threshold at FAR {self.target_far:g}: {threshold}"
         )
 
 
 def verification_result(
-    name: str, scores: np.ndarray, issame: np.ndarray, target_far: float = DEFAULT_TARGET_FAR
+    name: str,
+    scores: np.ndarray,
+    issame: np.ndarray,
+    target_far: float = DEFAULT_TARGET_FAR,
+    protocol: str = "exact",
+    flip: bool = False,
 ) -> VerificationResult:
-    """All metrics of one set from its pair scores."""
+    """All metrics of one set from its pair scores; `protocol` ("insightface" or "exact")
+    chooses how the 10-fold accuracy is computed."""
     issame = np.asarray(issame, dtype=bool)
-    accuracy, accuracy_std, best = kfold_accuracy(scores, issame)
+    protocol = resolve_protocol(protocol, "")
+    accuracy_of = insightface_kfold_accuracy if protocol == "insightface" else kfold_accuracy
+    accuracy, accuracy_std, best = accuracy_of(scores, issame)
     tar_at_far = {}
     for far in REPORTED_FARS:
         threshold = threshold_at_far(scores, issame, far)
@@ -268,6 +326,8 @@ def verification_result(
         target_far=target_far,
         threshold_at_target_far=threshold_at_far(scores, issame, target_far),
         tar_at_far=tar_at_far,
+        protocol=protocol,
+        flip=flip,
         scores=scores,
         issame=issame,
     )
@@ -278,10 +338,44 @@ def evaluate_set(
     verification_set: VerificationSet,
     flip: bool = False,
     target_far: float = DEFAULT_TARGET_FAR,
+    protocol: str = "auto",
 ) -> VerificationResult:
-    """Embed a set's images and measure it."""
+    """Embed a set's images and measure it (`protocol`: see the module docstring)."""
     scores = pair_scores(embed(embedder, verification_set.images, flip))
-    return verification_result(verification_set.name, scores, verification_set.issame, target_far)
+    return verification_result(
+        verification_set.name,
+        scores,
+        verification_set.issame,
+        target_far,
+        resolve_protocol(protocol, verification_set.source_format),
+        flip,
+    )
+
+
+def evaluate_set_with_and_without_flip(
+    embedder: RawEmbedder,
+    verification_set: VerificationSet,
+    target_far: float = DEFAULT_TARGET_FAR,
+    protocol: str = "auto",
+) -> dict[bool, VerificationResult]:
+    """Both results, {False: plain, True: flip-test}, from one pass over the images and one
+    over their mirrors (flip-test adds the two raw embeddings)."""
+    raw = torch.from_numpy(embedder(verification_set.images)).float()
+    mirrored = torch.from_numpy(
+        embedder(np.ascontiguousarray(verification_set.images[:, :, ::-1]))
+    ).float()
+    protocol = resolve_protocol(protocol, verification_set.source_format)
+    return {
+        flip: verification_result(
+            verification_set.name,
+            pair_scores(l2_normalize(raw + mirrored if flip else raw)),
+            verification_set.issame,
+            target_far,
+            protocol,
+            flip,
+        )
+        for flip in (False, True)
+    }
 
 
 def pooled_threshold(results: Sequence[VerificationResult], far: float) -> float | None:

@@ -11,6 +11,11 @@
    and margins, training data, evaluation results and the recommended threshold: the
    threshold at the target FAR measured on the evaluation sets given, else
    `service.packs.DEFAULT_THRESHOLD`.
+
+The service embeds without flip-test unless told otherwise (FACEVERIFY_FLIP), so `threshold`
+is always measured without flip-test, whatever `--flip` says; the threshold measured with
+flip-test is recorded beside it (`training.threshold_with_flip_test`) for services run with
+FACEVERIFY_FLIP=true. `--flip` chooses which evaluation is printed and recorded.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from training.evaluate import (
     DEFAULT_TARGET_FAR,
     OnnxEmbedder,
     VerificationResult,
-    evaluate_set,
+    evaluate_set_with_and_without_flip,
     load_verification_set,
     pooled_threshold,
 )
@@ -221,13 +226,15 @@ def export_pack(
     flip: bool = False,
     threshold: float | None = None,
     licence: str = "",
+    protocol: str = "auto",
 ) -> ExportResult:
     """Checkpoint → ONNX (parity-checked) → evaluated → pack folder with `pack.json`.
 
     The threshold is, in order: `threshold` if given; the threshold at `target_far` over the
-    pairs of all `eval_sets` (evaluated on the exported ONNX, i.e. as the service will run
-    it); `service.packs.DEFAULT_THRESHOLD` when no set is given or the sets hold too few
-    mismatched pairs for that FAR.
+    pairs of all `eval_sets` (evaluated on the exported ONNX without flip-test, i.e. as the
+    service runs it by default); `service.packs.DEFAULT_THRESHOLD` when no set is given or
+    the sets hold too few mismatched pairs for that FAR. The same with flip-test is recorded
+    as `training.threshold_with_flip_test`; `flip` chooses the evaluation reported.
     """
     pack_dir = Path(pack_dir)
     if not Path(detector).is_file():
@@ -243,16 +250,20 @@ def export_pack(
     print(f"(limit {PARITY_TOLERANCE:g})")
 
     embedder = OnnxEmbedder(recognizer, COLOR_ORDER, INPUT_MEAN, INPUT_STD)
-    results = [
-        evaluate_set(
-            embedder, load_verification_set(spec, input_size), flip=flip, target_far=target_far
+    both = [
+        evaluate_set_with_and_without_flip(
+            embedder, load_verification_set(spec, input_size), target_far, protocol
         )
         for spec in eval_sets
     ]
+    plain, flipped = [b[False] for b in both], [b[True] for b in both]
+    results = flipped if flip else plain
     for result in results:
         print(result.summary())
-    chosen, how = choose_threshold(threshold, results, target_far)
-    print(f"threshold {chosen:.4f}: {how}")
+    chosen, how = choose_threshold(threshold, plain, target_far)
+    chosen_flip, how_flip = choose_threshold(threshold, flipped, target_far)
+    print(f"threshold {chosen:.4f} (without flip-test, the service's default): {how}")
+    print(f"threshold {chosen_flip:.4f} with flip-test (FACEVERIFY_FLIP=true): {how_flip}")
     config = metadata.get("config", {})
     training = {
         "backbone": metadata["backbone"],
@@ -263,9 +274,12 @@ def export_pack(
         "steps": metadata.get("step"),
         "config": config.get("name"),
         "evaluation": [r.to_dict() for r in results],
-        "flip_test": flip,
+        "flip_test": flip,  # of `evaluation`
         "target_far": target_far,
+        "threshold_flip_test": False,  # `threshold` was measured without flip-test
         "threshold_source": how,
+        "threshold_with_flip_test": float(chosen_flip),
+        "threshold_with_flip_test_source": how_flip,
         "onnx_max_abs_diff": max_abs_diff,
     }
     manifest = write_pack(

@@ -10,7 +10,9 @@ Every `forward(cosine, labels, norms)` takes:
 - `labels`: (N,) int64, the column of each row's class in `cosine`, or -1 when that class is
   not in this slice of classes (another rank's shard in model-parallel training): such rows
   get no margin, their target lives elsewhere,
-- `norms`: (N, 1) float32 ‖x‖ of the un-normalised embeddings (SphereFace, AdaFace use it).
+- `norms`: (N, 1) float32 ‖x‖ of the un-normalised embeddings (SphereFace, AdaFace use it),
+- `weight_norms` (only heads with `needs_weight_norms`, i.e. L-Softmax): (C,) ‖W_j‖ of the
+  class centres of `cosine`'s columns.
 
 Numerical care: angles come from `angle()`, which clamps before acos so neither the value nor
 the gradient is NaN at θ = 0 or π; the classifier runs heads in float32 even under autocast.
@@ -19,6 +21,7 @@ the gradient is NaN at θ = 0 or π; the classifier runs heads in float32 even u
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -43,11 +46,20 @@ SPHEREFACE_LAMBDA_BASE = 1000.0
 SPHEREFACE_LAMBDA_GAMMA = 0.12
 SPHEREFACE_LAMBDA_POWER = 1.0
 SPHEREFACE_LAMBDA_MIN = 5.0
+# L-Softmax (Liu et al. 2016) with the authors' released CIFAR-10 recipe
+# (wy1iu/LargeMargin_Softmax_Loss, myexamples/cifar10/model/cifar_train_test.prototxt:
+# type DOUBLE, i.e. m = 2; base 1000, gamma 0.00002, power 45; lambda_min 0, caffe.proto's default).
+LSOFTMAX_MARGIN = 2
+LSOFTMAX_LAMBDA_BASE = 1000.0
+LSOFTMAX_LAMBDA_GAMMA = 0.00002
+LSOFTMAX_LAMBDA_POWER = 45.0
+LSOFTMAX_LAMBDA_MIN = 0.0
 # CurricularFace's momentum for t, the EMA of the mean target cosine (Huang et al. 2020, eq. 9).
 CURRICULAR_MOMENTUM = 0.01
 # AdaFace (Kim et al. 2022, sec. 4 and mk-minchul/AdaFace head.py): m = 0.4, h = 0.333, norm
-# statistics EMA momentum 0.01 started at mean 20 / std 100, norms clipped to [0.001, 100], and
-# the margined angle kept in [eps, π - eps] with eps = 1e-3.
+# statistics EMA momentum 0.01 started at mean 20 / std 100, norms clipped to [0.001, 100],
+# every cosine clamped to [-1 + eps, 1 - eps] before the margin, and the margined angle kept in
+# [eps, π - eps], with eps = 1e-3.
 ADAFACE_MARGIN = 0.4
 ADAFACE_H = 0.333
 ADAFACE_MOMENTUM = 0.01
@@ -80,6 +92,43 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def multiplicative_psi(theta: torch.Tensor, m: int) -> torch.Tensor:
+    """ψ(θ) = (−1)^k·cos(m·θ) − 2k for θ ∈ [kπ/m, (k+1)π/m], k ∈ {0, …, m−1}: cos(mθ) made
+    monotonically decreasing over [0, π] (L-Softmax eq. 6, SphereFace eq. 7)."""
+    k = torch.floor(m * theta / math.pi).clamp(0, m - 1)
+    sign = 1.0 - 2.0 * torch.remainder(k, 2)
+    return sign * torch.cos(m * theta) - 2.0 * k
+
+
+@dataclass(frozen=True)
+class LambdaAnnealing:
+    """λ = max(λ_min, base·(1 + γ·iter)^(−power)), the weight of the plain logit in the
+    annealed target (λ·cos θ_y + ψ(θ_y)) / (1 + λ) of L-Softmax and SphereFace.
+
+    As in the authors' Caffe layers (LargeMarginInnerProduct, MarginInnerProduct: `iter_ += 1`
+    before λ is computed), a head counts a training step *before* using λ, so the first step
+    has iter = 1 (SphereFace: λ = 1000 / 1.12 ≈ 892.9, not 1000).
+    """
+
+    base: float
+    gamma: float
+    power: float
+    lambda_min: float
+
+    def at(self, iteration: int) -> float:
+        """λ at a given value of the step counter."""
+        decayed = self.base * (1.0 + self.gamma * float(iteration)) ** (-self.power)
+        return max(self.lambda_min, decayed)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "lambda_base": self.base,
+            "lambda_gamma": self.gamma,
+            "lambda_power": self.power,
+            "lambda_min": self.lambda_min,
+        }
+
+
 class MarginHead(nn.Module):
     """Base of all heads: cosine logits, labels and feature norms in, final logits out."""
 
@@ -89,6 +138,9 @@ class MarginHead(nn.Module):
     # True: in model-parallel training the FC passes `target_cosine`, cos θ_y of every row,
     # because the head edits non-target logits based on the target's value.
     needs_target_of_every_row: ClassVar[bool] = False
+    # True: the FC passes `weight_norms`, ‖W_j‖ of each column's class centre (L-Softmax's
+    # un-normalised logits ‖W_j‖‖x‖cos θ_j); the centres are then learnt without a bias.
+    needs_weight_norms: ClassVar[bool] = False
 
     def forward(
         self, cosine: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor
@@ -235,7 +287,9 @@ class SphereFaceHead(MarginHead):
         ψ(θ) = (−1)^k·cos(m·θ) − 2k  for θ ∈ [kπ/m, (k+1)π/m], k ∈ {0, …, m−1},
 
     annealed as in the original: target = ‖x‖·(λ·cos θ_y + ψ(θ_y)) / (1 + λ), with
-    λ = max(λ_min, base·(1 + γ·iter)^(−power)) and iter counting training steps.
+    λ = max(λ_min, base·(1 + γ·iter)^(−power)) and iter counting training steps, incremented
+    before use as in the authors' Caffe layer (the first step has iter = 1). Outside training
+    the counter stays and λ is the last training step's.
     """
 
     name = "sphereface"
@@ -253,46 +307,88 @@ class SphereFaceHead(MarginHead):
         super().__init__()
         if int(m) != m or m < 1:
             raise ValueError(f"SphereFace's margin m must be a positive integer, got {m}")
-        self.m, self.base, self.gamma, self.power, self.lambda_min = (
-            int(m),
-            base,
-            gamma,
-            power,
-            lambda_min,
-        )
+        self.m = int(m)
+        self.annealing = LambdaAnnealing(base, gamma, power, lambda_min)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 
     def current_lambda(self) -> float:
-        """λ at the current iteration."""
-        decayed = self.base * (1.0 + self.gamma * float(self.iteration)) ** (-self.power)
-        return max(self.lambda_min, decayed)
+        """λ at the current value of the step counter."""
+        return self.annealing.at(int(self.iteration))
 
     def psi(self, theta: torch.Tensor) -> torch.Tensor:
         """ψ(θ) = (−1)^k·cos(mθ) − 2k, monotonically decreasing on [0, π]."""
-        k = torch.floor(self.m * theta / math.pi).clamp(0, self.m - 1)
-        sign = 1.0 - 2.0 * torch.remainder(k, 2)
-        return sign * torch.cos(self.m * theta) - 2.0 * k
+        return multiplicative_psi(theta, self.m)
 
     def forward(
         self, cosine: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor
     ) -> torch.Tensor:
+        if self.training:
+            self.iteration += 1  # before use, as the authors' layer does
         rows, cols = _target_index(labels)
         target = cosine[rows, cols]
         lam = self.current_lambda()
         annealed = (lam * target + self.psi(angle(target))) / (1.0 + lam)
-        if self.training:
-            self.iteration += 1
         return norms * _replace(cosine, rows, cols, annealed)
 
     def describe(self) -> dict[str, object]:
-        return {
-            "head": self.name,
-            "m": self.m,
-            "lambda_base": self.base,
-            "lambda_gamma": self.gamma,
-            "lambda_power": self.power,
-            "lambda_min": self.lambda_min,
-        }
+        return {"head": self.name, "m": self.m, **self.annealing.describe()}
+
+
+class LSoftmaxHead(MarginHead):
+    """L-Softmax (Liu et al. 2016): un-normalised logits with a multiplicative angular margin,
+
+        target ‖W_y‖·‖x‖·ψ(θ_y),  others ‖W_j‖·‖x‖·cos θ_j = W_jᵀx  (no bias),
+        ψ(θ) = (−1)^k·cos(m·θ) − 2k  for θ ∈ [kπ/m, (k+1)π/m], k ∈ {0, …, m−1},
+
+    annealed as in the authors' Caffe layer: target ‖W_y‖‖x‖·(λ·cos θ_y + ψ(θ_y)) / (1 + λ)
+    with λ = max(λ_min, base·(1 + γ·iter)^(−power)), iter counted before use. It is
+    SphereFace without normalising W: the class centres' norms stay in the logits, so the FC
+    passes them (`needs_weight_norms`).
+    """
+
+    name = "lsoftmax"
+    needs_weight_norms = True
+
+    iteration: torch.Tensor
+
+    def __init__(
+        self,
+        m: int = LSOFTMAX_MARGIN,
+        base: float = LSOFTMAX_LAMBDA_BASE,
+        gamma: float = LSOFTMAX_LAMBDA_GAMMA,
+        power: float = LSOFTMAX_LAMBDA_POWER,
+        lambda_min: float = LSOFTMAX_LAMBDA_MIN,
+    ) -> None:
+        super().__init__()
+        if int(m) != m or m < 1:
+            raise ValueError(f"L-Softmax's margin m must be a positive integer, got {m}")
+        self.m = int(m)
+        self.annealing = LambdaAnnealing(base, gamma, power, lambda_min)
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+
+    def current_lambda(self) -> float:
+        """λ at the current value of the step counter."""
+        return self.annealing.at(int(self.iteration))
+
+    def forward(
+        self,
+        cosine: torch.Tensor,
+        labels: torch.Tensor,
+        norms: torch.Tensor,
+        weight_norms: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if weight_norms is None:
+            raise ValueError("L-Softmax needs the class centres' norms: pass weight_norms")
+        if self.training:
+            self.iteration += 1  # before use, as the authors' layer does
+        rows, cols = _target_index(labels)
+        target = cosine[rows, cols]
+        lam = self.current_lambda()
+        annealed = (lam * target + multiplicative_psi(angle(target), self.m)) / (1.0 + lam)
+        return norms * weight_norms[None, :] * _replace(cosine, rows, cols, annealed)
+
+    def describe(self) -> dict[str, object]:
+        return {"head": self.name, "m": self.m, **self.annealing.describe()}
 
 
 class CurricularFaceHead(MarginHead):
@@ -357,7 +453,8 @@ class AdaFaceHead(MarginHead):
     """AdaFace: a margin that adapts to image quality through the feature norm ‖x‖.
 
         z = clip(h·(‖x‖ − μ)/(σ + ε), −1, 1)      μ, σ: EMA of the batch mean/std of ‖x‖
-        target = s·(cos(clip(θ_y − m·z, ε, π − ε)) − (m + m·z)),  others s·cos θ_j
+        c_j = clip(cos θ_j, −1 + ε, 1 − ε)        (every cosine, as the authors' head.py)
+        target = s·(cos(clip(acos c_y − m·z, ε, π − ε)) − (m + m·z)),  others s·c_j
 
     i.e. an angular margin g_angle = −m·z and an additive margin g_add = m + m·z: z = −1
     (low norm: a poor image) gives ArcFace's cos(θ_y + m), z = 0 CosFace's cos θ_y − m, and
@@ -401,6 +498,7 @@ class AdaFaceHead(MarginHead):
             with torch.no_grad():
                 self._update_statistics(safe_norms)
         z = self.margin_scaler(safe_norms).squeeze(1)
+        cosine = cosine.clamp(-1.0 + ADAFACE_EPS, 1.0 - ADAFACE_EPS)
         rows, cols = _target_index(labels)
         z_rows = z[rows]
         theta = angle(cosine[rows, cols]) - self.m * z_rows
@@ -464,6 +562,7 @@ HEADS: dict[str, type[MarginHead]] = {
         SoftmaxHead,
         NormFaceHead,
         SphereFaceHead,
+        LSoftmaxHead,
         CosFaceHead,
         ArcFaceHead,
         CombinedMarginHead,

@@ -15,6 +15,8 @@ half precision has no resolution left.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.distributed import ReduceOp
@@ -23,8 +25,13 @@ from torch.nn import functional as F
 from training.embeddings import l2_normalize
 from training.heads import MarginHead
 
-# Class centres start as N(0, 0.01²) (insightface arcface_torch partial_fc_v2.py).
+# Class centres start as N(0, 0.01²) (insightface arcface_torch partial_fc_v2.py); their scale
+# does not matter to heads that normalise them.
 WEIGHT_INIT_STD = 0.01
+# Heads whose logits keep ‖W_j‖ (softmax, L-Softmax) start from Caffe's "msra" filler,
+# N(0, 2 / fan_in), as the L-Softmax authors' prototxts do: 0.01 would leave every logit near 0
+# and the softmax near uniform for many steps.
+UNNORMALISED_WEIGHT_GAIN = 2.0
 
 
 def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
@@ -142,7 +149,12 @@ class MarginSoftmaxClassifier(nn.Module):
         self.sample_rate, self.rank, self.world_size = sample_rate, rank, world_size
         self.class_start, self.class_end = shard_range(num_classes, rank, world_size)
         num_local = self.class_end - self.class_start
-        self.weight = nn.Parameter(torch.normal(0.0, WEIGHT_INIT_STD, (num_local, embedding_size)))
+        normalised = head.uses_cosine and not head.needs_weight_norms
+        std = (
+            WEIGHT_INIT_STD if normalised else math.sqrt(UNNORMALISED_WEIGHT_GAIN / embedding_size)
+        )
+        self.weight = nn.Parameter(torch.normal(0.0, std, (num_local, embedding_size)))
+        # Only the plain softmax baseline has a bias (L-Softmax's layer has none either).
         self.bias = None if head.uses_cosine else nn.Parameter(torch.zeros(num_local))
 
     @property
@@ -190,16 +202,33 @@ class MarginSoftmaxClassifier(nn.Module):
             raw = F.linear(l2_normalize(embeddings), l2_normalize(weight))
         else:
             raw = F.linear(embeddings, weight, None if bias is None else bias.to(weight.dtype))
+        if self.head.needs_weight_norms:
+            return self.head(raw, labels, norms, weight_norms=weight.norm(dim=1)), labels
         if self.sharded and self.head.needs_target_of_every_row:
             target = _target_cosine_of_every_row(raw, labels)
             return self.head(raw, labels, norms, target_cosine=target), labels
         return self.head(raw, labels, norms), labels
 
+    def check_labels(self, labels: torch.Tensor) -> None:
+        """Refuse labels outside [0, num_classes): sharded, such a label would silently
+        become "on another rank" on every rank and train nothing but its negatives."""
+        outside = (labels < 0) | (labels >= self.num_classes)
+        if bool(outside.any()):
+            bad = sorted({int(label) for label in labels[outside].tolist()})
+            shown = ", ".join(str(label) for label in bad[:10])
+            raise ValueError(
+                f"label(s) {shown} outside [0, {self.num_classes}): the classifier has "
+                f"{self.num_classes} classes; check num_classes against the training data"
+            )
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean margin-softmax cross-entropy of the (global) batch."""
+        """Mean margin-softmax cross-entropy of the (global) batch; raises ValueError for a
+        label outside [0, num_classes) (on every rank alike: the check runs on the gathered
+        labels, so no rank is left waiting in a collective)."""
         if self.sharded:
             embeddings = _GatherEmbeddings.apply(embeddings)
             labels = _gather_labels(labels)
+        self.check_labels(labels)
         labels = self._local_labels(labels.long())
         with torch.autocast(embeddings.device.type, enabled=False):
             logits, labels = self.head_logits(embeddings, labels)

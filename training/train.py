@@ -6,20 +6,25 @@
 
 Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK set), the backbone is data-parallel (DDP) and
 the class centres model-parallel (`MarginSoftmaxClassifier` shards them). On CUDA the
-backbone runs under autocast (float16 with a gradient scaler, or bfloat16); the margin heads
-always run in float32. Checkpoints hold everything needed to continue exactly where a run
+backbone runs under autocast (float16 with a gradient scaler, or bfloat16) except its output
+FC and BatchNorm1d, which run in float32 as in arcface_torch; the margin heads always run in
+float32. A step may sum several micro-batches (`gradient_accumulation`); steps with a
+non-finite loss or gradients are skipped, and too many in a row stop the run (or roll it back,
+see `training.divergence`). Checkpoints hold everything needed to continue exactly where a run
 stopped: weights, optimizer, scheduler, scaler, step, position in the data and RNG states.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ from tqdm import tqdm
 from training.backbones import create_backbone
 from training.checkpoint import (
     BACKBONE_FILE,
+    NONFINITE_MARKER,
     checkpoint_dir,
     latest_checkpoint,
     prune_checkpoints,
@@ -42,10 +48,23 @@ from training.checkpoint import (
     save_backbone,
 )
 from training.config import TrainConfig
-from training.data import ResumableSampler, make_loader, open_dataset
+from training.data import ResumableSampler, check_num_classes, make_loader, open_dataset
+from training.divergence import (
+    DivergenceGuard,
+    StepHealth,
+    TrainingDiverged,
+    all_finite,
+    step_health,
+)
 from training.evaluate import TorchEmbedder, evaluate_set, load_verification_set
 from training.heads import CenterLoss, create_head
 from training.partial_fc import MarginSoftmaxClassifier
+
+# GradScaler: double the float16 loss scale after 100 overflow-free steps (arcface_torch
+# train_v2.py: `GradScaler(growth_interval=100)`; PyTorch's default is 2000), halve it on an
+# overflow (PyTorch's default backoff, also arcface_torch's).
+GRAD_SCALER_GROWTH_INTERVAL = 100
+GRAD_SCALER_BACKOFF = 0.5
 
 
 @dataclass(frozen=True)
@@ -117,6 +136,41 @@ class LrSchedule:
         return max(0.0, 1.0 - (step - self.warmup_steps) / span) ** self.power
 
 
+def make_grad_scaler(
+    device_type: str, enabled: bool, init_scale: float = 2.0**16
+) -> torch.amp.GradScaler:
+    """The float16 loss scaler of arcface_torch: growth every 100 steps, backoff 0.5."""
+    return torch.amp.GradScaler(
+        device_type,
+        init_scale=init_scale,
+        growth_interval=GRAD_SCALER_GROWTH_INTERVAL,
+        backoff_factor=GRAD_SCALER_BACKOFF,
+        enabled=enabled,
+    )
+
+
+def scale_learning_rate(
+    lr: float, global_batch: int, recipe_global_batch: int | None, mode: str
+) -> tuple[float, str | None]:
+    """The learning rate for this run's global batch, and a note to print when it differs
+    from the recipe's: linear scaling (lr × global / recipe, Goyal et al. 2017) or a warning."""
+    if recipe_global_batch is None or recipe_global_batch == global_batch:
+        return lr, None
+    if mode == "linear":
+        scaled = lr * global_batch / recipe_global_batch
+        return scaled, (
+            f"lr scaled linearly with the global batch: {lr:g} x {global_batch}/"
+            f"{recipe_global_batch} = {scaled:g} (lr_scaling='warn' keeps {lr:g})"
+        )
+    if mode == "warn":
+        return lr, (
+            f"WARNING: global batch {global_batch} differs from the recipe's "
+            f"{recipe_global_batch}, and lr {lr:g} is kept (lr_scaling='warn'); use "
+            f"gradient_accumulation or more processes to match it, or lr_scaling='linear'"
+        )
+    raise ValueError(f"unknown lr_scaling {mode!r}: use linear or warn")
+
+
 class RunLogger:
     """CSV logs (`train_log.csv`, `eval_log.csv`) and TensorBoard events when installed."""
 
@@ -147,7 +201,7 @@ class RunLogger:
             return
         self._append("train_log.csv", row)
         if self.writer is not None:
-            for key in ("loss", "lr", "samples_per_s"):
+            for key in ("loss", "lr", "samples_per_s", "skipped_steps"):
                 self.writer.add_scalar(f"train/{key}", row[key], int(row["step"]))
 
     def evaluation(self, step: int, results: dict[str, dict[str, object]]) -> None:
@@ -222,17 +276,23 @@ class Trainer:
             images_per_identity=config.synthetic_images_per_identity,
             seed=config.seed,
         )
-        self.num_classes = config.num_classes or self.dataset.num_classes
+        self.num_classes = check_num_classes(self.dataset, config.num_classes, str(config.data))
+        if config.gradient_accumulation < 1:
+            raise ValueError(
+                f"gradient_accumulation must be at least 1, got {config.gradient_accumulation}"
+            )
         self.sampler = ResumableSampler(
             len(self.dataset), config.seed, context.rank, context.world_size, flip=config.flip
         )
-        self.steps_per_epoch = self.sampler.per_rank // config.batch_size
+        self.samples_per_step = config.batch_size * config.gradient_accumulation  # per rank
+        self.steps_per_epoch = self.sampler.per_rank // self.samples_per_step
         if self.steps_per_epoch == 0:
             raise ValueError(
-                f"batch_size {config.batch_size} exceeds the {self.sampler.per_rank} images per "
-                "rank: lower batch_size"
+                f"batch_size {config.batch_size} x gradient_accumulation "
+                f"{config.gradient_accumulation} exceeds the {self.sampler.per_rank} images per "
+                "rank: lower them"
             )
-        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.total_steps = config.max_steps or round(config.epochs * self.steps_per_epoch)
         self.loader = make_loader(
             self.dataset,
             self.sampler,
@@ -277,13 +337,17 @@ class Trainer:
         config = self.config
         parameters = [p for p in self.backbone.parameters() if p.requires_grad]
         parameters += list(self.classifier.parameters())
+        self.global_batch = self.samples_per_step * self.context.world_size
+        self.lr, self.lr_note = scale_learning_rate(
+            config.lr, self.global_batch, config.recipe_global_batch, config.lr_scaling
+        )
         if config.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+                parameters, lr=self.lr, momentum=config.momentum, weight_decay=config.weight_decay
             )
         elif config.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(
-                parameters, lr=config.lr, weight_decay=config.weight_decay
+                parameters, lr=self.lr, weight_decay=config.weight_decay
             )
         else:
             raise ValueError(f"unknown optimizer {config.optimizer!r}: use sgd or adamw")
@@ -299,39 +363,99 @@ class Trainer:
         on_cuda = self.device.type == "cuda"
         self.autocast_dtype = getattr(torch, config.amp_dtype)
         self.use_amp = config.amp and on_cuda
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.use_amp and self.autocast_dtype == torch.float16
+        self.scaler = make_grad_scaler(
+            self.device.type, enabled=self.use_amp and self.autocast_dtype == torch.float16
         )
+        self.guard = DivergenceGuard(config.max_bad_steps)
+        self._buffer_snapshot: list[torch.Tensor] = []
+        if config.on_divergence not in ("stop", "rollback"):
+            raise ValueError(
+                f"unknown on_divergence {config.on_divergence!r}: use stop or rollback"
+            )
 
     # --- the loop ---------------------------------------------------------------------------
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches from the current position on, epoch after epoch."""
+        """Micro-batches from the current position on, epoch after epoch."""
         while True:
-            self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.config.batch_size)
+            self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.samples_per_step)
             yield from self.loader
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One optimisation step; returns the (detached) loss."""
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
+    def _step_batches(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The micro-batches of each optimizer step (`gradient_accumulation` of them)."""
+        batches = self._batches()
+        while True:
+            yield [next(batches) for _ in range(self.config.gradient_accumulation)]
+
+    def _gradient_norms(self) -> list[torch.Tensor]:
+        """Norms of the backbone's and the class centres' gradients (unscaled); clips the
+        backbone's to `grad_clip_norm` on the way, as arcface_torch does."""
+        backbone = [p for p in self.backbone.parameters() if p.grad is not None]
+        backbone_norm = nn.utils.get_total_norm([p.grad for p in backbone])
+        if self.config.grad_clip_norm:
+            nn.utils.clip_grads_with_norm_(backbone, self.config.grad_clip_norm, backbone_norm)
+        centres = [p.grad for p in self.classifier.parameters() if p.grad is not None]
+        return [backbone_norm, nn.utils.get_total_norm(centres)]
+
+    def _buffers(self) -> list[torch.Tensor]:
+        """Every buffer a forward pass changes: BatchNorm statistics, head and centre state."""
+        modules: list[nn.Module] = [self.backbone, self.classifier]
+        if self.center_loss is not None:
+            modules.append(self.center_loss)
+        return [buffer for module in modules for buffer in module.buffers()]
+
+    def train_step(
+        self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, StepHealth]:
+        """One optimisation step over one or more micro-batches (their gradients averaged);
+        returns the (detached) mean loss and whether the step was finite. A non-finite step
+        changes nothing: no update, and the buffers its forward passes moved (BatchNorm
+        running statistics would otherwise keep a NaN forever) are restored."""
         self.model.train()
         self.classifier.train()
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.use_amp):
-            embeddings = self.model(images)
-        loss = self.classifier(embeddings, labels)
-        if self.center_loss is not None:
-            loss = loss + self.center_loss(embeddings, labels)
+        buffers = self._buffers()
+        if len(buffers) != len(self._buffer_snapshot):
+            self._buffer_snapshot = [buffer.detach().clone() for buffer in buffers]
+        else:
+            torch._foreach_copy_(self._buffer_snapshot, buffers)  # one fused copy
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.config.grad_clip_norm:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.backbone.parameters(), self.config.grad_clip_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        total = torch.zeros((), device=self.device)
+        for index, (images, labels) in enumerate(batches):
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            last = index == len(batches) - 1
+            # DDP all-reduces the backbone's gradients once per step, on the last micro-batch.
+            no_sync = getattr(self.model, "no_sync", None)
+            sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
+            with sync:
+                with torch.autocast(
+                    self.device.type, dtype=self.autocast_dtype, enabled=self.use_amp
+                ):
+                    embeddings = self.model(images)
+                loss = self.classifier(embeddings, labels)
+                if self.center_loss is not None:
+                    loss = loss + self.center_loss(embeddings, labels)
+                self.scaler.scale(loss / len(batches)).backward()
+            total += loss.detach()
+        loss = total / len(batches)
+        self.scaler.unscale_(self.optimizer)
+        health = step_health(loss, self._gradient_norms(), self.context.distributed)
+        if health.finite:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                torch._foreach_copy_(buffers, self._buffer_snapshot)
+            # A float16 overflow (finite loss) lowers the scale as the scaler would itself.
+            scale = self.scaler.get_scale()
+            overflow = health.loss_finite and self.scaler.is_enabled()
+            self.scaler.update(scale * GRAD_SCALER_BACKOFF if overflow else scale)
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": skipped
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
         self._advance()
-        return loss.detach()
+        return loss, health
 
     def _advance(self) -> None:
         self.step += 1
@@ -339,12 +463,41 @@ class Trainer:
         if self.batch_in_epoch == self.steps_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
+    def _handle_bad_step(self, loss: torch.Tensor, health: StepHealth) -> None:
+        """Log a skipped step; stop or roll back after `max_bad_steps` of them in a row."""
+        guard = self.guard
+        diverged = guard.record(health)
+        lone_overflow = health.loss_finite and self.scaler.is_enabled() and guard.bad_in_a_row == 1
+        if self.context.is_main and not lone_overflow:
+            tqdm.write(
+                f"step {self.step}: {health.describe()} (loss {float(loss):.4g}); update skipped "
+                f"({guard.bad_in_a_row} in a row, limit {self.config.max_bad_steps})"
+            )
+        if not diverged:
+            return
+        last_good = latest_checkpoint(self.output_dir, finite_only=True)
+        roll_back = self.config.on_divergence == "rollback" and guard.may_roll_back
+        if roll_back and last_good is not None:
+            self._load_checkpoint(last_good, restore_position=False)
+            guard.rolled_back()
+            if self.context.is_main:
+                tqdm.write(
+                    f"step {self.step}: rolled back to the weights of {last_good} "
+                    f"(rollback {guard.rollbacks}); training goes on with the next batches"
+                )
+            return
+        where = f"last finite checkpoint: {last_good}" if last_good else "no finite checkpoint"
+        raise TrainingDiverged(
+            f"training diverged: {guard.bad_in_a_row} steps in a row with a non-finite loss or "
+            f"gradients (up to step {self.step}); {where}. Resume from it with a lower lr "
+            f"(--resume latest takes it), or raise max_bad_steps"
+        )
+
     def fit(self) -> TrainSummary:
         """Train until `total_steps`, logging, evaluating and checkpointing on the way."""
         config = self.config
         losses: list[tuple[int, float]] = []
         evaluation: dict[str, dict[str, object]] = {}
-        global_batch = config.batch_size * self.context.world_size
         progress = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -354,21 +507,29 @@ class Trainer:
             dynamic_ncols=True,
         )
         running, count, window_start = torch.zeros((), device=self.device), 0, time.perf_counter()
-        batches = self._batches()
+        steps_in_window, skipped = 0, 0
+        batches = self._step_batches()
         while self.step < self.total_steps:
-            images, labels = next(batches)
-            running += self.train_step(images, labels)
-            count += 1
+            loss, health = self.train_step(next(batches))
+            steps_in_window += 1
+            if health.finite:
+                running += loss
+                count += 1
+            else:
+                skipped += 1
+                self._handle_bad_step(loss, health)
             progress.update(1)
             if self.step % config.log_every == 0 or self.step == self.total_steps:
                 elapsed = time.perf_counter() - window_start
-                mean_loss = float(running) / count
+                mean_loss = float(running) / count if count else math.nan
                 row = {
                     "step": self.step,
                     "epoch": self.epoch,
                     "loss": mean_loss,
                     "lr": self.scheduler.get_last_lr()[0],
-                    "samples_per_s": count * global_batch / max(elapsed, 1e-9),
+                    "samples_per_s": steps_in_window * self.global_batch / max(elapsed, 1e-9),
+                    "skipped_steps": skipped,
+                    "loss_scale": self.scaler.get_scale() if self.scaler.is_enabled() else 1.0,
                 }
                 losses.append((self.step, mean_loss))
                 self.logger.train(row)
@@ -376,9 +537,11 @@ class Trainer:
                     loss=f"{mean_loss:.3f}",
                     lr=f"{row['lr']:.2e}",
                     sps=f"{row['samples_per_s']:.0f}",
+                    skipped=self.guard.bad_total,
                 )
                 running.zero_()
-                count, window_start = 0, time.perf_counter()
+                count, steps_in_window, skipped = 0, 0, 0
+                window_start = time.perf_counter()
             if self.eval_sets and (
                 self.step % config.eval_every == 0 or self.step == self.total_steps
             ):
@@ -400,6 +563,7 @@ class Trainer:
                 verification_set,
                 flip=self.config.eval_flip,
                 target_far=self.config.target_far,
+                protocol=self.config.eval_protocol,
             )
             results[result.name] = result.to_dict()
             tqdm.write(f"step {self.step}: {result.summary()}")
@@ -424,8 +588,22 @@ class Trainer:
             "config": self.config.to_dict(),
         }
 
+    def state_is_finite(self) -> bool:
+        """Whether weights and buffers (BatchNorm statistics, head state) hold no NaN/inf."""
+        tensors = list(self.backbone.state_dict().values())
+        tensors += list(self.classifier.state_dict().values())
+        return all_finite(tensors, self.context.distributed)
+
     def save_model(self) -> Path:
+        if not self.backbone_is_finite():
+            raise TrainingDiverged(
+                f"the final backbone holds NaN/inf values; not writing {BACKBONE_FILE}. The "
+                f"last finite checkpoint is {latest_checkpoint(self.output_dir, finite_only=True)}"
+            )
         return save_backbone(self.output_dir / BACKBONE_FILE, self.backbone, self.model_metadata())
+
+    def backbone_is_finite(self) -> bool:
+        return all_finite(list(self.backbone.state_dict().values()), distributed=False)
 
     def training_state(self) -> dict[str, Any]:
         """Everything of this rank that a resume needs besides the backbone weights."""
@@ -446,6 +624,7 @@ class Trainer:
         """Write `checkpoints/step_N/` (atomically: a temporary folder renamed when complete)."""
         final = checkpoint_dir(self.output_dir, self.step)
         temporary = final.with_name(final.name + ".tmp")
+        finite = self.state_is_finite()
         if self.context.is_main:
             shutil.rmtree(temporary, ignore_errors=True)
             temporary.mkdir(parents=True)
@@ -454,6 +633,11 @@ class Trainer:
         torch.save(self.training_state(), temporary / rank_file(self.context.rank))
         if self.context.is_main:
             save_backbone(temporary / BACKBONE_FILE, self.backbone, self.model_metadata())
+            if not finite:
+                (temporary / NONFINITE_MARKER).write_text(
+                    f"step {self.step}: weights or buffers hold NaN/inf; do not resume from here\n"
+                )
+                tqdm.write(f"step {self.step}: checkpoint holds NaN/inf values (marked)")
         self._barrier()
         if self.context.is_main:
             shutil.rmtree(final, ignore_errors=True)
@@ -463,10 +647,20 @@ class Trainer:
         return final
 
     def resume(self, path: Path | str) -> None:
-        """Continue from a checkpoint folder (`latest`: the newest of this run's)."""
-        folder = latest_checkpoint(self.output_dir) if str(path) == "latest" else Path(path)
+        """Continue from a checkpoint folder (`latest`: the newest finite one of this run)."""
+        folder = (
+            latest_checkpoint(self.output_dir, finite_only=True)
+            if str(path) == "latest"
+            else Path(path)
+        )
         if folder is None:
-            raise FileNotFoundError(f"no checkpoint under {self.output_dir} to resume from")
+            raise FileNotFoundError(f"no finite checkpoint under {self.output_dir} to resume from")
+        self._load_checkpoint(folder, restore_position=True)
+
+    def _load_checkpoint(self, folder: Path, restore_position: bool) -> None:
+        """Weights, class centres, head state, optimizer and scaler from `folder`; with
+        `restore_position` also the step, schedule, data position and RNG states (a resume),
+        without it they go on from here (a rollback after divergence)."""
         # On the CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest.
         state = torch.load(
             folder / rank_file(self.context.rank), map_location="cpu", weights_only=False
@@ -482,8 +676,12 @@ class Trainer:
         if self.center_loss is not None and state["center_loss"] is not None:
             self.center_loss.load_state_dict(state["center_loss"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if not restore_position:
+            for group in self.optimizer.param_groups:  # keep the schedule's current lr
+                group["lr"] = self.scheduler.get_last_lr()[0]
+            return
+        self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
         restore_rng_state(state["rng"])
@@ -511,9 +709,11 @@ def train(config: TrainConfig, device: str = "auto", resume: str | None = None) 
 def describe_plan(trainer: Trainer) -> str:
     """One line saying what will run (printed at start)."""
     c = trainer.config
-    return (
+    plan = (
         f"{c.name}: {c.backbone} + {c.head} on {len(trainer.dataset)} images / "
         f"{trainer.num_classes} classes, {trainer.total_steps} steps of "
-        f"{c.batch_size} x {trainer.context.world_size} on {trainer.device}; "
+        f"{c.batch_size} x {trainer.context.world_size} rank(s) x {c.gradient_accumulation} "
+        f"micro-batch(es) = {trainer.global_batch} on {trainer.device}, lr {trainer.lr:g}; "
         f"{math.ceil(trainer.total_steps / trainer.steps_per_epoch)} epoch(s)"
     )
+    return plan if trainer.lr_note is None else f"{plan}\n{trainer.lr_note}"

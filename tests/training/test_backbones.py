@@ -47,3 +47,40 @@ def test_iresnet_depths_have_the_published_block_counts() -> None:
 def test_factory_rejects_unknown_names_listing_the_known_ones() -> None:
     with pytest.raises(ValueError, match="known backbones: mobilefacenet, r100, r18, r34, r50"):
         create_backbone("resnet50")
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "output_layers"),
+    [
+        ("r18", {"width": 4}, ("fc", "features")),
+        ("mobilefacenet", {"width": 0.125}, ("body.-3", "body.-1")),
+    ],
+)
+def test_output_layers_run_in_float32_under_autocast_like_arcface_torch(
+    name: str, kwargs: dict, output_layers: tuple[str, str]
+) -> None:
+    """The body runs in bfloat16 under autocast; the output FC/conv and BatchNorm in float32
+    (arcface_torch: `self.fc(x.float())` outside autocast), so the embedding is float32."""
+    backbone = create_backbone(name, embedding_size=16, input_size=32, **kwargs).train()
+    modules = dict(backbone.named_modules())
+    if name == "mobilefacenet":
+        body = backbone.body
+        modules["body.-3"], modules["body.-1"] = body[len(body) - 3], body[len(body) - 1]
+    seen: dict[str, torch.dtype] = {}
+    hooks = [
+        modules[layer].register_forward_hook(
+            lambda _m, inputs, output, layer=layer: seen.update(
+                {f"{layer} in": inputs[0].dtype, f"{layer} out": output.dtype}
+            )
+        )
+        for layer in output_layers
+    ]
+    first_conv = next(m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    hooks.append(first_conv.register_forward_hook(lambda _m, _i, o: seen.update(body=o.dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embeddings = backbone(torch.randn(2, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    assert seen.pop("body") == torch.bfloat16
+    assert set(seen.values()) == {torch.float32}, seen
+    assert embeddings.dtype == torch.float32

@@ -22,6 +22,7 @@ from training.data import (
     ResumableSampler,
     SyntheticFaceDataset,
     _write_record,
+    check_num_classes,
     load_bin,
     load_pairs,
     make_loader,
@@ -142,6 +143,46 @@ def test_recordio_class_count_comes_from_the_property_file(tmp_path: Path) -> No
     write_recordio(tmp_path / "train.rec", tmp_path / "train.idx", [item])
     (tmp_path / "property").write_text("93431,112,112\n")
     assert RecordIODataset(tmp_path / "train.rec").num_classes == 93431
+
+
+def test_a_recordio_label_beyond_the_class_count_is_refused_naming_record_and_label(
+    tmp_path: Path,
+) -> None:
+    items = [(png_bytes(solid_image((9, 9, 9))), label) for label in (0, 11, 3)]
+    write_recordio(tmp_path / "train.rec", tmp_path / "train.idx", items)
+    (tmp_path / "property").write_text("10,112,112\n")  # says 10 classes; record 2 has 11
+    dataset = RecordIODataset(tmp_path / "train.rec")
+    assert dataset[0][1] == 0
+    with pytest.raises(ValueError, match=r"train\.rec record 2: label 11 is outside \[0, 10\)"):
+        dataset[1]
+
+
+def write_label_list(folder: Path, labels: list[int]) -> Path:
+    label_file = folder / "label.txt"
+    label_file.write_text("".join(f"img_{i}.png\t{label}\n" for i, label in enumerate(labels)))
+    return label_file
+
+
+def test_num_classes_disagreeing_with_the_data_is_refused_naming_file_line_and_label(
+    tmp_path: Path,
+) -> None:
+    label_file = write_label_list(tmp_path, [0, 3, 9, 11, 12, 15, 2])
+    dataset = LabelListDataset(label_file)
+    assert check_num_classes(dataset, None, str(label_file)) == 16
+    assert check_num_classes(dataset, 16, str(label_file)) == 16
+    with pytest.raises(ValueError) as error:
+        check_num_classes(dataset, 10, str(label_file))
+    message = str(error.value)
+    assert "num_classes=10" in message and "16 classes" in message
+    assert f"{label_file}:4 (img_3.png): label 11" in message  # the first label ≥ 10
+    with pytest.raises(ValueError, match="has only 16 classes"):
+        check_num_classes(dataset, 20, str(label_file))
+
+
+def test_a_negative_label_in_a_label_list_is_refused_naming_the_line(tmp_path: Path) -> None:
+    label_file = write_label_list(tmp_path, [0, 1, -1])
+    with pytest.raises(ValueError, match=r"label\.txt:3: label '-1' is not an integer ≥ 0"):
+        LabelListDataset(label_file)
 
 
 def test_recordio_class_count_comes_from_insightface_identity_records(tmp_path: Path) -> None:

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from training.backbones import create_backbone
-from training.data import load_bin
+from training.data import VerificationSet, load_bin
 from training.evaluate import (
     TorchEmbedder,
     embed,
     evaluate_set,
+    insightface_kfold_accuracy,
     kfold_accuracy,
     plot_roc,
     pooled_threshold,
@@ -38,6 +39,88 @@ def test_each_fold_is_scored_with_the_threshold_learnt_on_the_others() -> None:
     issame = np.array([True, False] * 10)
     mean, _, _ = kfold_accuracy(scores, issame)
     assert mean == pytest.approx((0.5 + 9 * 1.0) / 10)
+
+
+def verification_py_accuracy(embeddings: np.ndarray, issame: np.ndarray) -> np.ndarray:
+    """insightface recognition/arcface_torch/eval/verification.py `evaluate` → `calculate_roc`,
+    transcribed loop for loop (LFold = sklearn KFold(10, shuffle=False): contiguous folds,
+    the first n % 10 one pair larger)."""
+    thresholds = np.arange(0, 4, 0.01)
+    embeddings1, embeddings2 = embeddings[0::2], embeddings[1::2]
+    dist = np.sum(np.square(np.subtract(embeddings1, embeddings2)), 1)
+    n = len(issame)
+    sizes = np.full(10, n // 10)
+    sizes[: n % 10] += 1
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    accuracy = np.zeros(10)
+    for fold in range(10):
+        test_set = np.arange(bounds[fold], bounds[fold + 1])
+        train_set = np.setdiff1d(np.arange(n), test_set)
+        acc_train = np.zeros(len(thresholds))
+        for index, threshold in enumerate(thresholds):
+            predict = np.less(dist[train_set], threshold)
+            acc_train[index] = np.mean(predict == issame[train_set])
+        best = thresholds[np.argmax(acc_train)]
+        accuracy[fold] = np.mean(np.less(dist[test_set], best) == issame[test_set])
+    return accuracy
+
+
+def unit_pairs(num_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings of pairs whose cosines overlap between matched and mismatched."""
+    rng = np.random.default_rng(seed)
+    issame = rng.random(num_pairs) < 0.5
+    first = rng.normal(size=(num_pairs, 8))
+    noise = rng.normal(size=(num_pairs, 8))
+    second = np.where(issame[:, None], first + 0.9 * noise, noise + 0.3 * first)
+    embeddings = np.empty((2 * num_pairs, 8))
+    embeddings[0::2], embeddings[1::2] = first, second
+    return embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True), issame
+
+
+def test_insightface_protocol_matches_verification_py_and_differs_from_the_exact_one() -> None:
+    differs = False
+    for seed in range(4):
+        embeddings, issame = unit_pairs(303, seed)  # 303: folds of 31 and 30 pairs
+        scores = (embeddings[0::2] * embeddings[1::2]).sum(axis=1)
+        reference = verification_py_accuracy(embeddings, issame)
+        mean, std, threshold = insightface_kfold_accuracy(scores, issame)
+        assert mean == pytest.approx(reference.mean(), abs=1e-12)
+        assert std == pytest.approx(reference.std(), abs=1e-12)
+        assert -1.0 <= threshold <= 1.0
+        differs |= abs(kfold_accuracy(scores, issame)[0] - mean) > 1e-9
+    assert differs  # the exact midpoint and the 0.01 distance grid disagree somewhere
+
+
+def test_insightface_protocol_takes_the_first_best_threshold_and_a_strict_less_than() -> None:
+    # Distances 0.5 (matched) and 1.5 (mismatched): thresholds 0.51 … 1.50 all separate them;
+    # the first, 0.51, is chosen: cos threshold 1 − 0.51/2 = 0.745.
+    scores = np.array([0.75, 0.25] * 10)
+    issame = np.array([True, False] * 10)
+    mean, _, threshold = insightface_kfold_accuracy(scores, issame)
+    assert mean == 1.0
+    assert threshold == pytest.approx(0.745)
+
+
+def test_bin_sets_default_to_the_insightface_protocol_others_to_the_exact_one() -> None:
+    embeddings, issame = unit_pairs(40, 0)
+    images = np.zeros((80, 4, 4, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(80)  # image i → embedding i
+
+    def embedder(batch: np.ndarray) -> np.ndarray:
+        return embeddings[batch[:, 0, 0, 0].astype(int)].astype(np.float32)
+
+    from_bin = evaluate_set(embedder, VerificationSet("lfw", images, issame, "bin"))
+    from_pairs = evaluate_set(embedder, VerificationSet("pairs", images, issame, "pairs"))
+    exact_bin = evaluate_set(
+        embedder, VerificationSet("lfw", images, issame, "bin"), protocol="exact"
+    )
+    assert (from_bin.protocol, from_pairs.protocol, exact_bin.protocol) == (
+        "insightface", "exact", "exact"
+    )  # fmt: skip
+    assert from_bin.to_dict()["protocol"] == "insightface"
+    assert "insightface protocol" in from_bin.summary()
+    with pytest.raises(ValueError, match="unknown evaluation protocol"):
+        evaluate_set(embedder, VerificationSet("x", images, issame), protocol="lfw")
 
 
 def test_threshold_at_far_accepts_exactly_that_fraction_of_mismatched_pairs() -> None:

@@ -21,8 +21,15 @@ from training.__main__ import main
 from training.checkpoint import load_backbone
 from training.config import load_config
 from training.data import SyntheticFaceDataset
-from training.evaluate import TorchEmbedder, verification_result
-from training.export import ParityError, check_parity, choose_threshold
+from training.evaluate import (
+    OnnxEmbedder,
+    TorchEmbedder,
+    VerificationResult,
+    evaluate_set,
+    load_verification_set,
+    verification_result,
+)
+from training.export import ParityError, check_parity, choose_threshold, export_pack
 from training.train import Trainer
 
 FACE_BOX = (200.0, 160.0, 424.0, 384.0)  # where the synthetic detector reports the face
@@ -78,6 +85,50 @@ def test_pack_manifest_describes_the_model_and_its_training(pack: Path, detector
     measured = training["evaluation"][0]["threshold_at_target_far"]
     assert manifest.threshold == pytest.approx(measured, abs=1e-6)
     assert training["onnx_max_abs_diff"] <= 1e-3
+
+
+def flip_and_plain_results(pack: Path) -> tuple[VerificationResult, VerificationResult]:
+    embedder = OnnxEmbedder.from_pack(pack)
+    unseen = load_verification_set("synthetic")
+    plain = evaluate_set(embedder, unseen, flip=False, target_far=TARGET_FAR)
+    flipped = evaluate_set(embedder, unseen, flip=True, target_far=TARGET_FAR)
+    assert plain.threshold_at_target_far != flipped.threshold_at_target_far
+    return plain, flipped
+
+
+def assert_thresholds(
+    manifest: PackManifest, plain: VerificationResult, flipped: VerificationResult
+) -> None:
+    training = manifest.training
+    assert training is not None and training["threshold_flip_test"] is False
+    assert manifest.threshold == pytest.approx(plain.threshold_at_target_far, abs=1e-5)
+    assert training["threshold_with_flip_test"] == pytest.approx(
+        flipped.threshold_at_target_far, abs=1e-5
+    )
+
+
+def test_pack_records_the_threshold_without_and_with_flip_test(pack: Path) -> None:
+    """The service embeds without flip-test by default (FACEVERIFY_FLIP): `threshold` is
+    measured so; the flip-test threshold is recorded beside it."""
+    plain, flipped = flip_and_plain_results(pack)
+    assert_thresholds(
+        PackManifest.model_validate_json((pack / MANIFEST_NAME).read_text()), plain, flipped
+    )
+
+
+@pytest.mark.slow
+def test_export_with_flip_still_calibrates_the_pack_threshold_without_flip_test(
+    pack: Path, trained_run: Path, detector: Path, tmp_path: Path
+) -> None:
+    plain, flipped = flip_and_plain_results(pack)
+    result = export_pack(
+        trained_run, tmp_path / "flip", detector, eval_sets=["synthetic"], target_far=TARGET_FAR,
+        flip=True,
+    )  # fmt: skip
+    assert_thresholds(result.manifest, plain, flipped)
+    assert result.manifest.training["flip_test"] is True  # the evaluation reported
+    assert result.evaluation[0].flip
+    assert result.evaluation[0].accuracy == pytest.approx(flipped.accuracy)
 
 
 def test_exported_recognizer_has_a_dynamic_batch_axis(pack: Path) -> None:

@@ -17,6 +17,7 @@ from training.heads import (
     CombinedMarginHead,
     CosFaceHead,
     CurricularFaceHead,
+    LSoftmaxHead,
     NormFaceHead,
     SoftmaxHead,
     SphereFaceHead,
@@ -136,6 +137,17 @@ def test_sphereface_lambda_anneals_from_base_to_lambda_min() -> None:
     assert head.current_lambda() == pytest.approx(5.0)
 
 
+def test_sphereface_first_training_step_uses_iteration_one_like_the_authors_caffe_layer() -> None:
+    # MarginInnerProduct increments iter_ before computing λ: 1000 / (1 + 0.12) = 892.857
+    head = SphereFaceHead(m=4)
+    cosine, labels = torch.tensor([[math.cos(1.0), 0.3]]), torch.tensor([0])
+    logits = head(cosine, labels, torch.ones(1, 1))
+    lam = 1000.0 / 1.12
+    psi = -math.cos(4.0) - 2.0  # k = 1 for θ = 1
+    assert logits[0, 0].item() == pytest.approx((lam * math.cos(1.0) + psi) / (1 + lam), abs=1e-6)
+    assert int(head.iteration) == 1 and head.current_lambda() == pytest.approx(lam)
+
+
 def test_sphereface_target_is_norm_times_annealed_psi_and_counts_training_steps() -> None:
     head = SphereFaceHead(m=4)
     head.iteration.fill_(100_000)  # λ = λ_min = 5
@@ -149,6 +161,102 @@ def test_sphereface_target_is_norm_times_annealed_psi_and_counts_training_steps(
     head.eval()
     head(cosine, torch.tensor([0]), norms)
     assert int(head.iteration) == 100_001
+
+
+def lsoftmax_by_hand(cosine: float, w_norm: float, x_norm: float, m: int, lam: float) -> float:
+    theta = math.acos(cosine)
+    k = min(math.floor(m * theta / math.pi), m - 1)
+    psi = (-1) ** k * math.cos(m * theta) - 2 * k
+    return w_norm * x_norm * (lam * cosine + psi) / (1 + lam)
+
+
+@pytest.mark.parametrize(
+    ("m", "cosine"), [(2, 0.8), (2, -0.3), (3, 0.2), (4, 0.95), (4, -0.9)], ids=str
+)
+def test_lsoftmax_target_is_weight_norm_times_feature_norm_times_annealed_psi(
+    m: int, cosine: float
+) -> None:
+    head = LSoftmaxHead(m=m, base=3.0, gamma=0.5, power=1.0, lambda_min=0.0)
+    logits = head(
+        torch.tensor([[cosine, 0.4, -0.6]]),
+        torch.tensor([0]),
+        torch.tensor([[2.5]]),
+        weight_norms=torch.tensor([1.5, 0.5, 3.0]),
+    )
+    lam = 3.0 / (1 + 0.5 * 1)  # first training step: iteration 1
+    assert logits[0, 0].item() == pytest.approx(lsoftmax_by_hand(cosine, 1.5, 2.5, m, lam), 1e-5)
+    # others: ‖W_j‖‖x‖cos θ_j = W_jᵀx
+    assert logits[0, 1].item() == pytest.approx(0.5 * 2.5 * 0.4, abs=1e-6)
+    assert logits[0, 2].item() == pytest.approx(3.0 * 2.5 * -0.6, abs=1e-6)
+
+
+def test_lsoftmax_hand_values_for_m2() -> None:
+    # m = 2, θ = acos(0.8): ψ = cos 2θ = 2·0.64 − 1 = 0.28; λ_min = 0 after annealing
+    head = LSoftmaxHead(m=2, base=1000.0, gamma=1.0, power=45.0, lambda_min=0.0).eval()
+    head.iteration.fill_(1000)  # λ = 1000·1001^−45 ≈ 0
+    logits = head(torch.tensor([[0.8, 0.1]]), torch.tensor([0]), torch.tensor([[2.0]]),
+                  weight_norms=torch.tensor([3.0, 1.0]))  # fmt: skip
+    assert logits[0, 0].item() == pytest.approx(3.0 * 2.0 * 0.28, abs=1e-5)
+    # θ > π/2, k = 1: ψ = −cos 2θ − 2 = −(2·0.09 − 1) − 2 = −1.18 for cos θ = −0.3
+    logits = head(torch.tensor([[-0.3, 0.1]]), torch.tensor([0]), torch.ones(1, 1),
+                  weight_norms=torch.ones(2))  # fmt: skip
+    assert logits[0, 0].item() == pytest.approx(-1.18, abs=1e-5)
+
+
+def test_lsoftmax_lambda_follows_the_authors_annealing_and_counts_training_steps() -> None:
+    head = LSoftmaxHead()  # m 2, base 1000, γ 0.00002, power 45, λ_min 0 (CIFAR-10 prototxt)
+    assert head.describe() == {
+        "head": "lsoftmax", "m": 2, "lambda_base": 1000.0, "lambda_gamma": 0.00002,
+        "lambda_power": 45.0, "lambda_min": 0.0,
+    }  # fmt: skip
+    cosine, labels, norms = torch.tensor([[0.5, 0.1]]), torch.tensor([0]), torch.ones(1, 1)
+    head(cosine, labels, norms, weight_norms=torch.ones(2))
+    assert head.current_lambda() == pytest.approx(1000.0 * (1 + 0.00002) ** -45)
+    head.iteration.fill_(20_000)
+    assert head.current_lambda() == pytest.approx(1000.0 * 1.4**-45)
+    head.eval()(cosine, labels, norms, weight_norms=torch.ones(2))
+    assert int(head.iteration) == 20_000  # no count outside training
+
+
+def test_lsoftmax_classifier_uses_unnormalised_centres_without_bias() -> None:
+    torch.manual_seed(0)
+    head = LSoftmaxHead(m=2, base=0.0, lambda_min=0.0)  # λ = 0: pure ψ
+    classifier = MarginSoftmaxClassifier(head, embedding_size=5, num_classes=4)
+    assert classifier.bias is None
+    with torch.no_grad():
+        classifier.weight.mul_(100.0)  # norms around 0.2: make them unequal and O(1)
+        classifier.weight[2].mul_(3.0)
+    embeddings, labels = torch.randn(3, 5), torch.tensor([2, 0, 3])
+    logits, _ = classifier.head_logits(embeddings, labels)
+    raw = embeddings @ classifier.weight.T  # W_jᵀx
+    target = torch.zeros(3, 4, dtype=torch.bool)
+    target[torch.arange(3), labels] = True
+    assert torch.allclose(logits[~target], raw[~target], atol=1e-5)
+    w_norms, x_norms = classifier.weight.norm(dim=1), embeddings.norm(dim=1)
+    for row, label in enumerate(labels.tolist()):
+        cosine = (raw[row, label] / (w_norms[label] * x_norms[row])).item()
+        expected = lsoftmax_by_hand(cosine, w_norms[label].item(), x_norms[row].item(), 2, 0.0)
+        assert logits[row, label].item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_lsoftmax_classifier_passes_gradcheck_in_float64() -> None:
+    head = LSoftmaxHead(m=3, base=2.0, gamma=0.0, lambda_min=0.0).eval()
+    classifier = MarginSoftmaxClassifier(head, embedding_size=5, num_classes=4).double().eval()
+    with torch.no_grad():
+        classifier.weight.mul_(50.0)
+    embeddings = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 3, 1])
+    assert torch.autograd.gradcheck(lambda x: classifier(x, labels), (embeddings,))
+    assert torch.autograd.gradcheck(
+        lambda w: torch.nn.functional.cross_entropy(
+            head(torch.nn.functional.normalize(embeddings.detach(), dim=1)
+                 @ torch.nn.functional.normalize(w, dim=1).T,
+                 labels, embeddings.detach().norm(dim=1, keepdim=True),
+                 weight_norms=w.norm(dim=1)),
+            labels,
+        ),
+        (classifier.weight.detach().clone().requires_grad_(True),),
+    )  # fmt: skip
 
 
 def test_curricularface_updates_t_then_reweights_hard_negatives_only() -> None:
@@ -203,6 +311,18 @@ def test_adaface_margin_follows_the_norm_from_arcface_to_cosface_to_negative_ang
     assert head.batch_mean.item() == 20.0  # eval mode: statistics frozen
 
 
+def test_adaface_clamps_every_cosine_to_one_minus_eps_like_the_authors_head() -> None:
+    # mk-minchul/AdaFace head.py: cosine.clamp(-1 + eps, 1 - eps) with eps = 1e-3 on all columns
+    head = AdaFaceHead(s=1.0, m=0.4, h=0.333).eval()
+    head.batch_mean.fill_(20.0)
+    head.batch_std.fill_(1.0)
+    cosine = torch.tensor([[1.0, 0.9999, -1.0]])
+    logits = head(cosine, torch.tensor([0]), torch.tensor([[20.0]]))  # z = 0: CosFace-like
+    assert logits[0, 1].item() == pytest.approx(1.0 - 1e-3, abs=1e-6)
+    assert logits[0, 2].item() == pytest.approx(-1.0 + 1e-3, abs=1e-6)
+    assert logits[0, 0].item() == pytest.approx((1.0 - 1e-3) - 0.4, abs=1e-6)
+
+
 def test_adaface_scaler_is_h_times_standardised_norm() -> None:
     head = AdaFaceHead(h=0.333).eval()
     head.batch_mean.fill_(20.0)
@@ -228,7 +348,7 @@ def test_factory_builds_every_head_and_rejects_unknown_names() -> None:
     for name in HEADS:
         assert create_head(name).name == name
     with pytest.raises(ValueError, match="known heads: adaface, arcface"):
-        create_head("lsoftmax")
+        create_head("largemargin")
 
 
 def _heads_for_numerics() -> list[torch.nn.Module]:
@@ -239,9 +359,20 @@ def _heads_for_numerics() -> list[torch.nn.Module]:
         ArcFaceHead(easy_margin=True),
         CombinedMarginHead(m1=1.2, m2=0.3, m3=0.2),
         SphereFaceHead(),
+        LSoftmaxHead(m=3, base=2.0),
         CurricularFaceHead(),
         AdaFaceHead(),
     ]
+
+
+def call_head(
+    head: torch.nn.Module, cosine: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor
+) -> torch.Tensor:
+    """A head's logits; L-Softmax also gets class-centre norms (2, 1, 0.5, …)."""
+    if getattr(head, "needs_weight_norms", False):
+        weight_norms = 2.0 ** -torch.arange(cosine.shape[1], dtype=cosine.dtype)
+        return head(cosine, labels, norms, weight_norms=weight_norms)
+    return head(cosine, labels, norms)
 
 
 @pytest.mark.parametrize("head", _heads_for_numerics(), ids=lambda h: h.name)
@@ -252,7 +383,7 @@ def test_heads_pass_gradcheck_in_float64(head: torch.nn.Module) -> None:
     cosine.requires_grad_(True)
     labels = torch.tensor([0, 2, 3])
     norms = torch.rand(3, 1, generator=generator, dtype=torch.float64) * 20 + 5
-    assert torch.autograd.gradcheck(lambda c: head(c, labels, norms), (cosine,))
+    assert torch.autograd.gradcheck(lambda c: call_head(head, c, labels, norms), (cosine,))
 
 
 def test_classifier_passes_gradcheck_through_normalisation_in_float64() -> None:
@@ -268,7 +399,7 @@ def test_heads_stay_finite_at_theta_zero_and_pi(head: torch.nn.Module) -> None:
     extremes = [1.0, -1.0, 1.0 - 1e-7, -1.0 + 1e-7, 0.0]
     cosine = torch.tensor([[value, -value, 0.5] for value in extremes], requires_grad=True)
     labels = torch.zeros(len(extremes), dtype=torch.long)
-    logits = head.train()(cosine, labels, torch.full((len(extremes), 1), 12.0))
+    logits = call_head(head.train(), cosine, labels, torch.full((len(extremes), 1), 12.0))
     torch.nn.functional.cross_entropy(logits, labels).backward()
     assert torch.isfinite(logits).all()
     assert torch.isfinite(cosine.grad).all()

@@ -1,5 +1,6 @@
 """The classification layer: full FC, Partial FC sampling, and model-parallel sharding (two
-Gloo processes) giving the same loss and gradients as one process with every class."""
+Gloo processes) giving the same loss and gradients as one process with every class, refusing
+labels outside the classes on every rank, and agreeing on skipping a non-finite step."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.nn import functional as F
 
+from training.divergence import StepHealth, step_health
 from training.embeddings import l2_normalize
 from training.heads import (
     AdaFaceHead,
@@ -63,6 +65,14 @@ def test_partial_fc_uses_every_centre_outside_training() -> None:
     classifier = MarginSoftmaxClassifier(ArcFaceHead(), 8, num_classes=50, sample_rate=0.2).eval()
     logits, _ = classifier.head_logits(torch.randn(2, 8), torch.tensor([0, 1]))
     assert logits.shape == (2, 50)
+
+
+def test_labels_outside_the_classes_are_refused_by_one_process() -> None:
+    classifier = MarginSoftmaxClassifier(ArcFaceHead(), 8, num_classes=10)
+    with pytest.raises(ValueError, match=r"label\(s\) 11, 12 outside \[0, 10\)"):
+        classifier(torch.randn(3, 8), torch.tensor([11, 3, 12]))
+    with pytest.raises(ValueError, match=r"label\(s\) -1 outside"):
+        classifier(torch.randn(1, 8), torch.tensor([-1]))
 
 
 def test_invalid_sample_rate_is_rejected() -> None:
@@ -125,11 +135,35 @@ def _sharded_worker(rank: int, init_file: str, results_dir: str) -> None:
                 local.grad, WORLD_SIZE * ref_embedding_grad[rows], atol=1e-5
             ),
         }
-    torch.save(outcome, Path(results_dir) / f"rank{rank}.pt")
+    extras = {
+        "out_of_range": _out_of_range_labels(rank),
+        # only rank 1's class-centre shard has an overflowing gradient
+        "health": step_health(
+            torch.tensor(2.0),
+            [torch.tensor(1.0), torch.tensor(float("inf") if rank == 1 else 3.0)],
+            distributed=True,
+        ),
+    }
+    torch.save((outcome, extras), Path(results_dir) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
-def test_model_parallel_classifier_matches_a_single_process_with_every_class() -> None:
+def _out_of_range_labels(rank: int) -> str:
+    """The issue's case: labels 11, 12, 15 with 10 classes over two ranks."""
+    classifier = MarginSoftmaxClassifier(
+        ArcFaceHead(s=8.0), EMBEDDING, 10, rank=rank, world_size=WORLD_SIZE
+    )
+    labels = torch.tensor([[11, 12, 3], [15, 0, 1]])[rank]
+    try:
+        loss = classifier(torch.randn(LOCAL_BATCH, EMBEDDING), labels)
+    except ValueError as error:
+        return f"refused: {error}"
+    return f"trained silently: loss {loss.item():.2f}"
+
+
+@pytest.fixture(scope="module")
+def sharded_outcomes() -> list[tuple[dict, dict]]:
+    """What each of two Gloo processes measured (spawned once for the tests below)."""
     with tempfile.TemporaryDirectory() as folder:
         init_file = os.path.join(folder, "init")
         context = mp.spawn(_sharded_worker, args=(init_file, folder), nprocs=WORLD_SIZE, join=False)
@@ -141,7 +175,29 @@ def test_model_parallel_classifier_matches_a_single_process_with_every_class() -
                 pytest.fail(
                     f"the {WORLD_SIZE} Gloo processes did not finish in {SPAWN_TIMEOUT_S} s"
                 )
-        outcomes = [torch.load(Path(folder) / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+        return [
+            torch.load(Path(folder) / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)
+        ]
+
+
+def test_labels_outside_the_classes_are_refused_on_every_rank_not_dropped(
+    sharded_outcomes: list[tuple[dict, dict]],
+) -> None:
+    for _, extras in sharded_outcomes:
+        assert extras["out_of_range"].startswith("refused: label(s) 11, 12, 15 outside [0, 10)")
+
+
+def test_every_rank_skips_a_step_whose_gradients_are_non_finite_on_one_rank(
+    sharded_outcomes: list[tuple[dict, dict]],
+) -> None:
+    healths = [extras["health"] for _, extras in sharded_outcomes]
+    assert healths == [StepHealth(loss_finite=True, gradients_finite=False)] * WORLD_SIZE
+
+
+def test_model_parallel_classifier_matches_a_single_process_with_every_class(
+    sharded_outcomes: list[tuple[dict, dict]],
+) -> None:
+    outcomes = [outcome for outcome, _ in sharded_outcomes]
     for rank, outcome in enumerate(outcomes):
         for name, checks in outcome.items():
             sharded, single = checks["loss"]

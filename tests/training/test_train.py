@@ -3,8 +3,10 @@ line (alone and under torchrun) works."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from training.__main__ import main
 from training.checkpoint import list_checkpoints, load_backbone
 from training.config import CONFIG_DIR, TrainConfig, apply_overrides, load_config
 from training.evaluate import TorchEmbedder, evaluate_set, load_verification_set
-from training.train import LrSchedule, Trainer
+from training.train import LrSchedule, Trainer, describe_plan
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Small enough for seconds on two CPU cores: 48 px crops, IResNet-18 with 4 channels in its
@@ -66,6 +68,88 @@ def test_training_lowers_the_loss_and_beats_the_untrained_network_on_unseen_iden
     assert after >= 0.8 and after >= before + 0.15, (before, after)
 
 
+@pytest.mark.slow
+def test_lsoftmax_training_raises_held_out_accuracy(tmp_path: Path) -> None:
+    # λ annealed from 100 to about 0.2 within the run, so the margin (m = 2) acts in its second
+    # half; the loss is not compared, as the margin makes later losses larger.
+    config = tiny_config(
+        tmp_path,
+        head="lsoftmax",
+        head_kwargs={"m": 2, "base": 100.0, "gamma": 2.0, "power": 2.0, "lambda_min": 0.0},
+        max_steps=12,
+        log_every=4,
+    )
+    trainer = Trainer(config)
+    unseen = load_verification_set("synthetic", IMAGE_SIZE)
+    before = evaluate_set(TorchEmbedder(trainer.backbone), unseen).accuracy
+    summary = trainer.fit()
+    after = evaluate_set(TorchEmbedder(trainer.backbone), unseen).accuracy
+    assert all(math.isfinite(loss) for _, loss in summary.losses)
+    assert after >= before + 0.1, (before, after)
+    assert trainer.head.current_lambda() < 1.0
+
+
+def micro_batch_reference_gradients(
+    trainer: Trainer, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> list[torch.Tensor]:
+    """Gradients of the mean loss over micro-batches, computed on copies of the models."""
+    backbone = copy.deepcopy(trainer.backbone).train()
+    classifier = copy.deepcopy(trainer.classifier).train()
+    for images, labels in batches:
+        (classifier(backbone(images), labels) / len(batches)).backward()
+    parameters = [p for p in backbone.parameters() if p.requires_grad]
+    return [p.grad.clone() for p in parameters + list(classifier.parameters())]
+
+
+def test_gradient_accumulation_takes_one_step_with_the_mean_micro_batch_gradient(
+    tmp_path: Path,
+) -> None:
+    config = tiny_config(tmp_path, batch_size=16, gradient_accumulation=2, grad_clip_norm=None)
+    trainer = Trainer(config)
+    assert trainer.global_batch == 32 and trainer.steps_per_epoch == 128 // 32
+    batches = next(trainer._step_batches())
+    assert len(batches) == 2 and not torch.equal(batches[0][1], batches[1][1])
+    expected = micro_batch_reference_gradients(trainer, batches)
+    captured: list[list[torch.Tensor]] = []
+    step = trainer.optimizer.step
+
+    def capturing_step(*args: object, **kwargs: object) -> object:
+        captured.append(
+            [p.grad.clone() for g in trainer.optimizer.param_groups for p in g["params"]]
+        )
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = capturing_step  # type: ignore[method-assign]
+    trainer.train_step(batches)
+    assert len(captured) == 1 and trainer.step == 1
+    for actual, reference in zip(captured[0], expected, strict=True):
+        assert torch.allclose(actual, reference, rtol=1e-4, atol=1e-6)
+    assert trainer.batch_in_epoch == 1
+
+
+def test_lr_scales_linearly_with_the_global_batch_or_warns(tmp_path: Path) -> None:
+    scaled = Trainer(tiny_config(tmp_path, batch_size=16, recipe_global_batch=64, lr=0.1))
+    assert scaled.lr == pytest.approx(0.025)
+    assert scaled.optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.025)
+    assert "0.1 x 16/64 = 0.025" in describe_plan(scaled)
+    matched = Trainer(
+        tiny_config(tmp_path, batch_size=16, gradient_accumulation=4, recipe_global_batch=64)
+    )
+    assert matched.lr == pytest.approx(0.1) and matched.lr_note is None
+    warned = Trainer(
+        tiny_config(tmp_path, batch_size=16, recipe_global_batch=64, lr_scaling="warn")
+    )
+    assert warned.lr == pytest.approx(0.1)
+    assert warned.lr_note is not None and warned.lr_note.startswith("WARNING: global batch 16")
+
+
+def test_num_classes_that_disagree_with_the_data_stop_the_run_before_training(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="num_classes=10 in the config, but the training data"):
+        Trainer(tiny_config(tmp_path, num_classes=10))  # the synthetic set has 16
+
+
 def test_resume_gives_the_same_next_losses_as_an_uninterrupted_run(tmp_path: Path) -> None:
     # Partial FC sampling (global RNG), flips (data order) and CurricularFace's t (head
     # state) must all be restored for the losses to match.
@@ -109,7 +193,9 @@ def test_training_writes_logs_checkpoints_and_a_loadable_model(tmp_path: Path) -
     with open(run / "train_log.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert [int(row["step"]) for row in rows] == [2, 4]
-    assert set(rows[0]) == {"step", "epoch", "loss", "lr", "samples_per_s"}
+    assert set(rows[0]) == {
+        "step", "epoch", "loss", "lr", "samples_per_s", "skipped_steps", "loss_scale"
+    }  # fmt: skip
     assert float(rows[0]["samples_per_s"]) > 0
     assert (run / "eval_log.csv").read_text().startswith("step,set,accuracy")
     assert summary.evaluation["synthetic-1000"]["accuracy"] > 0.5
@@ -188,6 +274,7 @@ def test_torchrun_trains_with_two_processes(tmp_path: Path) -> None:
         "-m", "training", "train", "--config", "synthetic_smoke", "--device", "cpu",
         "--output-dir", str(tmp_path), "--set", "image_size=32", "--set", "max_steps=3",
         "--set", "batch_size=8", "--set", "eval_sets=()", "--set", "sample_rate=0.5",
+        "--set", "gradient_accumulation=2",
     ]  # fmt: skip
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     finished = subprocess.run(

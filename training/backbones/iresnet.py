@@ -4,6 +4,7 @@ Input 112x112 RGB. A 3x3 stride-1 stem, four stages of pre-activation basic bloc
 (BN → conv3x3 → BN → PReLU → conv3x3(stride) → BN, plus a 1x1-conv shortcut where the shape
 changes), each stage halving the resolution: 112 → 7. The "E" output block: BN → dropout →
 flatten → FC-512 → BN1d, whose scale is frozen at 1 so the embedding's norm stays free.
+Under autocast the FC and BN1d run in float32, as in arcface_torch (`run_in_float32`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from training.backbones.precision import run_in_float32
 
 # Batch-norm epsilon of InsightFace's IResNet (arcface_torch backbones/iresnet.py: eps=1e-05).
 BN_EPS = 1e-5
@@ -100,8 +103,11 @@ class IResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x))
-        x = self.dropout(self.bn2(x))
-        return self.features(self.fc(torch.flatten(x, 1)))
+        x = torch.flatten(self.dropout(self.bn2(x)), 1)
+        return run_in_float32(self._embed, x)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.fc(x))
 
 
 def iresnet(depth: int, embedding_size: int = 512, **kwargs: object) -> IResNet:

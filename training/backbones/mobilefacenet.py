@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from training.backbones.precision import run_in_float32
+
 # (expansion t, output channels c, repeats n, first stride s) of the bottleneck stages
 # (MobileFaceNet paper, table 1).
 BOTTLENECK_STAGES: tuple[tuple[int, int, int, int], ...] = (
@@ -101,9 +103,13 @@ class MobileFaceNet(nn.Module):
             ConvBlock(head, embedding_size, linear=True),  # linear conv1x1
         ]
         self.body = nn.Sequential(*layers)
+        # The 1x1 conv to `head` channels, GDConv and the linear 1x1 conv run in float32 under
+        # autocast (arcface_torch mobilefacenet.py: conv_sep and the GDC features block).
+        self.output_start = len(layers) - 3
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.body(x), 1)
+        x = self.body[: self.output_start](x)
+        return torch.flatten(run_in_float32(self.body[self.output_start :], x), 1)
