@@ -24,6 +24,7 @@ from service.metrics import Metrics
 from service.packs import load_pack
 from service.runtime import RuntimeOptions, threads_per_worker
 from service.settings import Settings
+from service.web.docs import install_docs
 
 log = logging.getLogger("service")
 
@@ -100,6 +101,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from packaged assets by install_docs: no CDN
+        redoc_url=None,
     )
     app.state.metrics = metrics
     app.state.services = None
@@ -108,6 +111,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         app.include_router(module.router)
     api_keys = settings.api_key_list()
     install_openapi(app, api_keys=bool(api_keys))
+    install_docs(app)
     # Outermost last: metrics see every answer; keys are checked before a body is read.
     app.add_middleware(BodySizeLimit, max_bytes=request_body_limit(settings))
     if api_keys:
