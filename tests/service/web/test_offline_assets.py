@@ -35,14 +35,15 @@ SWAGGER_UI_BUNDLE = f"{DOCS_ASSETS_PATH}/swagger-ui-bundle.js"
 
 
 class _References(HTMLParser):
-    """Every src/href of an HTML page and the module imports it loads are collected by
-    `served_files`; this collects the tag attributes."""
+    """What an HTML page loads: the src and href of its tags (links to other pages aside)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.urls: list[str] = []
 
     def handle_starttag(self, tag, attrs):
+        if tag == "a":  # a link the person may follow, not something the page loads
+            return
         for name, value in attrs:
             if name in ("src", "href") and value:
                 self.urls.append(value)
@@ -108,6 +109,15 @@ def test_swagger_ui_bundle_names_only_reviewed_hosts(client):
     text = client.get(SWAGGER_UI_BUNDLE).text
     hosts = {urlsplit(url).netloc for url in URL.findall(text)}
     assert hosts - SWAGGER_UI_TEXT_HOSTS == set(), "review these hosts in the new Swagger UI"
+
+
+def test_console_and_everything_it_loads_reference_no_other_host(client):
+    pages = served_files(client, ["/console/"])
+    expected = {"/console/console.css", "/console/js/main.js", "/console/js/api.js", "/favicon.svg"}
+    assert expected <= set(pages)
+    assert len([path for path in pages if path.endswith(".js")]) >= 8, "imports not followed"
+    for path, text in pages.items():
+        assert external_urls(text) == [], f"{path} references another host"
 
 
 def test_error_answers_and_the_favicon_reference_no_other_host(client):
