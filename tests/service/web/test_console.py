@@ -29,6 +29,15 @@ def assert_offline(network) -> None:
     assert network.failed == []
 
 
+def layout(page) -> list[tuple[float, float]]:
+    """Where the photo frames, the button and the result are: loading must not move them."""
+    boxes = [
+        page.locator(selector).bounding_box()
+        for selector in ("#verify-canvas-1", "#verify-canvas-2", "#verify-run", "#verify-result")
+    ]
+    return [(box["x"], box["y"]) for box in boxes]
+
+
 def choose_pair(page, first: Path, second: Path) -> None:
     page.set_input_files("#verify-file-1", first)
     page.set_input_files("#verify-file-2", second)
@@ -40,10 +49,13 @@ def test_verify_obama_pair_is_a_match_with_both_faces_boxed(
     page, network = open_page(service_url)
     page.goto(f"{service_url}/")
     assert page.url == f"{service_url}/console/"
+    page.locator("#verify-result .placeholder").wait_for()
+    before = layout(page)
     choose_pair(page, photos / "obama" / "obama.jpg", photos / "obama" / "obama2.jpg")
     decision = page.get_by_test_id("decision")
     decision.wait_for(timeout=TIMEOUT_MS)
     assert decision.inner_text() == "Same person"
+    assert layout(page) == before, "the photos or the button moved while results loaded"
     for n in (1, 2):
         assert "1 face(s) boxed" in page.get_attribute(f"#verify-canvas-{n}", "aria-label")
         info = page.inner_text(f"#verify-info-{n}")
@@ -116,6 +128,14 @@ def test_enrol_two_people_identify_a_third_photo_then_delete_and_see_unknown(
     page.locator("#gallery-counts", has_text="2 people · 2 enrolled faces").wait_for()
     page.screenshot(path=tmp_path / "gallery.png", full_page=True)
 
+    page.fill("#search-name", "bara")
+    page.get_by_role("button", name="Search").click()
+    page.locator("#page-info", has_text="1–1 of 1 found").wait_for()
+    assert "Joe Biden" not in page.inner_text("#identity-table")
+    page.fill("#search-name", "")
+    page.get_by_role("button", name="Search").click()
+    page.locator("#page-info", has_text="1–2 of 2").wait_for()
+
     assert identify(page, photos / "obama" / "obama3.jpg") == "Barack Obama"
     assert "Barack Obama: 0." in page.inner_text("#identify-result")
     page.screenshot(path=tmp_path / "identify.png", full_page=True)
@@ -123,9 +143,21 @@ def test_enrol_two_people_identify_a_third_photo_then_delete_and_see_unknown(
     page.goto(f"{service_url}/console/#gallery")
     page.get_by_role("button", name="Barack Obama").click()
     page.get_by_role("button", name="Delete Barack Obama").click()
+    page.get_by_role("button", name="Cancel").click()  # the confirmation, declined
+    assert "Barack Obama" in page.inner_text("#identity-table")
+    page.get_by_role("button", name="Delete Barack Obama").click()
     page.get_by_role("button", name="Delete person").click()  # the confirmation
     page.locator("#gallery-counts", has_text="1 people · 1 enrolled faces").wait_for()
     assert "Barack Obama" not in page.inner_text("#identity-table")
+
+    page.get_by_role("button", name="Joe Biden").click()
+    page.fill("#rename-input", "Joseph Biden")
+    page.get_by_role("button", name="Rename").click()
+    page.locator("#identity-table", has_text="Joseph Biden").wait_for()
+    page.get_by_role("button", name="Delete face 1 of Joseph Biden").click()
+    page.get_by_role("button", name="Delete face", exact=True).click()  # confirmation
+    page.locator("#identity-detail", has_text="No enrolled face yet").wait_for()
+    page.locator("#gallery-counts", has_text="1 people · 0 enrolled faces").wait_for()
 
     assert identify(page, photos / "obama" / "obama3.jpg") == "Unknown"
     assert_offline(network)
@@ -169,3 +201,84 @@ def test_with_keys_on_the_console_asks_for_a_key_and_then_works(real_pack_dir, o
         assert page.evaluate("sessionStorage.getItem('faceverify.apiKey')") == KEY
         assert page.evaluate("localStorage.length") == 0
         assert_offline(network)
+
+
+def test_quality_and_error_codes_render_in_words_whatever_shape_the_api_gives(
+    service_url, open_page
+):
+    """Quality is a number (embedding norm) today and an object with a level and reasons in
+    newer services; both render. Codes of newer services (forbidden, rate_limited) have words."""
+    page, network = open_page(service_url)
+    page.goto(f"{service_url}/console/")
+    rendered = page.evaluate(
+        """async () => {
+        const { qualityElement } = await import("./js/quality.js");
+        const { describeError } = await import("./js/messages.js");
+        const { ApiError } = await import("./js/api.js");
+        const text = (q) => qualityElement(q).textContent;
+        const object = qualityElement({level: "low", reasons: ["blurry", "small_face"],
+                                       embedding_norm: 9.87, blur: 0.2});
+        return {
+          number: text(21.44), none: text(null), object: object.textContent,
+          levelClass: object.querySelector(".quality").className,
+          odd: text({}), string: text("good"),
+          forbidden: describeError(new ApiError(403, "forbidden", "key lacks scope")).words,
+          limited: describeError(new ApiError(429, "rate_limited", "slow down", "7")).words,
+          unknown: describeError(new ApiError(418, "teapot", "short and stout")).words,
+          network: describeError(new ApiError(0, "network", "no answer")).words,
+        };
+      }"""
+    )
+    assert rendered["number"] == "norm 21.4"
+    assert rendered["none"] == "not measured"
+    assert rendered["object"] == "low · norm 9.9blurrysmall face"
+    assert rendered["levelClass"] == "quality low"
+    assert rendered["odd"] == "measured" and rendered["string"] == "good"
+    assert rendered["forbidden"] == "Your API key is not allowed to do this."
+    assert rendered["limited"] == "Too many requests right now. Try again in 7 seconds."
+    assert "(418)" in rendered["unknown"]
+    assert "cannot be reached" in rendered["network"]
+    assert_offline(network)
+
+
+def test_every_control_has_a_name_and_the_photo_pickers_are_reached_with_tab(
+    service_url, open_page
+):
+    page, network = open_page(service_url)
+    page.goto(f"{service_url}/console/#verify")
+    page.locator("#verify-canvas-1").wait_for()
+    for name in ("verify", "identify", "gallery", "status"):
+        page.goto(f"{service_url}/console/#{name}")
+        page.wait_for_load_state("networkidle")
+        unnamed = page.evaluate(
+            """() => [...document.querySelectorAll("input, button, select, textarea, a")]
+              .filter((el) => el.offsetParent !== null || el.classList.contains("file-input"))
+              .filter((el) => !(el.labels?.length || el.getAttribute("aria-label")
+                                || el.textContent.trim()))
+              .map((el) => el.outerHTML)"""
+        )
+        assert unnamed == [], f"controls without a name on {name}"
+    page.goto(f"{service_url}/console/#verify")
+    reached = set()
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        reached.add(page.evaluate("document.activeElement.id"))
+    assert {"verify-file-1", "verify-file-2"} <= reached
+    assert_offline(network)
+
+
+def test_a_slow_answer_shows_the_progress_bar_until_it_arrives(service_url, open_page):
+    page, network = open_page(service_url)
+    page.goto(f"{service_url}/console/#verify")
+    page.evaluate(
+        """() => { const fetch = window.fetch;
+        window.fetch = (...args) =>
+          new Promise((done) => setTimeout(() => done(fetch(...args)), 800)); }"""
+    )
+    page.evaluate("location.hash = '#status'")
+    page.locator("#progress.active").wait_for(timeout=5_000)
+    assert page.get_attribute("#main", "aria-busy") == "true"
+    page.locator("#status-list dt").first.wait_for(timeout=TIMEOUT_MS)
+    page.locator("#progress:not(.active)").wait_for(timeout=5_000)
+    assert page.get_attribute("#main", "aria-busy") == "false"
+    assert_offline(network)

@@ -150,10 +150,9 @@ function identityView(identity) {
     const name = rename.querySelector("input").value.trim();
     try {
       const updated = await request(`identities/${identity.id}`, { method: "PATCH", body: { name } });
-      heading.textContent = updated.name;
-      identity.name = updated.name;
       showNotice(`Renamed to ${updated.name}.`, "info");
       state.searched = null;
+      document.getElementById("identity-detail").replaceChildren(...identityView(updated));
       refreshList();
     } catch (error) {
       showNotice(errorElement(error, "Could not rename"));
