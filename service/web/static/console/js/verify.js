@@ -64,6 +64,7 @@ export function setupVerify() {
     const mine = ++run;
     again.disabled = true;
     const form = new FormData();
+    form.append("face", document.getElementById("verify-face").value);
     for (const slot of slots) form.append(`image${slot.n}`, slot.file, slot.file.name || `photo${slot.n}`);
     try {
       const answer = await request("verify", { method: "POST", body: form });
@@ -90,6 +91,9 @@ export function setupVerify() {
     );
   }
   again.addEventListener("click", compare);
+  document.getElementById("verify-face").addEventListener("change", () => {
+    if (slots.every((s) => s.detected)) compare();
+  });
 }
 
 function verdict(answer) {
