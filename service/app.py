@@ -15,7 +15,7 @@ from service.api.deps import Services
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestMetrics
 from service.api.openapi import install_openapi
-from service.api.routes import faces, health, identify, identities, verify
+from service.api.routes import faces, health, identify, identities, status, verify
 from service.api.uploads import BodySizeLimit, request_body_limit
 from service.faces.detector import DetectorOptions
 from service.faces.images import DecodeLimits
@@ -26,6 +26,8 @@ from service.metrics import Metrics
 from service.packs import load_pack
 from service.runtime import RuntimeOptions
 from service.settings import Settings
+from service.web.console import install_console
+from service.web.docs import install_docs
 
 log = logging.getLogger("service")
 
@@ -156,15 +158,20 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from packaged assets by install_docs: no CDN
+        redoc_url=None,
     )
     app.state.metrics = metrics
     app.state.services = None
     app.state.startup_error = None
     install_error_handlers(app)
-    for module in (verify, faces, identities, identify, health):
+    for module in (verify, faces, identities, identify, health, status):
         app.include_router(module.router)
     api_keys = settings.api_key_list()
     install_openapi(app, api_keys=bool(api_keys))
+    install_docs(app)
+    if settings.console:
+        install_console(app)
     # Outermost last: metrics see every answer; keys are checked before a body is read.
     app.add_middleware(BodySizeLimit, max_bytes=request_body_limit(settings))
     if api_keys:

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
+    console: bool = Field(
+        True, description="Serve the browser console at /console (and redirect / there)."
+    )
     api_keys: SecretStr | None = Field(
         None,
         description="Comma-separated API keys (at least 16 characters each); when set, every "

@@ -24,7 +24,11 @@ API_KEY_HEADER = "X-API-Key"
 # Paths answered without a key: probes, the scrape, and the API description.
 OPEN_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    | {"/", "/console", "/favicon.ico", "/favicon.svg"}
 )
+# Path prefixes answered without a key: the documentation's and the console's own files (no
+# data; the console asks for a key and sends it with each API call).
+OPEN_PREFIXES = ("/docs/", "/console/")
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="faceverify"'}
 
 
@@ -57,7 +61,8 @@ class ApiKeyAuth:
         self.keys = tuple(key.encode() for key in keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         request = Request(scope)

@@ -148,3 +148,48 @@ def test_dashboard_file_is_the_one_grafana_opens_first():
         "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"
     ]
     assert Path(home).name == DASHBOARD_FILE.name
+
+
+# Panel and datasource types built into Grafana 12: nothing to download on a machine without
+# internet (any other type is a plugin Grafana would have to fetch and install).
+CORE_PANEL_TYPES = frozenset(
+    {"row", "timeseries", "stat", "gauge", "bargauge", "table", "text", "heatmap", "histogram",
+     "piechart", "state-timeline", "status-history", "barchart", "logs", "nodeGraph", "trend",
+     "xychart", "dashlist", "alertlist", "annolist", "news", "canvas", "geomap"}
+)  # fmt: skip
+CORE_DATASOURCE_TYPES = frozenset({"prometheus", "grafana", "datasource"})
+# Grafana features that reach the internet, all switched off by the compose file.
+GRAFANA_OFFLINE_SETTINGS = {
+    "GF_ANALYTICS_REPORTING_ENABLED": "false",
+    "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+    "GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES": "false",
+    "GF_NEWS_NEWS_FEED_ENABLED": "false",
+    "GF_SECURITY_DISABLE_GRAVATAR": "true",
+}
+
+
+def test_dashboard_works_air_gapped_core_panels_only_and_no_external_links():
+    board = dashboard()
+    panels = list(iter_panels(board["panels"]))
+    assert {panel["type"] for panel in panels} <= CORE_PANEL_TYPES
+    datasources = [
+        node["datasource"]["type"]
+        for panel in panels
+        for node in (panel, *panel.get("targets", []))
+        if isinstance(node.get("datasource"), dict) and "type" in node["datasource"]
+    ]
+    assert set(datasources) <= CORE_DATASOURCE_TYPES
+    assert "__requires" not in board or all(
+        item.get("type") != "panel" or item["id"] in CORE_PANEL_TYPES
+        for item in board["__requires"]
+    )
+    assert "://" not in DASHBOARD_FILE.read_text(), "the dashboard links to another host"
+    provisioning = yaml.safe_load(DATASOURCE_FILE.read_text())
+    assert {source["type"] for source in provisioning["datasources"]} <= CORE_DATASOURCE_TYPES
+
+
+def test_compose_grafana_installs_no_plugin_and_never_calls_home():
+    environment = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["grafana"]["environment"]
+    assert not {"GF_INSTALL_PLUGINS", "GF_PLUGINS_PREINSTALL"} & set(environment)
+    for name, value in GRAFANA_OFFLINE_SETTINGS.items():
+        assert str(environment.get(name)).lower() == value, name

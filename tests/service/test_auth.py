@@ -105,3 +105,15 @@ def test_keys_never_appear_in_the_settings_repr(tmp_path):
     settings = Settings(pack_dir=tmp_path, api_keys=KEY, _env_file=None)
     assert KEY not in repr(settings) and KEY not in str(settings.model_dump())
     assert settings.api_key_list() == (KEY,)
+
+
+def test_docs_assets_and_favicon_need_no_key_but_paths_under_them_reach_no_route(app_client, pack):
+    """Swagger UI's files load without a key (the docs must render before one is given);
+    a path that only starts like them cannot reach a protected route."""
+    with app_client(pack, api_keys=KEY) as client:
+        for path in ("/docs/assets/swagger-ui.css", "/favicon.ico", "/redoc"):
+            assert client.get(path, follow_redirects=False).status_code in (200, 307), path
+        for path in ("/docs/../identities", "/docs/assets/../../identities", "/docs/%2e%2e/verify"):
+            response = client.get(path)  # 401 once normalised, 404 if sent as it is
+            assert response.status_code in (401, 404), path
+            assert "items" not in response.text

@@ -164,3 +164,28 @@ def test_every_worker_logs_its_model_pack_and_provider(tmp_path):
 def test_log_level_warning_silences_info_from_the_service_and_uvicorn(tmp_path):
     log = _serve_and_collect_log(tmp_path, workers=1, log_level="warning")
     assert " INFO " not in log, log
+
+
+def test_serve_without_insightface_says_in_one_line_what_to_install(tmp_path):
+    """`pip install .` alone has no insightface (it is installed with --no-deps): start-up
+    names the command instead of every worker dying with an ImportError traceback."""
+    shadow = tmp_path / "shadow" / "insightface"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'insightface'\")\n")
+    pythonpath = os.pathsep.join(filter(None, [str(shadow.parent), os.environ.get("PYTHONPATH")]))
+    env = {
+        "FACEVERIFY_PACK_DIR": str(make_manifest_pack(tmp_path / "pack")),
+        "PYTHONPATH": pythonpath,
+    }
+    full_env = {**os.environ, **env, "FACEVERIFY_PORT": "1"}  # never a server, even on old code
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install --no-deps insightface==2.1" in lines[0]
