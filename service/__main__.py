@@ -24,23 +24,11 @@ def _fail(message: str) -> int:
     return 2
 
 
-# insightface is installed by a separate `--no-deps` step (README, "Dependencies and why"); a
-# plain `pip install .` lacks it, and the workers would die at import with a traceback.
-MISSING_INSIGHTFACE = (
-    "insightface is not installed; run `pip install --no-deps insightface==2.1` (with its own "
-    "requirements it would replace opencv-python-headless and onnxruntime-gpu; see README)"
-)
-
-
 def serve(settings: Settings) -> int:
     import uvicorn
 
     from service.packs import load_pack
 
-    try:  # SCRFD decoding (service/faces/detector.py) comes from insightface
-        import insightface.model_zoo.scrfd  # noqa: F401
-    except ImportError:
-        return _fail(MISSING_INSIGHTFACE)
     try:  # fail fast, in one line, before any worker starts
         load_pack(settings.pack_dir, verify_checksums=settings.verify_checksums)
     except PackError as exc:
