@@ -4,7 +4,7 @@ import { photoForm, request } from "./api.js";
 import { errorElement } from "./messages.js";
 import { clearCanvas, drawFaces, dropZone, forgetImage, loadImage } from "./photo.js";
 import { qualityElement } from "./quality.js";
-import { confirmAction, element, formatDate, showNotice } from "./ui.js";
+import { confirmAction, element, fixed, formatDate, showNotice } from "./ui.js";
 
 const PAGE_SIZE = 20;
 // Search runs in the browser over the list the API pages out (GET /identities has no name
@@ -183,7 +183,7 @@ function identityView(identity) {
       const face = await request(`identities/${identity.id}/faces`, { method: "POST", body: photoForm(file) });
       drawFaces(canvas, image, { faces: [face], highlight: [0], label: `${file.name}: the enrolled face is boxed` });
       enrolInfo.replaceChildren(
-        element("p", { "data-testid": "enrolled" }, "Enrolled the boxed face. Quality ", qualityElement(face.quality), `, detection score ${face.score.toFixed(2)}.`),
+        element("p", { "data-testid": "enrolled" }, "Enrolled the boxed face. Quality ", qualityElement(face.quality), `, detection score ${fixed(face.score)}.`),
       );
       renderFaces(faces, await request(`identities/${identity.id}`));
       refreshList();
@@ -237,7 +237,7 @@ function renderFaces(container, identity) {
       {},
       element("td", {}, String(index + 1)),
       element("td", {}, qualityElement(face.quality)),
-      element("td", { class: "num" }, face.det_score.toFixed(2)),
+      element("td", { class: "num" }, fixed(face.det_score)),
       element("td", {}, face.current_model ? "current" : `other model (${face.model})`),
       element("td", {}, formatDate(face.created_at)),
       element("td", {}, remove),

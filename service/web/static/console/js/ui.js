@@ -10,6 +10,11 @@ export function element(tag, attributes = {}, ...children) {
   return node;
 }
 
+// A number with `digits` decimals, or "–" when the API sent something else (or nothing).
+export function fixed(value, digits = 2) {
+  return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "–";
+}
+
 export function formatMs(ms) {
   return `${ms < 10 ? ms.toFixed(1) : Math.round(ms)} ms`;
 }

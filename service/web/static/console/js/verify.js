@@ -4,7 +4,7 @@ import { photoForm, request } from "./api.js";
 import { errorElement } from "./messages.js";
 import { clearCanvas, drawFaces, dropZone, forgetImage, loadImage, matchingFace } from "./photo.js";
 import { qualityElement } from "./quality.js";
-import { element, formatMs, similarityScale } from "./ui.js";
+import { element, fixed, formatMs, similarityScale } from "./ui.js";
 
 const STAGES = ["decode", "detect", "align", "embed", "total"];
 
@@ -37,7 +37,7 @@ export function setupVerify() {
     const parts = [element("p", {}, `${faces.length} face${faces.length === 1 ? "" : "s"} found.`)];
     if (comparedFace) {
       const line = element("p", {}, `Compared face ${slot.chosen === null ? "" : `#${slot.chosen + 1} `}`);
-      line.append(`(detection score ${comparedFace.score.toFixed(2)}), quality `, qualityElement(comparedFace.quality));
+      line.append(`(detection score ${fixed(comparedFace.score)}), quality `, qualityElement(comparedFace.quality));
       parts.push(line);
     }
     slot.info.replaceChildren(...parts);
