@@ -21,6 +21,7 @@ from training.heads import (
     ArcFaceHead,
     CosFaceHead,
     CurricularFaceHead,
+    LSoftmaxHead,
     NormFaceHead,
     SoftmaxHead,
 )
@@ -90,6 +91,7 @@ HEAD_FACTORIES = {
     "curricularface": lambda: CurricularFaceHead(s=8.0),
     "adaface": lambda: AdaFaceHead(s=8.0),
     "softmax": SoftmaxHead,
+    "lsoftmax": lambda: LSoftmaxHead(m=2, base=5.0),
 }
 
 
