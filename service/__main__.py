@@ -1,5 +1,5 @@
 """Command line: `python -m service [serve]`, `python -m service fetch-models NAME`,
-`python -m service check-pack [DIR]`."""
+`python -m service check-pack [DIR]`, `python -m service keys create|list|revoke`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from service.errors import PackError
+from service.keys_cli import add_keys_parser, run_keys
 from service.logs import configure_logging, logging_config
 from service.settings import REPO_ROOT, Settings
 
@@ -32,6 +33,13 @@ def serve(settings: Settings) -> int:
         load_pack(settings.pack_dir, verify_checksums=settings.verify_checksums)
     except PackError as exc:
         return _fail(str(exc))
+    if settings.api_keys_file is not None:
+        from service.keys import KeysFileError, read_keys_file
+
+        try:
+            read_keys_file(settings.api_keys_file)
+        except KeysFileError as exc:
+            return _fail(str(exc))
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="faceverify-metrics-")
     uvicorn.run(
@@ -93,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--dir", type=Path, default=DEFAULT_MODELS_DIR, help="models folder")
     check = commands.add_parser("check-pack", help="verify a pack folder and print its manifest")
     check.add_argument("directory", type=Path, nargs="?", help="default: FACEVERIFY_PACK_DIR")
+    add_keys_parser(commands)
     args = parser.parse_args(argv)
 
+    if args.command == "keys":
+        return run_keys(args)
     if args.command == "fetch-models":
         configure_logging("info")
         return fetch_models(args.name, args.dir)

@@ -14,12 +14,14 @@ from service.api.deps import Services
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestMetrics
 from service.api.openapi import install_openapi
+from service.api.ratelimit import RateLimit, TokenBuckets
 from service.api.routes import faces, health, identify, identities, verify
 from service.api.uploads import BodySizeLimit, request_body_limit
 from service.faces.detector import DetectorOptions
 from service.faces.images import DecodeLimits
 from service.faces.pipeline import FacePipeline, PipelineOptions
 from service.gallery import open_gallery
+from service.keys import KeyRing
 from service.metrics import Metrics
 from service.packs import load_pack
 from service.runtime import RuntimeOptions, threads_per_worker
@@ -106,11 +108,16 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     install_error_handlers(app)
     for module in (verify, faces, identities, identify, health):
         app.include_router(module.router)
-    api_keys = settings.api_key_list()
-    install_openapi(app, api_keys=bool(api_keys))
-    # Outermost last: metrics see every answer; keys are checked before a body is read.
+    install_openapi(app, api_keys=settings.keys_enabled())
+    # Outermost last: metrics see every answer; keys, scopes and rate limits are checked
+    # before a body is read.
     app.add_middleware(BodySizeLimit, max_bytes=request_body_limit(settings))
-    if api_keys:
-        app.add_middleware(ApiKeyAuth, keys=api_keys)
+    if settings.rate_limit > 0:
+        buckets = TokenBuckets(settings.rate_limit, settings.rate_burst)
+        app.add_middleware(RateLimit, buckets=buckets)
+    if settings.keys_enabled():
+        app.add_middleware(
+            ApiKeyAuth, keys=KeyRing(settings.api_key_list(), settings.api_keys_file)
+        )
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

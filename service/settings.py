@@ -82,6 +82,20 @@ class Settings(BaseSettings):
         "route but /healthz, /readyz, /metrics and the docs needs one.",
     )
 
+    # --- keys and limits (service/keys.py, service/api/ratelimit.py) -------------------------
+    api_keys_file: Path | None = Field(
+        None,
+        description="JSON file of hashed, named, scoped keys (`python -m service keys`); "
+        "re-read when it changes.",
+    )
+    rate_limit: float = Field(
+        0.0,
+        ge=0.0,
+        description="Requests per second per key (per client address without "
+        "keys), per worker; 0 = no limit.",
+    )
+    rate_burst: int = Field(10, ge=1, description="Requests a client may send at once.")
+
     @field_validator("api_keys")
     @classmethod
     def _check_api_keys(cls, value: SecretStr | None) -> SecretStr | None:
@@ -97,6 +111,10 @@ class Settings(BaseSettings):
                 "make them with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
         return value
+
+    def keys_enabled(self) -> bool:
+        """Whether requests need a key (FACEVERIFY_API_KEYS or FACEVERIFY_API_KEYS_FILE)."""
+        return self.api_keys is not None or self.api_keys_file is not None
 
     def api_key_list(self) -> tuple[str, ...]:
         """The API keys, or () when none are set."""

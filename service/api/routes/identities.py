@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from service.api.audit import AuditAction, AuditTrail, get_audit
 from service.api.deps import Services, get_gallery, get_services
 from service.api.errors import documented
 from service.api.schemas_gallery import (
@@ -35,6 +36,7 @@ MAX_PAGE_OFFSET = 2**63 - 1
 NOT_FOUND = documented({404: "not_found (unknown identity)", 422: "validation_error"})
 
 GalleryDep = Annotated[Gallery, Depends(get_gallery)]
+AuditDep = Annotated[AuditTrail, Depends(get_audit)]
 
 
 @router.post(
@@ -43,9 +45,10 @@ GalleryDep = Annotated[Gallery, Depends(get_gallery)]
     response_model=IdentityOut,
     responses=documented({413: "payload_too_large", 422: "missing_field, validation_error"}),
 )
-def create_identity(body: IdentityCreate, gallery: GalleryDep) -> IdentityOut:
+def create_identity(body: IdentityCreate, gallery: GalleryDep, audit: AuditDep) -> IdentityOut:
     """Create an identity with no faces yet; enrol photos with POST /identities/{id}/faces."""
     identity = gallery.create_identity(body.name, body.metadata)
+    audit.record(AuditAction.IDENTITY_CREATE, identity.id)
     return IdentityOut(**IdentitySummary.of(identity).model_dump(), faces=[])
 
 
@@ -75,19 +78,23 @@ def get_identity(identity_id: str, gallery: GalleryDep) -> IdentityOut:
     response_model=IdentityOut,
     responses={**NOT_FOUND, **documented({413: "payload_too_large"})},
 )
-def update_identity(identity_id: str, body: IdentityUpdate, gallery: GalleryDep) -> IdentityOut:
+def update_identity(
+    identity_id: str, body: IdentityUpdate, gallery: GalleryDep, audit: AuditDep
+) -> IdentityOut:
     """Rename an identity or replace its metadata; searches show the new name at once."""
     details = gallery.update_identity(identity_id, name=body.name, metadata=body.metadata)
+    audit.record(AuditAction.IDENTITY_UPDATE, identity_id)
     return IdentityOut.of_details(details, gallery.model_id)
 
 
 @router.delete(
     "/identities/{identity_id}", status_code=204, response_class=Response, responses=NOT_FOUND
 )
-def delete_identity(identity_id: str, gallery: GalleryDep) -> Response:
+def delete_identity(identity_id: str, gallery: GalleryDep, audit: AuditDep) -> Response:
     """Delete an identity and erase its faces: rows deleted, freed pages zeroed, journal
     truncated; every worker stops returning it at its next request."""
     gallery.delete_identity(identity_id)
+    audit.record(AuditAction.IDENTITY_DELETE, identity_id)
     return Response(status_code=204)
 
 
@@ -110,6 +117,7 @@ async def add_face(
     identity_id: str,
     services: Annotated[Services, Depends(get_services)],
     gallery: GalleryDep,
+    audit: AuditDep,
     image: Annotated[UploadFile, File(description="Photo of the person (largest face is used).")],
     flip: Annotated[bool | None, Form(description="Flip-test (crop + mirror).")] = None,
 ) -> EnrolledFace:
@@ -134,6 +142,7 @@ async def add_face(
             image_sha256=hashlib.sha256(data).hexdigest(),
         )
     )
+    audit.record(AuditAction.FACE_ADD, identity_id, record.face_id)
     return EnrolledFace.of_enrolment(face, record)
 
 
@@ -143,7 +152,8 @@ async def add_face(
     response_class=Response,
     responses=documented({404: "not_found (unknown identity or face)", 422: "validation_error"}),
 )
-def delete_face(identity_id: str, face_id: str, gallery: GalleryDep) -> Response:
+def delete_face(identity_id: str, face_id: str, gallery: GalleryDep, audit: AuditDep) -> Response:
     """Delete one enrolled face (erased like DELETE /identities/{id})."""
     gallery.delete_face(identity_id, face_id)
+    audit.record(AuditAction.FACE_DELETE, identity_id, face_id)
     return Response(status_code=204)
