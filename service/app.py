@@ -20,6 +20,7 @@ from service.api.uploads import BodySizeLimit, request_body_limit
 from service.faces.detector import DetectorOptions
 from service.faces.images import DecodeLimits
 from service.faces.pipeline import FacePipeline, PipelineOptions
+from service.faces.quality import QualityLimits
 from service.gallery import open_gallery
 from service.keys import KeyRing
 from service.metrics import Metrics
@@ -47,6 +48,10 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         ),
         min_face_size=settings.min_face_size,
         flip=settings.flip,
+        quality=QualityLimits(
+            embedding_norm_low=settings.min_embedding_norm,
+            embedding_norm_medium=settings.min_embedding_norm,
+        ),
     )
 
 

@@ -69,6 +69,19 @@ class Settings(BaseSettings):
         0.0, ge=0.0, description="Min embedding norm (quality) to enrol; 0 disables the check."
     )
 
+    # --- quality (service/faces/quality.py, docs/quality.md) -------------------------------
+    enrol_quality: Literal["off", "low", "medium", "high"] = Field(
+        "medium",
+        description="Lowest quality level enrolled; `medium` refuses only `low` faces (those "
+        "with a reason); `off` and `low` enrol every level.",
+    )
+    min_embedding_norm: float = Field(
+        0.0,
+        ge=0.0,
+        description="Embedding norm under which a face gets `low_embedding_norm` "
+        "(recognizer-specific); 0 = not checked.",
+    )
+
     # --- server -----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=1, le=65535, description="Port to bind.")

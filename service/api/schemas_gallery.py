@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.api.schemas import FaceOut, IdentityRef
+from service.api.schemas import QUALITY_EXAMPLE, FaceOut, IdentityRef
 from service.faces.types import EmbeddedFace
 from service.gallery import Candidate, IdentityDetails
 from service.gallery.store import FaceRecord, Identity
@@ -79,7 +79,9 @@ class EnrolledFaceRecord(BaseModel):
     face_id: str
     model: str = Field(description="Model that made the embedding.")
     current_model: bool = Field(description="False: made by another pack; re-enrol to use it.")
-    quality: float
+    quality: float = Field(
+        description="The embedding's norm at enrolment (quality.embedding_norm)."
+    )
     det_score: float
     image_sha256: str = Field(description="sha256 of the uploaded photo (the photo is not kept).")
     created_at: str
@@ -200,7 +202,7 @@ class IdentifyResponse(BaseModel):
                                     [196.7, 205.5],
                                 ],
                                 "score": 0.87,
-                                "quality": 21.4,
+                                "quality": QUALITY_EXAMPLE,
                             },
                             "identity": None,
                             "candidates": [

@@ -15,6 +15,7 @@ from service.api.schemas import FaceOut, IdentityRef
 from service.api.schemas_gallery import CandidateOut, IdentifyResponse, IdentifyResult
 from service.api.uploads import read_upload
 from service.faces.pipeline import select_face
+from service.faces.quality import QualityLevel, require_quality
 from service.gallery import Gallery
 from service.matching import decide
 
@@ -40,7 +41,7 @@ def _first(*values):
             409: "model_mismatch (gallery has faces enrolled with another model)",
             413: "payload_too_large, image_too_large",
             415: "unsupported_format",
-            422: "no_face, face_too_small, missing_field, validation_error",
+            422: "no_face, face_too_small, low_quality, missing_field, validation_error",
         }
     ),
 )
@@ -59,6 +60,10 @@ async def identify(
         bool | None, Form(description="Identify every face, not only the largest.")
     ] = None,
     flip: Annotated[bool | None, Form(description="Flip-test (crop + mirror).")] = None,
+    min_quality: Annotated[
+        QualityLevel | None,
+        Form(description="Refuse faces under this level (with all_faces: skip them)."),
+    ] = None,
     top_k_query: Annotated[int | None, Query(alias="top_k", ge=1, le=MAX_TOP_K)] = None,
     threshold_query: Annotated[float | None, Query(alias="threshold", ge=-1.0, le=1.0)] = None,
     all_faces_query: Annotated[bool | None, Query(alias="all_faces")] = None,
@@ -74,6 +79,11 @@ async def identify(
     analyzed = await run_in_threadpool(services.pipeline.analyze, data, flip=flip)
     largest = select_face(analyzed, "largest")  # no_face / face_too_small when none is usable
     faces = analyzed.faces if _first(all_faces, all_faces_query) else [largest]
+    if min_quality is not None:
+        kept = [face for face in faces if face.quality.at_least(min_quality)]
+        if not kept:  # refuse with the reasons of the largest face
+            require_quality(largest.quality, min_quality, "this request (min_quality)")
+        faces = kept or faces
     search_start = time.perf_counter()
     ranked = await run_in_threadpool(
         gallery.identify, np.stack([face.embedding for face in faces]), wanted

@@ -22,7 +22,7 @@ from service.api.schemas_gallery import (
 )
 from service.api.uploads import read_upload
 from service.gallery import Gallery
-from service.gallery.enrolment import choose_enrolment_face
+from service.gallery.enrolment import choose_enrolment_face, enrolment_level
 
 router = APIRouter(tags=["gallery"])
 
@@ -131,13 +131,14 @@ async def add_face(
         analyzed,
         require_single_face=settings.require_single_face,
         min_quality=settings.min_enrol_quality,
+        min_level=enrolment_level(settings.enrol_quality),
     )
     record = await run_in_threadpool(
         partial(
             gallery.add_face,
             identity_id,
             face.embedding,
-            quality=face.quality,
+            quality=face.quality.embedding_norm,
             det_score=face.face.score,
             image_sha256=hashlib.sha256(data).hexdigest(),
         )

@@ -15,6 +15,7 @@ from service.api.schemas import FaceOut, IdentityRef, VerifyResponse
 from service.api.uploads import read_upload
 from service.errors import ErrorCode, ServiceError
 from service.faces.pipeline import AnalyzedImage, FaceRule, select_face
+from service.faces.quality import QualityLevel, require_quality
 from service.matching import cosine_similarity, decide
 
 router = APIRouter(tags=["verification"])
@@ -26,7 +27,7 @@ ERROR_RESPONSES = documented(
         409: "model_mismatch, identity_has_no_faces",
         413: "payload_too_large, image_too_large",
         415: "unsupported_format",
-        422: "no_face, face_too_small, missing_field, validation_error",
+        422: "no_face, face_too_small, low_quality, missing_field, validation_error",
     }
 )
 
@@ -57,6 +58,9 @@ async def verify(
         FaceRule, Form(description="Which face of each photo: largest or best.")
     ] = "largest",
     flip: Annotated[bool | None, Form(description="Flip-test (crop + mirror).")] = None,
+    min_quality: Annotated[
+        QualityLevel | None, Form(description="Refuse (422 low_quality) faces under this level.")
+    ] = None,
 ) -> VerifyResponse:
     """Compare the chosen face of `image1` with that of `image2`, or the face of `image` with
     the enrolled identity `identity_id`; `match` is `similarity >= threshold`."""
@@ -77,6 +81,8 @@ async def verify(
             run_in_threadpool(pipeline.analyze, data2, flip=flip),
         )
         face1, face2 = select_face(first, face), select_face(second, face)
+        for chosen in (face1, face2):
+            require_quality(chosen.quality, min_quality, "this request (min_quality)")
         similarity = cosine_similarity(face1.embedding, face2.embedding)
         timings = _sum_timings(first, second)
         faces = [FaceOut.of(face1), FaceOut.of(face2)]
@@ -87,6 +93,7 @@ async def verify(
         data = await read_upload(image, services.settings)
         probe_image = await run_in_threadpool(pipeline.analyze, data, flip=flip)
         probe = select_face(probe_image, face)
+        require_quality(probe.quality, min_quality, "this request (min_quality)")
         match = await run_in_threadpool(services.gallery.compare, identity_id, probe.embedding)
         similarity = match.similarity
         timings = _sum_timings(probe_image)
