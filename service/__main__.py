@@ -1,5 +1,6 @@
 """Command line: `python -m service [serve]`, `python -m service fetch-models NAME`,
-`python -m service check-pack [DIR]`, `python -m service keys create|list|revoke`."""
+`python -m service check-pack [DIR]`, `python -m service keys create|list|revoke`,
+`python -m service calibrate --pack DIR --pairs SOURCE`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from service.calibration_cli import add_calibrate_parser, run_calibrate
 from service.errors import PackError
 from service.keys_cli import add_keys_parser, run_keys
 from service.logs import configure_logging, logging_config
@@ -102,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check-pack", help="verify a pack folder and print its manifest")
     check.add_argument("directory", type=Path, nargs="?", help="default: FACEVERIFY_PACK_DIR")
     add_keys_parser(commands)
+    add_calibrate_parser(commands)
     args = parser.parse_args(argv)
 
     if args.command == "keys":
@@ -114,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         return _fail(f"invalid settings: {settings_errors(exc)}")
     configure_logging(settings.log_level)
+    if args.command == "calibrate":
+        return run_calibrate(args, settings.pack_dir)
     if args.command == "check-pack":
         return check_pack(args.directory or settings.pack_dir)
     return serve(settings)

@@ -27,6 +27,13 @@ _FACE_EXAMPLE = {
 }
 
 
+THRESHOLD_SOURCE_DESCRIPTION = (
+    "Where the threshold came from: `request` (the `threshold` field), `calibration:<fmr>` (the "
+    "pack's threshold for the request's `target_fmr`), `settings` (FACEVERIFY_THRESHOLD) or "
+    "`pack default`."
+)
+
+
 def _rounded(values, digits: int = 2) -> list:
     return [round(float(v), digits) for v in values]
 
@@ -114,6 +121,7 @@ class VerifyResponse(BaseModel):
                     "match": True,
                     "similarity": 0.7312,
                     "threshold": 0.4,
+                    "threshold_source": "pack default",
                     "model": "buffalo_l@2e1a3c4d5f6a",
                     "faces": [_FACE_EXAMPLE, _FACE_EXAMPLE],
                     "timings_ms": {
@@ -131,6 +139,7 @@ class VerifyResponse(BaseModel):
     match: bool
     similarity: float = Field(description="Cosine similarity of the two embeddings, in [-1, 1].")
     threshold: float = Field(description="Threshold the decision used: match = similarity ≥ it.")
+    threshold_source: str = Field(description=THRESHOLD_SOURCE_DESCRIPTION)
     model: str = Field(description="Model pack (name@recognizer-sha256-prefix).")
     faces: list[FaceOut] = Field(description="The face used from each image.")
     timings_ms: dict[str, float]

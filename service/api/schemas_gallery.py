@@ -7,7 +7,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.api.schemas import QUALITY_EXAMPLE, FaceOut, IdentityRef
+from service.api.schemas import (
+    QUALITY_EXAMPLE,
+    THRESHOLD_SOURCE_DESCRIPTION,
+    FaceOut,
+    IdentityRef,
+)
 from service.faces.types import EmbeddedFace
 from service.gallery import Candidate, IdentityDetails
 from service.gallery.store import FaceRecord, Identity
@@ -190,6 +195,7 @@ class IdentifyResponse(BaseModel):
                 {
                     "model": "buffalo_l@2e1a3c4d5f6a",
                     "threshold": 0.4,
+                    "threshold_source": "pack default",
                     "results": [
                         {
                             "face": {
@@ -223,5 +229,6 @@ class IdentifyResponse(BaseModel):
 
     model: str
     threshold: float = Field(description="identity is set when similarity ≥ threshold.")
+    threshold_source: str = Field(description=THRESHOLD_SOURCE_DESCRIPTION)
     results: list[IdentifyResult] = Field(description="One per face (largest first).")
     timings_ms: dict[str, float]

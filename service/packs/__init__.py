@@ -10,7 +10,8 @@ The catalogue (`models/catalogue.json`, schema: `Catalogue`) lists the packs thi
 where to download them, their checksums, licence and recommended threshold.
 
 One room per concept: `manifest` (the pack.json models and the loaded pack), `catalogue`,
-`checksums`, `signatures` (ONNX signature reading), `loading`. Every name is re-exported here,
+`checksums`, `signatures` (ONNX signature reading), `loading`, `thresholds` (calibrated
+thresholds by false match rate). Every name is re-exported here,
 so `from service.packs import X` works whichever room X lives in.
 """
 
@@ -46,6 +47,7 @@ from service.packs.signatures import (
     recognizer_embedding_size,
     square_input_side,
 )
+from service.packs.thresholds import SIDECAR_NAME, Calibration, FmrThreshold, save_calibration
 
 __all__ = [
     "CATALOGUE_PATH",
@@ -54,10 +56,13 @@ __all__ = [
     "HASH_CHUNK_BYTES",
     "MANIFEST_NAME",
     "SHA256_PATTERN",
+    "SIDECAR_NAME",
+    "Calibration",
     "Catalogue",
     "CatalogueEntry",
     "CatalogueFile",
     "DetectorSpec",
+    "FmrThreshold",
     "ModelFileSpec",
     "ModelPack",
     "ModelRole",
@@ -75,6 +80,7 @@ __all__ = [
     "load_pack",
     "read_onnx_signature",
     "recognizer_embedding_size",
+    "save_calibration",
     "sha256_file",
     "square_input_side",
 ]

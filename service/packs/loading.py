@@ -39,6 +39,7 @@ from service.packs.signatures import (
     recognizer_embedding_size,
     square_input_side,
 )
+from service.packs.thresholds import read_sidecar, usable
 
 FETCH_HINT = (
     "run `python -m service fetch-models buffalo_l` or set FACEVERIFY_PACK_DIR to a folder "
@@ -136,6 +137,7 @@ def _load_manifest_pack(directory: Path, verify_checksums: bool) -> ModelPack:
         update={
             "detector": manifest.detector.model_copy(update={"sha256": detector_sha}),
             "recognizer": manifest.recognizer.model_copy(update={"sha256": recognizer_sha}),
+            "thresholds": usable(manifest.thresholds, recognizer_sha, manifest_path),
         }
     )
     return ModelPack(manifest.name, directory, manifest, detector_path, recognizer_path)
@@ -248,6 +250,7 @@ def _load_insightface_pack(
         threshold=entry.threshold if entry else DEFAULT_THRESHOLD,
         source=entry.url if entry and entry.url else str(directory),
         licence=entry.licence if entry else "",
+        thresholds=read_sidecar(directory, recognizer_sha),
     )
     ignored = tuple(
         path.name for path in signatures if path not in (detector.path, recognizer.path)

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from service.packs.thresholds import Calibration
+
 MANIFEST_NAME = "pack.json"
 
 # Conservative default for ArcFace-family cosine similarities (of L2-normalised embeddings),
@@ -59,6 +61,9 @@ class PackManifest(BaseModel):
     licence: str = ""
     training: dict[str, object] | None = Field(
         None, description="Backbone, head, margins, data, evaluation results, target FAR."
+    )
+    thresholds: Calibration | None = Field(
+        None, description="Thresholds by target FMR (`python -m service calibrate`)."
     )
 
 

@@ -13,6 +13,7 @@ from service.api.deps import Services, get_gallery, get_services
 from service.api.errors import documented
 from service.api.schemas import FaceOut, IdentityRef
 from service.api.schemas_gallery import CandidateOut, IdentifyResponse, IdentifyResult
+from service.api.thresholds import resolve_threshold
 from service.api.uploads import read_upload
 from service.faces.pipeline import select_face
 from service.faces.quality import QualityLevel, require_quality
@@ -56,6 +57,10 @@ async def identify(
     threshold: Annotated[
         float | None, Form(ge=-1.0, le=1.0, description="Cosine threshold for a known identity.")
     ] = None,
+    target_fmr: Annotated[
+        float | None,
+        Form(gt=0.0, lt=1.0, description="Use the pack's threshold calibrated for this FMR."),
+    ] = None,
     all_faces: Annotated[
         bool | None, Form(description="Identify every face, not only the largest.")
     ] = None,
@@ -74,7 +79,7 @@ async def identify(
     start = time.perf_counter()
     wanted = _first(top_k, top_k_query) or DEFAULT_TOP_K
     given_threshold = _first(threshold, threshold_query)
-    used_threshold = services.threshold if given_threshold is None else given_threshold
+    used_threshold, threshold_source = resolve_threshold(services, given_threshold, target_fmr)
     data = await read_upload(image, services.settings)
     analyzed = await run_in_threadpool(services.pipeline.analyze, data, flip=flip)
     largest = select_face(analyzed, "largest")  # no_face / face_too_small when none is usable
@@ -103,5 +108,9 @@ async def identify(
         )
     timings["total"] = round((time.perf_counter() - start) * 1000.0, 3)
     return IdentifyResponse(
-        model=services.pack.model_id, threshold=used_threshold, results=results, timings_ms=timings
+        model=services.pack.model_id,
+        threshold=used_threshold,
+        threshold_source=threshold_source,
+        results=results,
+        timings_ms=timings,
     )

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import Services, get_services
 from service.api.errors import documented
 from service.api.schemas import FaceOut, IdentityRef, VerifyResponse
+from service.api.thresholds import resolve_threshold
 from service.api.uploads import read_upload
 from service.errors import ErrorCode, ServiceError
 from service.faces.pipeline import AnalyzedImage, FaceRule, select_face
@@ -54,6 +55,10 @@ async def verify(
     threshold: Annotated[
         float | None, Form(ge=-1.0, le=1.0, description="Cosine threshold.")
     ] = None,
+    target_fmr: Annotated[
+        float | None,
+        Form(gt=0.0, lt=1.0, description="Use the pack's threshold calibrated for this FMR."),
+    ] = None,
     face: Annotated[
         FaceRule, Form(description="Which face of each photo: largest or best.")
     ] = "largest",
@@ -65,7 +70,7 @@ async def verify(
     """Compare the chosen face of `image1` with that of `image2`, or the face of `image` with
     the enrolled identity `identity_id`; `match` is `similarity >= threshold`."""
     start = time.perf_counter()
-    used_threshold = services.threshold if threshold is None else threshold
+    used_threshold, threshold_source = resolve_threshold(services, threshold, target_fmr)
     pipeline = services.pipeline
     pair = image1 is not None or image2 is not None
     if pair and (image is not None or identity_id is not None):
@@ -110,6 +115,7 @@ async def verify(
         match=decide(similarity, used_threshold),
         similarity=round(similarity, 6),
         threshold=used_threshold,
+        threshold_source=threshold_source,
         model=services.pack.model_id,
         faces=faces,
         timings_ms=timings,
