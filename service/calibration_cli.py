@@ -8,19 +8,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from service.calibration import (
-    DEFAULT_BOOTSTRAP_ROUNDS,
-    DEFAULT_FMRS,
-    DEFAULT_MAX_IMPOSTOR_PAIRS,
-    CalibrationError,
-    calibrate,
-    calibration_table,
-    describe_scores,
-    evaluation_table,
-    rates_table,
-    save_det_curve,
-    score_source,
-)
 from service.errors import PackError
 
 
@@ -42,11 +29,12 @@ def add_calibrate_parser(commands: argparse._SubParsersAction) -> None:
         "--fmr",
         type=float,
         nargs="+",
-        default=list(DEFAULT_FMRS),
         help="target false match rates (default: 1e-1 down to 1e-6)",
     )
-    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP_ROUNDS)
-    parser.add_argument("--max-pairs", type=int, default=DEFAULT_MAX_IMPOSTOR_PAIRS)
+    parser.add_argument("--bootstrap", type=int, help="bootstrap rounds (default 1000)")
+    parser.add_argument(
+        "--max-pairs", type=int, help="impostor pairs sampled from a folder (default 200000)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--det", type=Path, default=Path("det_curve.png"), help="DET plot path")
     parser.add_argument("--no-plot", action="store_true", help="skip the DET plot")
@@ -54,6 +42,20 @@ def add_calibrate_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_calibrate(args: argparse.Namespace, default_pack: Path) -> int:
+    # Imported here: the other commands (serve) should not pay for them.
+    from service.calibration import (
+        DEFAULT_BOOTSTRAP_ROUNDS,
+        DEFAULT_FMRS,
+        DEFAULT_MAX_IMPOSTOR_PAIRS,
+        CalibrationError,
+        calibrate,
+        calibration_table,
+        describe_scores,
+        evaluation_table,
+        rates_table,
+        save_det_curve,
+        score_source,
+    )
     from service.faces.pipeline import FacePipeline, PipelineOptions
     from service.packs import MANIFEST_NAME, load_pack, save_calibration
     from service.runtime import RuntimeOptions
@@ -62,12 +64,16 @@ def run_calibrate(args: argparse.Namespace, default_pack: Path) -> int:
         pack = load_pack(args.pack or default_pack)
         pipeline = FacePipeline.from_pack(pack, PipelineOptions(), RuntimeOptions())
         pairs = score_source(
-            args.pairs, pipeline, args.images, max_impostor_pairs=args.max_pairs, seed=args.seed
+            args.pairs,
+            pipeline,
+            args.images,
+            max_impostor_pairs=args.max_pairs or DEFAULT_MAX_IMPOSTOR_PAIRS,
+            seed=args.seed,
         )
         calibration = calibrate(
             pairs,
-            args.fmr,
-            bootstrap_rounds=args.bootstrap,
+            args.fmr or DEFAULT_FMRS,
+            bootstrap_rounds=DEFAULT_BOOTSTRAP_ROUNDS if args.bootstrap is None else args.bootstrap,
             seed=args.seed,
             recognizer_sha256=pack.manifest.recognizer.sha256,
         )
