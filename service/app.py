@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     install_error_handlers(app)
     for module in (verify, faces, identities, identify, health):
         app.include_router(module.router)
-    install_openapi(app, api_keys=settings.keys_enabled())
+    install_openapi(app, api_keys=settings.keys_enabled(), rate_limit=settings.rate_limit > 0)
     # Outermost last: metrics see every answer; keys, scopes and rate limits are checked
     # before a body is read.
     app.add_middleware(BodySizeLimit, max_bytes=request_body_limit(settings))

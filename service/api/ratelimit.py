@@ -110,3 +110,20 @@ class RateLimit:
             headers={"Retry-After": str(retry_after)},
         )
         await response(scope, receive, send)
+
+
+def document_rate_limit(schema: dict) -> dict:
+    """Declare the 429 `rate_limited` answer (with Retry-After) on every limited operation of
+    an OpenAPI schema (in place; returns `schema`)."""
+    for path, operations in schema.get("paths", {}).items():
+        if path in OPEN_PATHS:
+            continue
+        for operation in operations.values():
+            operation.setdefault("responses", {})["429"] = {
+                "description": "rate_limited (see the Retry-After header)",
+                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+                },
+            }
+    return schema

@@ -66,3 +66,13 @@ def test_unauthenticated_requests_do_not_spend_a_keys_tokens(app_client, pack, t
     with app_client(pack, api_keys_file=keys, rate_limit=0.1, rate_burst=1) as client:
         assert all(client.get("/identities").status_code == 401 for _ in range(3))
         assert client.get("/identities", headers={"X-API-Key": secret}).status_code == 200
+
+
+def test_openapi_declares_429_only_when_limits_are_on(app_client, pack, tmp_path):
+    with app_client(pack, rate_limit=1.0) as client:
+        spec = client.get("/openapi.json").json()
+    assert "429" in spec["paths"]["/verify"]["post"]["responses"]
+    assert "429" not in spec["paths"]["/healthz"]["get"]["responses"]
+    with app_client(pack, data_dir=tmp_path / "d2") as client:
+        spec = client.get("/openapi.json").json()
+    assert "429" not in spec["paths"]["/verify"]["post"]["responses"]
