@@ -76,7 +76,7 @@ class QualityLimits:
     # aligned crop is upsampled (medium), under 18 twice over (low).
     inter_ocular_low: float = 18.0
     inter_ocular_medium: float = 36.0
-    # Degrees. Clean shared photos stay within |yaw| 30, |pitch| 25, |roll| 15.
+    # Degrees. Clean shared photos stay within |yaw| 30, |pitch| 28, |roll| 15.
     yaw_low: float = 45.0
     yaw_medium: float = 25.0
     pitch_low: float = 40.0
