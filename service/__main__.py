@@ -1,5 +1,7 @@
 """Command line: `python -m service [serve]`, `python -m service fetch-models NAME`,
-`python -m service check-pack [DIR]`, `python -m service gallery export|import|migrate`."""
+`python -m service check-pack [DIR]`, `python -m service gallery export|import|migrate`,
+`python -m service keys create|list|revoke`,
+`python -m service calibrate --pack DIR --pairs SOURCE`."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from service.calibration_cli import add_calibrate_parser, run_calibrate
 from service.errors import PackError
 from service.gallery import transfer
+from service.keys_cli import add_keys_parser, run_keys
 from service.logs import configure_logging, logging_config
 from service.settings import REPO_ROOT, Settings
 
@@ -33,6 +37,13 @@ def serve(settings: Settings) -> int:
         load_pack(settings.pack_dir, verify_checksums=settings.verify_checksums)
     except PackError as exc:
         return _fail(str(exc))
+    if settings.api_keys_file is not None:
+        from service.keys import KeysFileError, read_keys_file
+
+        try:
+            read_keys_file(settings.api_keys_file)
+        except KeysFileError as exc:
+            return _fail(str(exc))
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="faceverify-metrics-")
     uvicorn.run(
@@ -96,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("directory", type=Path, nargs="?", help="default: FACEVERIFY_PACK_DIR")
     gallery = commands.add_parser("gallery", help="export, import or migrate the gallery")
     transfer.add_arguments(gallery)
+    add_keys_parser(commands)
+    add_calibrate_parser(commands)
     args = parser.parse_args(argv)
 
+    if args.command == "keys":
+        return run_keys(args)
     if args.command == "fetch-models":
         configure_logging("info")
         return fetch_models(args.name, args.dir)
@@ -106,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         return _fail(f"invalid settings: {settings_errors(exc)}")
     configure_logging(settings.log_level)
+    if args.command == "calibrate":
+        return run_calibrate(args, settings.pack_dir)
     if args.command == "check-pack":
         return check_pack(args.directory or settings.pack_dir)
     if args.command == "gallery":

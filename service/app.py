@@ -15,13 +15,16 @@ from service.api.deps import Services
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestMetrics
 from service.api.openapi import install_openapi
+from service.api.ratelimit import RateLimit, TokenBuckets
 from service.api.routes import faces, health, identify, identities, status, verify
 from service.api.uploads import BodySizeLimit, request_body_limit
 from service.faces.detector import DetectorOptions
 from service.faces.images import DecodeLimits
 from service.faces.pipeline import FacePipeline, PipelineOptions
+from service.faces.quality import QualityLimits
 from service.faces.scheduler import InferenceScheduler, SchedulerOptions, plan_slots
 from service.gallery import open_gallery
+from service.keys import KeyRing
 from service.metrics import Metrics
 from service.packs import load_pack
 from service.runtime import RuntimeOptions
@@ -50,6 +53,10 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         min_face_size=settings.min_face_size,
         flip=settings.flip,
         max_faces=settings.max_faces,
+        quality=QualityLimits(
+            embedding_norm_low=settings.min_embedding_norm,
+            embedding_norm_medium=settings.min_embedding_norm,
+        ),
     )
 
 
@@ -167,15 +174,20 @@ def create_app(
     install_error_handlers(app)
     for module in (verify, faces, identities, identify, health, status):
         app.include_router(module.router)
-    api_keys = settings.api_key_list()
-    install_openapi(app, api_keys=bool(api_keys))
+    install_openapi(app, api_keys=settings.keys_enabled(), rate_limit=settings.rate_limit > 0)
     install_docs(app)
     if settings.console:
         install_console(app)
-    # Outermost last: metrics see every answer; keys are checked before a body is read.
+    # Outermost last: metrics see every answer; keys, scopes and rate limits are checked
+    # before a body is read.
     app.add_middleware(BodySizeLimit, max_bytes=request_body_limit(settings))
-    if api_keys:
-        app.add_middleware(ApiKeyAuth, keys=api_keys)
+    if settings.rate_limit > 0:
+        buckets = TokenBuckets(settings.rate_limit, settings.rate_burst)
+        app.add_middleware(RateLimit, buckets=buckets)
+    if settings.keys_enabled():
+        app.add_middleware(
+            ApiKeyAuth, keys=KeyRing(settings.api_key_list(), settings.api_keys_file)
+        )
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 

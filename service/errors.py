@@ -26,6 +26,8 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
     IDENTITY_HAS_NO_FACES = "identity_has_no_faces"
     MODEL_MISMATCH = "model_mismatch"
     NOT_READY = "not_ready"

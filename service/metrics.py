@@ -43,6 +43,7 @@ class Metrics:
     index_info: Gauge
     search_duration: Histogram
     best_match_similarity: Histogram
+    gallery_changes: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -120,6 +121,12 @@ class Metrics:
                 "faceverify_best_match_similarity",
                 "Best gallery similarity per identified face (watch it to spot drift).",
                 buckets=SIMILARITY_BUCKETS,
+                registry=reg,
+            ),
+            gallery_changes=Counter(
+                "faceverify_gallery_changes",
+                "Gallery changes (audit trail) by action and API key name.",
+                ["action", "key"],
                 registry=reg,
             ),
         )

@@ -102,6 +102,19 @@ class Settings(BaseSettings):
         "server).",
     )
 
+    # --- quality (service/faces/quality.py, docs/quality.md) -------------------------------
+    enrol_quality: Literal["off", "low", "medium", "high"] = Field(
+        "medium",
+        description="Lowest quality level enrolled; `medium` refuses only `low` faces (those "
+        "with a reason); `off` and `low` enrol every level.",
+    )
+    min_embedding_norm: float = Field(
+        0.0,
+        ge=0.0,
+        description="Embedding norm under which a face gets `low_embedding_norm` "
+        "(recognizer-specific); 0 = not checked.",
+    )
+
     # --- server -----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=1, le=65535, description="Port to bind.")
@@ -118,6 +131,20 @@ class Settings(BaseSettings):
         "route but /healthz, /readyz, /metrics and the docs needs one.",
     )
 
+    # --- keys and limits (service/keys.py, service/api/ratelimit.py) -------------------------
+    api_keys_file: Path | None = Field(
+        None,
+        description="JSON file of hashed, named, scoped keys (`python -m service keys`); "
+        "re-read when it changes.",
+    )
+    rate_limit: float = Field(
+        0.0,
+        ge=0.0,
+        description="Requests per second per key (per client address without "
+        "keys), per worker; 0 = no limit.",
+    )
+    rate_burst: int = Field(10, ge=1, description="Requests a client may send at once.")
+
     @field_validator("api_keys")
     @classmethod
     def _check_api_keys(cls, value: SecretStr | None) -> SecretStr | None:
@@ -133,6 +160,10 @@ class Settings(BaseSettings):
                 "make them with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
         return value
+
+    def keys_enabled(self) -> bool:
+        """Whether requests need a key (FACEVERIFY_API_KEYS or FACEVERIFY_API_KEYS_FILE)."""
+        return self.api_keys is not None or self.api_keys_file is not None
 
     def api_key_list(self) -> tuple[str, ...]:
         """The API keys, or () when none are set."""

@@ -62,6 +62,9 @@ def app_client(tmp_path: Path) -> Callable[..., Iterator[TestClient]]:
     @contextmanager
     def make(pack_dir: Path, **overrides) -> Iterator[TestClient]:
         overrides.setdefault("data_dir", tmp_path / "data")
+        # Synthetic photos are smooth noise, not faces: their crops grade `low` (blurry), and
+        # the default enrolment policy would refuse them. Quality tests set it themselves.
+        overrides.setdefault("enrol_quality", "off")
         settings = Settings(pack_dir=pack_dir, _env_file=None, **overrides)
         with TestClient(create_app(settings)) as client:
             yield client

@@ -1,24 +1,27 @@
-"""Optional API keys, for a service that holds biometric data.
+"""Optional API keys with scopes, for a service that holds biometric data.
 
-With `FACEVERIFY_API_KEYS` set, every request needs one of the keys, as `X-API-Key: KEY` or
-`Authorization: Bearer KEY`, except what infrastructure sends without secrets (liveness and
-readiness probes, Prometheus scrapes) and the API description. Unset, nothing is checked.
+With keys configured (`FACEVERIFY_API_KEYS` and/or `FACEVERIFY_API_KEYS_FILE`, see
+`service.keys`), every request needs one, as `X-API-Key: KEY` or `Authorization: Bearer KEY`,
+except what infrastructure sends without secrets (liveness and readiness probes, Prometheus
+scrapes) and the API description. A valid key without the scope its route needs
+(`ROUTE_SCOPES`) gets 403 `forbidden`. Unset, nothing is checked.
 
 An ASGI middleware rather than a route dependency: it answers before the body is read, so a
-client without a key cannot make the service receive and parse a large upload.
+client without a key (or without the right to the route) cannot make the service receive and
+parse a large upload. The key's name goes into the request state (`STATE_KEY_NAME`) for the
+rate limiter and the audit log.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Sequence
-
 from starlette.datastructures import Headers
 from starlette.requests import Request
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import error_response
 from service.errors import ErrorCode
+from service.keys import ADMIN_SCOPE, KeyRing
 
 API_KEY_HEADER = "X-API-Key"
 # Paths answered without a key: probes, the scrape, and the API description.
@@ -30,6 +33,27 @@ OPEN_PATHS = frozenset(
 # data; the console asks for a key and sends it with each API call).
 OPEN_PREFIXES = ("/docs/", "/console/")
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="faceverify"'}
+# Where the authenticated key's name is kept in the ASGI scope's `state`.
+STATE_KEY_NAME = "api_key_name"
+
+# The scope each route needs, by method and path template. Anything missing here needs
+# `admin` (fail closed); tests/service/test_scopes.py checks that every route is listed.
+ROUTE_SCOPES: dict[tuple[str, str], str] = {
+    ("POST", "/verify"): "verify",
+    ("POST", "/embed"): "verify",
+    ("POST", "/detect"): "verify",
+    ("POST", "/identify"): "identify",
+    ("GET", "/identities"): "gallery:read",
+    ("GET", "/identities/{identity_id}"): "gallery:read",
+    ("POST", "/identities"): "gallery:write",
+    ("PATCH", "/identities/{identity_id}"): "gallery:write",
+    ("DELETE", "/identities/{identity_id}"): "gallery:write",
+    ("POST", "/identities/{identity_id}/faces"): "gallery:write",
+    ("DELETE", "/identities/{identity_id}/faces/{face_id}"): "gallery:write",
+    ("GET", "/identities/{identity_id}/faces/{face_id}"): "gallery:read",
+    ("POST", "/identities/{identity_id}/embeddings"): "gallery:write",
+    ("GET", "/status"): "gallery:read",
+}
 
 
 def presented_key(headers: Headers) -> str | None:
@@ -43,22 +67,29 @@ def presented_key(headers: Headers) -> str | None:
     return token.strip() or None
 
 
-def key_is_valid(presented: str, keys: Sequence[bytes]) -> bool:
-    """Constant-time comparison against every key (no early exit on the first match)."""
-    candidate = presented.encode()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(candidate, key)
-    return matched
+_ROUTE_PATTERNS = [
+    (method, compile_path(path)[0], scope) for (method, path), scope in ROUTE_SCOPES.items()
+]
+
+
+def required_scope(method: str, path: str) -> str:
+    """The scope a request needs. A method and path outside ROUTE_SCOPES (an unknown path, a
+    route added without a scope) need `admin`: closed by default, never open."""
+    method = "GET" if method == "HEAD" else method
+    for route_method, pattern, scope in _ROUTE_PATTERNS:
+        if route_method == method and pattern.match(path):
+            return scope
+    return ADMIN_SCOPE
 
 
 class ApiKeyAuth:
-    """Refuses requests without a valid key with 401 `unauthorized`. They never reach the
-    router, so the request metrics count them under route `unmatched`, status 401."""
+    """Refuses requests without a valid key with 401 `unauthorized`, and those whose key lacks
+    the route's scope with 403 `forbidden`. They never reach the router, so the request
+    metrics count them under route `unmatched`."""
 
-    def __init__(self, app: ASGIApp, keys: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
         self.app = app
-        self.keys = tuple(key.encode() for key in keys)
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -66,35 +97,49 @@ class ApiKeyAuth:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        key = presented_key(request.headers)
-        if key is not None and key_is_valid(key, self.keys):
-            await self.app(scope, receive, send)
+        presented = presented_key(request.headers)
+        key = self.keys.authenticate(presented) if presented is not None else None
+        if key is None:
+            message = (
+                f"an API key is needed: send {API_KEY_HEADER}: KEY or Authorization: Bearer KEY"
+                if presented is None
+                else "the API key is not valid (unknown or revoked)"
+            )
+            response = error_response(request, ErrorCode.UNAUTHORIZED, message, headers=CHALLENGE)
+            await response(scope, receive, send)
             return
-        message = (
-            f"an API key is needed: send {API_KEY_HEADER}: KEY or Authorization: Bearer KEY"
-            if key is None
-            else "the API key is not valid"
-        )
-        response = error_response(request, ErrorCode.UNAUTHORIZED, message, headers=CHALLENGE)
-        await response(scope, receive, send)
+        needed = required_scope(scope["method"], scope["path"])
+        if not key.allows(needed):
+            message = (
+                f"the key {key.name!r} lacks the scope {needed!r} that {scope['method']} "
+                f"{scope['path']} needs; it holds {', '.join(key.scopes)}"
+            )
+            response = error_response(request, ErrorCode.FORBIDDEN, message)
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})[STATE_KEY_NAME] = key.name
+        await self.app(scope, receive, send)
 
 
 def document_api_keys(schema: dict) -> dict:
     """Declare both ways of sending a key in an OpenAPI schema, required on every operation
-    but those under OPEN_PATHS (in place; returns `schema`)."""
+    but those under OPEN_PATHS, with the scope each needs (in place; returns `schema`)."""
     schema.setdefault("components", {})["securitySchemes"] = {
         "ApiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
         "Bearer": {"type": "http", "scheme": "bearer"},
     }
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
     for path, operations in schema.get("paths", {}).items():
         if path in OPEN_PATHS:
             continue
-        for operation in operations.values():
+        for method, operation in operations.items():
+            scope = ROUTE_SCOPES.get((method.upper(), path), ADMIN_SCOPE)
             operation["security"] = [{"ApiKey": []}, {"Bearer": []}]
-            operation.setdefault("responses", {})["401"] = {
-                "description": "unauthorized",
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
-                },
+            operation["x-required-scope"] = scope
+            responses = operation.setdefault("responses", {})
+            responses["401"] = {"description": "unauthorized", "content": error}
+            responses["403"] = {
+                "description": f"forbidden (the key lacks scope `{scope}`)",
+                "content": error,
             }
     return schema

@@ -36,6 +36,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.RATE_LIMITED: 429,
     ErrorCode.IDENTITY_HAS_NO_FACES: 409,
     ErrorCode.MODEL_MISMATCH: 409,
     ErrorCode.NOT_READY: 503,

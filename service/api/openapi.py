@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from service.api.auth import document_api_keys
+from service.api.ratelimit import document_rate_limit
 
 FORM_MEDIA_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 _NULL = {"type": "null"}
@@ -64,15 +65,17 @@ def strip_form_and_query_nulls(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def install_openapi(app: FastAPI, *, api_keys: bool = False) -> None:
+def install_openapi(app: FastAPI, *, api_keys: bool = False, rate_limit: bool = False) -> None:
     """Make `app.openapi()` (and /openapi.json, /docs) serve the rewritten schema; with
-    `api_keys`, one that declares the keys every protected operation needs."""
+    `api_keys`, one that declares the keys every protected operation needs; with `rate_limit`,
+    the 429 every limited operation may answer."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = strip_form_and_query_nulls(generate())
-            app.openapi_schema = document_api_keys(schema) if api_keys else schema
+            schema = document_api_keys(schema) if api_keys else schema
+            app.openapi_schema = document_rate_limit(schema) if rate_limit else schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -8,7 +8,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.api.schemas import FaceOut, IdentityRef
+from service.api.schemas import (
+    QUALITY_EXAMPLE,
+    THRESHOLD_SOURCE_DESCRIPTION,
+    FaceOut,
+    IdentityRef,
+)
 from service.faces.types import EmbeddedFace
 from service.gallery import Candidate, IdentityDetails
 from service.gallery.store import FaceRecord, Identity
@@ -117,7 +122,9 @@ class EnrolledFaceRecord(BaseModel):
     face_id: str
     model: str = Field(description="Model that made the embedding.")
     current_model: bool = Field(description="False: made by another pack; re-enrol to use it.")
-    quality: float
+    quality: float = Field(
+        description="The embedding's norm at enrolment (quality.embedding_norm)."
+    )
     det_score: float
     image_sha256: str = Field(description="sha256 of the uploaded photo (the photo is not kept).")
     created_at: str
@@ -244,6 +251,7 @@ class IdentifyResponse(BaseModel):
                 {
                     "model": "buffalo_l@2e1a3c4d5f6a",
                     "threshold": 0.4,
+                    "threshold_source": "pack default",
                     "results": [
                         {
                             "face": {
@@ -256,7 +264,7 @@ class IdentifyResponse(BaseModel):
                                     [196.7, 205.5],
                                 ],
                                 "score": 0.87,
-                                "quality": 21.4,
+                                "quality": QUALITY_EXAMPLE,
                             },
                             "identity": None,
                             "candidates": [
@@ -277,6 +285,7 @@ class IdentifyResponse(BaseModel):
 
     model: str
     threshold: float = Field(description="identity is set when similarity ≥ threshold.")
+    threshold_source: str = Field(description=THRESHOLD_SOURCE_DESCRIPTION)
     results: list[IdentifyResult] = Field(description="One per face (largest first).")
     timings_ms: dict[str, float]
 

@@ -19,6 +19,7 @@ from service.faces.alignment import align_face
 from service.faces.detector import DetectorOptions, FaceDetector
 from service.faces.embedder import Embedder
 from service.faces.images import DecodeLimits, decode_image
+from service.faces.quality import QualityLimits, assess_quality
 from service.faces.types import DetectedFace, EmbeddedFace
 from service.metrics import Metrics
 from service.packs import ModelPack
@@ -40,6 +41,7 @@ class PipelineOptions:
     # Faces kept per image, largest first; a crowd photo gave 400 detections, and each one
     # kept costs an alignment and a recognizer run.
     max_faces: int = 100
+    quality: QualityLimits = field(default_factory=QualityLimits)
 
 
 @dataclass
@@ -181,7 +183,10 @@ class FacePipeline:
         with self._stage("embed", timings):
             use_flip = self.options.flip if flip is None else flip
             batch = self.embedder.embed(crops, flip=use_flip)
+        limits = self.options.quality
         return [
-            EmbeddedFace(face=face, embedding=batch.embeddings[i], quality=float(batch.norms[i]))
+            EmbeddedFace(
+                face, batch.embeddings[i], assess_quality(face, crops[i], batch.norms[i], limits)
+            )
             for i, face in enumerate(faces)
         ]

@@ -7,8 +7,12 @@ and insightface's convention); stages that feed a model convert to the model's c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from service.faces.quality import FaceQuality
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,9 @@ class DetectedFace:
 
 @dataclass(frozen=True)
 class EmbeddedFace:
-    """A detected face with its L2-normalised embedding; `quality` is the embedding's norm
-    before normalisation (higher = clearer face, cf. AdaFace)."""
+    """A detected face with its L2-normalised embedding and its quality assessment
+    (service/faces/quality.py; `quality.embedding_norm` is the norm before normalisation)."""
 
     face: DetectedFace
     embedding: np.ndarray  # (d,) float32, unit norm
-    quality: float
+    quality: FaceQuality

@@ -157,6 +157,7 @@ def service_url(tmp_path: Path) -> Iterator[str]:
         "FACEVERIFY_PORT": str(port),
         "FACEVERIFY_WORKERS": "1",
         "FACEVERIFY_LOG_LEVEL": "warning",
+        "FACEVERIFY_ENROL_QUALITY": "off",  # the enrolled photo is smooth noise, not a face
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     # cwd=tmp_path: no stray .env is read

@@ -178,3 +178,28 @@ def test_every_worker_logs_its_model_pack_and_provider(tmp_path):
 def test_log_level_warning_silences_info_from_the_service_and_uvicorn(tmp_path):
     log = _serve_and_collect_log(tmp_path, workers=1, log_level="warning")
     assert " INFO " not in log, log
+
+
+def test_keys_create_prints_the_secret_once_and_list_and_revoke_never_do(tmp_path: Path):
+    keys = tmp_path / "keys.json"
+    created = _run("keys", "--file", str(keys), "create", "--name", "ci", "--scopes", "verify")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert secret.startswith("fv_") and len(secret) > 40
+    assert secret not in keys.read_text()
+    listed = _run("keys", "list", env={"FACEVERIFY_API_KEYS_FILE": str(keys)})
+    assert listed.returncode == 0 and "ci\tverify" in listed.stdout and "active" in listed.stdout
+    assert secret not in listed.stdout
+    revoked = _run("keys", "--file", str(keys), "revoke", "ci")
+    assert revoked.returncode == 0, revoked.stderr
+    assert "revoked" in _run("keys", "--file", str(keys), "list").stdout
+    again = _run("keys", "--file", str(keys), "create", "--name", "x", "--scopes", "root")
+    assert again.returncode == 2 and "unknown scope" in again.stderr
+
+
+def test_serve_with_a_missing_keys_file_exits_with_one_line(tmp_path):
+    pack = make_manifest_pack(tmp_path / "pack")
+    env = {"FACEVERIFY_PACK_DIR": str(pack), "FACEVERIFY_API_KEYS_FILE": str(tmp_path / "k")}
+    result = _run("serve", env=env)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "keys create" in result.stderr

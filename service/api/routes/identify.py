@@ -13,8 +13,10 @@ from service.api.deps import Services, get_gallery, get_services
 from service.api.errors import INFERENCE_ERRORS, documented
 from service.api.schemas import FaceOut, IdentityRef
 from service.api.schemas_gallery import CandidateOut, IdentifyResponse, IdentifyResult
+from service.api.thresholds import resolve_threshold
 from service.api.uploads import read_upload
 from service.faces.pipeline import select_face
+from service.faces.quality import QualityLevel, require_quality
 from service.gallery import Gallery
 from service.matching import decide
 
@@ -40,7 +42,7 @@ def _first(*values):
             409: "model_mismatch (gallery has faces enrolled with another model)",
             413: "payload_too_large, image_too_large",
             415: "unsupported_format",
-            422: "no_face, face_too_small, missing_field, validation_error",
+            422: "no_face, face_too_small, low_quality, missing_field, validation_error",
             **INFERENCE_ERRORS,
         }
     ),
@@ -56,10 +58,18 @@ async def identify(
     threshold: Annotated[
         float | None, Form(ge=-1.0, le=1.0, description="Cosine threshold for a known identity.")
     ] = None,
+    target_fmr: Annotated[
+        float | None,
+        Form(gt=0.0, lt=1.0, description="Use the pack's threshold calibrated for this FMR."),
+    ] = None,
     all_faces: Annotated[
         bool | None, Form(description="Identify every face, not only the largest.")
     ] = None,
     flip: Annotated[bool | None, Form(description="Flip-test (crop + mirror).")] = None,
+    min_quality: Annotated[
+        QualityLevel | None,
+        Form(description="Refuse faces under this level (with all_faces: skip them)."),
+    ] = None,
     top_k_query: Annotated[int | None, Query(alias="top_k", ge=1, le=MAX_TOP_K)] = None,
     threshold_query: Annotated[float | None, Query(alias="threshold", ge=-1.0, le=1.0)] = None,
     all_faces_query: Annotated[bool | None, Query(alias="all_faces")] = None,
@@ -70,7 +80,7 @@ async def identify(
     start = time.perf_counter()
     wanted = _first(top_k, top_k_query) or DEFAULT_TOP_K
     given_threshold = _first(threshold, threshold_query)
-    used_threshold = services.threshold if given_threshold is None else given_threshold
+    used_threshold, threshold_source = resolve_threshold(services, given_threshold, target_fmr)
     data = await read_upload(image, services.settings)
     every_face = bool(_first(all_faces, all_faces_query))
     analyzed = await services.scheduler.run(
@@ -78,6 +88,11 @@ async def identify(
     )
     largest = select_face(analyzed, "largest")  # no_face / face_too_small when none is usable
     faces = analyzed.faces if every_face else [largest]
+    if min_quality is not None:
+        kept = [face for face in faces if face.quality.at_least(min_quality)]
+        if not kept:  # refuse with the reasons of the largest face
+            require_quality(largest.quality, min_quality, "this request (min_quality)")
+        faces = kept or faces
     search_start = time.perf_counter()
     ranked = await run_in_threadpool(
         gallery.identify, np.stack([face.embedding for face in faces]), wanted
@@ -97,5 +112,9 @@ async def identify(
         )
     timings["total"] = round((time.perf_counter() - start) * 1000.0, 3)
     return IdentifyResponse(
-        model=services.pack.model_id, threshold=used_threshold, results=results, timings_ms=timings
+        model=services.pack.model_id,
+        threshold=used_threshold,
+        threshold_source=threshold_source,
+        results=results,
+        timings_ms=timings,
     )

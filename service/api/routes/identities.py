@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from service.api.audit import AuditAction, AuditTrail, get_audit
 from service.api.deps import Services, get_gallery, get_services, require_json_body
 from service.api.errors import INFERENCE_ERRORS, documented
 from service.api.schemas_gallery import (
@@ -24,7 +25,7 @@ from service.api.schemas_gallery import (
 from service.api.uploads import read_upload
 from service.errors import ErrorCode, ServiceError
 from service.gallery import Gallery
-from service.gallery.enrolment import choose_enrolment_face
+from service.gallery.enrolment import choose_enrolment_face, enrolment_level
 
 router = APIRouter(tags=["gallery"])
 
@@ -48,6 +49,9 @@ def resource_url(request: Request, *segments: str) -> str:
     return "/".join([request.scope.get("root_path", "").rstrip("/"), *segments])
 
 
+AuditDep = Annotated[AuditTrail, Depends(get_audit)]
+
+
 @router.post(
     "/identities",
     status_code=201,
@@ -56,11 +60,16 @@ def resource_url(request: Request, *segments: str) -> str:
     responses=documented({**JSON_ERRORS, 422: "missing_field, validation_error"}),
 )
 def create_identity(
-    body: IdentityCreate, gallery: GalleryDep, request: Request, response: Response
+    body: IdentityCreate,
+    gallery: GalleryDep,
+    audit: AuditDep,
+    request: Request,
+    response: Response,
 ) -> IdentityOut:
     """Create an identity with no faces yet; enrol photos with POST /identities/{id}/faces.
     `Location` gives the new identity's URL."""
     identity = gallery.create_identity(body.name, body.metadata)
+    audit.record(AuditAction.IDENTITY_CREATE, identity.id)
     response.headers["Location"] = resource_url(request, "identities", identity.id)
     return IdentityOut(**IdentitySummary.of(identity).model_dump(), faces=[])
 
@@ -92,19 +101,23 @@ def get_identity(identity_id: str, gallery: GalleryDep) -> IdentityOut:
     dependencies=JSON_BODY,
     responses={**NOT_FOUND, **documented(JSON_ERRORS)},
 )
-def update_identity(identity_id: str, body: IdentityUpdate, gallery: GalleryDep) -> IdentityOut:
+def update_identity(
+    identity_id: str, body: IdentityUpdate, gallery: GalleryDep, audit: AuditDep
+) -> IdentityOut:
     """Rename an identity or replace its metadata; searches show the new name at once."""
     details = gallery.update_identity(identity_id, name=body.name, metadata=body.metadata)
+    audit.record(AuditAction.IDENTITY_UPDATE, identity_id)
     return IdentityOut.of_details(details, gallery.model_id)
 
 
 @router.delete(
     "/identities/{identity_id}", status_code=204, response_class=Response, responses=NOT_FOUND
 )
-def delete_identity(identity_id: str, gallery: GalleryDep) -> Response:
+def delete_identity(identity_id: str, gallery: GalleryDep, audit: AuditDep) -> Response:
     """Delete an identity and erase its faces: rows deleted, freed pages zeroed, journal
     truncated; every worker stops returning it at its next request."""
     gallery.delete_identity(identity_id)
+    audit.record(AuditAction.IDENTITY_DELETE, identity_id)
     return Response(status_code=204)
 
 
@@ -130,6 +143,7 @@ async def add_face(
     gallery: GalleryDep,
     request: Request,
     response: Response,
+    audit: AuditDep,
     image: Annotated[UploadFile, File(description="Photo of the person (largest face is used).")],
     flip: Annotated[bool | None, Form(description="Flip-test (crop + mirror).")] = None,
 ) -> EnrolledFace:
@@ -148,17 +162,19 @@ async def add_face(
         analyzed,
         require_single_face=settings.require_single_face,
         min_quality=settings.min_enrol_quality,
+        min_level=enrolment_level(settings.enrol_quality),
     )
     record = await run_in_threadpool(
         partial(
             gallery.add_face,
             identity_id,
             face.embedding,
-            quality=face.quality,
+            quality=face.quality.embedding_norm,
             det_score=face.face.score,
             image_sha256=hashlib.sha256(data).hexdigest(),
         )
     )
+    audit.record(AuditAction.FACE_ADD, identity_id, record.face_id)
     response.headers["Location"] = resource_url(
         request, "identities", identity_id, "faces", record.face_id
     )
@@ -185,9 +201,10 @@ def get_face(identity_id: str, face_id: str, gallery: GalleryDep) -> EnrolledFac
     response_class=Response,
     responses=documented({404: "not_found (unknown identity or face)", 422: "validation_error"}),
 )
-def delete_face(identity_id: str, face_id: str, gallery: GalleryDep) -> Response:
+def delete_face(identity_id: str, face_id: str, gallery: GalleryDep, audit: AuditDep) -> Response:
     """Delete one enrolled face (erased like DELETE /identities/{id})."""
     gallery.delete_face(identity_id, face_id)
+    audit.record(AuditAction.FACE_DELETE, identity_id, face_id)
     return Response(status_code=204)
 
 
@@ -209,6 +226,7 @@ def add_embedding(
     identity_id: str,
     body: EmbeddingEnrol,
     gallery: GalleryDep,
+    audit: AuditDep,
     request: Request,
     response: Response,
 ) -> EnrolledFaceRecord:
@@ -216,6 +234,7 @@ def add_embedding(
     its id, as GET /readyz shows). For systems that run the models themselves, or migrate
     embeddings without the photos. `Location` gives the new face's URL."""
     record = gallery.add_embedding(identity_id, body.embedding, body.model)
+    audit.record(AuditAction.FACE_ADD, identity_id, record.face_id)
     response.headers["Location"] = resource_url(
         request, "identities", identity_id, "faces", record.face_id
     )

@@ -12,9 +12,11 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import Services, get_services
 from service.api.errors import INFERENCE_ERRORS, documented
 from service.api.schemas import FaceOut, IdentityRef, VerifyResponse
+from service.api.thresholds import resolve_threshold
 from service.api.uploads import read_upload
 from service.errors import ErrorCode, ServiceError
 from service.faces.pipeline import AnalyzedImage, FaceRule, select_face
+from service.faces.quality import QualityLevel, require_quality
 from service.matching import cosine_similarity, decide
 
 router = APIRouter(tags=["verification"])
@@ -26,7 +28,7 @@ ERROR_RESPONSES = documented(
         409: "model_mismatch, identity_has_no_faces",
         413: "payload_too_large, image_too_large",
         415: "unsupported_format",
-        422: "no_face, face_too_small, missing_field, validation_error",
+        422: "no_face, face_too_small, low_quality, missing_field, validation_error",
         **INFERENCE_ERRORS,
     }
 )
@@ -54,15 +56,22 @@ async def verify(
     threshold: Annotated[
         float | None, Form(ge=-1.0, le=1.0, description="Cosine threshold.")
     ] = None,
+    target_fmr: Annotated[
+        float | None,
+        Form(gt=0.0, lt=1.0, description="Use the pack's threshold calibrated for this FMR."),
+    ] = None,
     face: Annotated[
         FaceRule, Form(description="Which face of each photo: largest or best.")
     ] = "largest",
     flip: Annotated[bool | None, Form(description="Flip-test (crop + mirror).")] = None,
+    min_quality: Annotated[
+        QualityLevel | None, Form(description="Refuse (422 low_quality) faces under this level.")
+    ] = None,
 ) -> VerifyResponse:
     """Compare the chosen face of `image1` with that of `image2`, or the face of `image` with
     the enrolled identity `identity_id`; `match` is `similarity >= threshold`."""
     start = time.perf_counter()
-    used_threshold = services.threshold if threshold is None else threshold
+    used_threshold, threshold_source = resolve_threshold(services, threshold, target_fmr)
     pipeline = services.pipeline
     pair = image1 is not None or image2 is not None
     if pair and (image is not None or identity_id is not None):
@@ -78,6 +87,8 @@ async def verify(
             services.scheduler.run(pipeline.analyze, data2, flip=flip, faces=face),
         )
         face1, face2 = select_face(first, face), select_face(second, face)
+        for chosen in (face1, face2):
+            require_quality(chosen.quality, min_quality, "this request (min_quality)")
         similarity = cosine_similarity(face1.embedding, face2.embedding)
         timings = _sum_timings(first, second)
         faces = [FaceOut.of(face1), FaceOut.of(face2)]
@@ -88,6 +99,7 @@ async def verify(
         data = await read_upload(image, services.settings)
         probe_image = await services.scheduler.run(pipeline.analyze, data, flip=flip, faces=face)
         probe = select_face(probe_image, face)
+        require_quality(probe.quality, min_quality, "this request (min_quality)")
         match = await run_in_threadpool(services.gallery.compare, identity_id, probe.embedding)
         similarity = match.similarity
         timings = _sum_timings(probe_image)
@@ -104,6 +116,7 @@ async def verify(
         match=decide(similarity, used_threshold),
         similarity=round(similarity, 6),
         threshold=used_threshold,
+        threshold_source=threshold_source,
         model=services.pack.model_id,
         faces=faces,
         timings_ms=timings,

@@ -130,6 +130,7 @@ class Server:
             "FACEVERIFY_PORT": str(self.port),
             "FACEVERIFY_WORKERS": str(workers),
             "FACEVERIFY_LOG_LEVEL": "warning",
+            "FACEVERIFY_ENROL_QUALITY": "off",  # synthetic photos are noise, not faces
         }
         env.update({f"FACEVERIFY_{k.upper()}": str(v) for k, v in settings.items()})
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -191,7 +191,7 @@ def test_enrolment_answers_201_with_face_id_quality_and_box(app_client, one_face
         body = enrol(client, identity_id, data)
         details = client.get(f"/identities/{identity_id}").json()
         model = client.get("/readyz").json()["model"]
-    assert body["quality"] > 0 and body["identity_id"] == identity_id
+    assert body["quality"]["embedding_norm"] > 0 and body["identity_id"] == identity_id
     assert body["box"] == pytest.approx(list(BIG_FACE.box), abs=0.01)
     assert body["model"] == model
     assert [f["face_id"] for f in details["faces"]] == [body["face_id"]]
