@@ -40,6 +40,9 @@ def app_client(request, tmp_path: Path):
     @contextmanager
     def make(pack_dir: Path, **overrides):
         data_dir = overrides.setdefault("data_dir", tmp_path / "data")
+        # Synthetic photos are smooth noise, not faces: the default enrolment quality policy
+        # would refuse them as blurry (the suite's `app_client` does the same).
+        overrides.setdefault("enrol_quality", "off")
         for name, value in backend_settings(request.param, data_dir, milvus_uri).items():
             overrides.setdefault(name, value)
         settings = Settings(pack_dir=pack_dir, _env_file=None, **overrides)
