@@ -71,6 +71,13 @@ class FaceDetector:
         """Whether one model call can take several images (a dynamic or >1 batch axis)."""
         return self._batched_outputs and self.max_batch != 1
 
+    def input_blob(self, images: list[np.ndarray]) -> np.ndarray:
+        """The (n, 3, H, W) float32 model input for BGR images, each letterboxed."""
+        width, height = self._input_size
+        return self._blob(
+            [Letterbox.fit(i.shape[1], i.shape[0], width, height).apply(i) for i in images]
+        )
+
     def _blob(self, canvases: list[np.ndarray]) -> np.ndarray:
         return cv2.dnn.blobFromImages(
             canvases,

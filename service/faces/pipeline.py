@@ -15,10 +15,10 @@ from typing import Literal
 import numpy as np
 
 from service.errors import ErrorCode, ServiceError
-from service.faces.alignment import align_face
+from service.faces.alignment import align_face, similarity_matrix, warp_face
 from service.faces.detector import DetectorOptions, FaceDetector
 from service.faces.embedder import Embedder
-from service.faces.images import DecodeLimits, decode_image
+from service.faces.images import DecodeLimits, ReducedImage, decode_image, decode_reduced
 from service.faces.types import DetectedFace, EmbeddedFace
 from service.metrics import Metrics
 from service.packs import ModelPack
@@ -127,19 +127,26 @@ class FacePipeline:
             if self._metrics is not None:
                 self._metrics.stage_duration.labels(name).observe(elapsed)
 
+    def _decode(self, data: bytes, timings: dict[str, float]) -> ReducedImage:
+        """Decode at the smallest JPEG scale that keeps the detector input at full resolution."""
+        with self._stage("decode", timings):
+            return decode_reduced(data, self.options.limits, self.detector.input_size)
+
     def detect(self, data: bytes) -> DetectedImage:
         """Decode and detect; faces under the minimum size are dropped and counted."""
         timings: dict[str, float] = {}
-        with self._stage("decode", timings):
-            image = decode_image(data, self.options.limits)
+        image = self._decode(data, timings)
         faces, too_small = self._detect(image, timings)
-        return DetectedImage(faces, too_small, image.shape[1], image.shape[0], timings)
+        return DetectedImage(faces, too_small, image.width, image.height, timings)
 
     def _detect(
-        self, image: np.ndarray, timings: dict[str, float]
+        self, image: ReducedImage, timings: dict[str, float]
     ) -> tuple[list[DetectedFace], int]:
+        """Faces in full-resolution pixels, whatever scale the image was decoded at."""
         with self._stage("detect", timings):
-            found = self.detector.detect(image)
+            found = self.detector.detect(image.pixels)
+            if image.reduced:
+                found = [_rescaled(face, image.scale_x, image.scale_y) for face in found]
         minimum = self.options.min_face_size
         faces = [f for f in found if min(f.width, f.height) >= minimum]
         faces = faces[: self.options.max_faces]
@@ -155,13 +162,42 @@ class FacePipeline:
         """Decode, detect, align and embed the faces of an uploaded image: every face, or only
         the one a 1:1 request is about (`largest` or `best`, the rules of `select_face`)."""
         timings: dict[str, float] = {}
-        with self._stage("decode", timings):
-            image = decode_image(data, self.options.limits)
+        image = self._decode(data, timings)
         found, too_small = self._detect(image, timings)
         if faces != "all" and found:
             found = [found[0] if faces == "largest" else max(found, key=lambda f: f.score)]
-        embedded = self.embed_faces(image, found, flip=flip, timings=timings)
-        return AnalyzedImage(embedded, too_small, image.shape[1], image.shape[0], timings)
+        with self._stage("align", timings):
+            crops = self._align_from(image, data, found, timings)
+        embedded = self._embed(crops, found, flip, timings)
+        return AnalyzedImage(embedded, too_small, image.width, image.height, timings)
+
+    def _align_from(
+        self,
+        image: ReducedImage,
+        data: bytes,
+        faces: list[DetectedFace],
+        timings: dict[str, float],
+    ) -> list[np.ndarray]:
+        """Aligned crops. A face is aligned from the reduced decode when the crop would not
+        enlarge it there (so no detail is lost); smaller faces from a full-resolution decode,
+        made once and only when needed."""
+        size = self.embedder.input_size
+        full: np.ndarray | None = None if image.reduced else image.pixels
+        crops = []
+        for face in faces:
+            if image.reduced:
+                reduced_landmarks = face.landmarks / np.array(
+                    [image.scale_x, image.scale_y], np.float32
+                )
+                matrix = similarity_matrix(reduced_landmarks, size)
+                if _crop_scale(matrix) <= 1.0:
+                    crops.append(warp_face(image.pixels, matrix, size))
+                    continue
+            if full is None:
+                with self._stage("decode", timings):
+                    full = decode_image(data, self.options.limits)
+            crops.append(align_face(full, face.landmarks, size))
+        return crops
 
     def embed_faces(
         self,
@@ -173,11 +209,21 @@ class FacePipeline:
     ) -> list[EmbeddedFace]:
         """Align and embed already detected faces of a decoded BGR image, in one model call."""
         timings = {} if timings is None else timings
-        if not faces:
-            return []
         with self._stage("align", timings):
             size = self.embedder.input_size
             crops = [align_face(image, face.landmarks, size) for face in faces]
+        return self._embed(crops, faces, flip, timings)
+
+    def _embed(
+        self,
+        crops: list[np.ndarray],
+        faces: list[DetectedFace],
+        flip: bool | None,
+        timings: dict[str, float],
+    ) -> list[EmbeddedFace]:
+        """One recognizer call for the aligned crops of `faces` (same order)."""
+        if not faces:
+            return []
         with self._stage("embed", timings):
             use_flip = self.options.flip if flip is None else flip
             batch = self.embedder.embed(crops, flip=use_flip)
@@ -185,3 +231,16 @@ class FacePipeline:
             EmbeddedFace(face=face, embedding=batch.embeddings[i], quality=float(batch.norms[i]))
             for i, face in enumerate(faces)
         ]
+
+
+def _rescaled(face: DetectedFace, scale_x: float, scale_y: float) -> DetectedFace:
+    """A detection in a reduced decode, in full-resolution pixels."""
+    scales = np.array([scale_x, scale_y], np.float32)
+    return DetectedFace(
+        box=face.box * np.tile(scales, 2), landmarks=face.landmarks * scales, score=face.score
+    )
+
+
+def _crop_scale(matrix: np.ndarray) -> float:
+    """How much a 2x3 similarity transform enlarges the image (> 1: upsampling)."""
+    return float(np.hypot(matrix[0, 0], matrix[0, 1]))
