@@ -19,7 +19,12 @@ from service.api.uploads import BodySizeLimit, request_body_limit
 from service.faces.detector import DetectorOptions
 from service.faces.images import DecodeLimits
 from service.faces.pipeline import FacePipeline, PipelineOptions
-from service.faces.scheduler import InferenceScheduler, SchedulerOptions, plan_slots
+from service.faces.scheduler import (
+    BatchingOptions,
+    InferenceScheduler,
+    SchedulerOptions,
+    plan_slots,
+)
 from service.gallery import open_gallery
 from service.metrics import Metrics
 from service.packs import load_pack
@@ -62,6 +67,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         inter_op_threads=settings.inter_op_threads,
     )
     pipeline = FacePipeline.from_pack(pack, pipeline_options(settings), runtime, metrics)
+    pipeline.enable_batching(BatchingOptions(settings.batch_max_size, settings.batch_max_wait_ms))
     metrics.model_info.labels(
         pack.name,
         pack.model_id,
@@ -102,6 +108,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             yield
         finally:
             gallery = app.state.services.gallery
+            app.state.services.pipeline.close()
             app.state.services = None
             if gallery is not None:
                 gallery.close()

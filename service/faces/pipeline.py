@@ -19,12 +19,15 @@ from service.faces.alignment import align_face, similarity_matrix, warp_face
 from service.faces.detector import DetectorOptions, FaceDetector
 from service.faces.embedder import Embedder
 from service.faces.images import DecodeLimits, ReducedImage, decode_image, decode_reduced
+from service.faces.scheduler import BatchingOptions, MicroBatcher
 from service.faces.types import DetectedFace, EmbeddedFace
 from service.metrics import Metrics
 from service.packs import ModelPack
 from service.runtime import RuntimeOptions, active_provider, create_session
 
 FaceRule = Literal["largest", "best"]
+Crop = tuple[np.ndarray, bool]  # an aligned crop and whether to flip-test it
+Embedded = tuple[np.ndarray, float]  # unit embedding and the raw embedding's norm
 # Which faces `analyze` embeds: the one face a rule picks, or every face (up to max_faces).
 FacesToEmbed = Literal["largest", "best", "all"]
 
@@ -96,6 +99,25 @@ class FacePipeline:
         self.options = options
         self._metrics = metrics
         self.provider = "unknown"
+        self._embed_batcher: MicroBatcher[Crop, Embedded] | None = None
+        self._detect_batcher: MicroBatcher[np.ndarray, list[DetectedFace]] | None = None
+
+    def enable_batching(self, options: BatchingOptions) -> None:
+        """Join the recognizer crops of concurrent runs (and their detector inputs, when the
+        detector takes a batch) into shared model calls; see `service.faces.scheduler`."""
+        self.close()
+        self._embed_batcher = MicroBatcher(self._embed_items, options, "recognizer-batcher")
+        if self.detector.batches_images:
+            self._detect_batcher = MicroBatcher(
+                self.detector.detect_many, options, "detector-batcher"
+            )
+
+    def close(self) -> None:
+        """Stop the batching threads, if any."""
+        for batcher in (self._embed_batcher, self._detect_batcher):
+            if batcher is not None:
+                batcher.close()
+        self._embed_batcher = self._detect_batcher = None
 
     @classmethod
     def from_pack(
@@ -144,7 +166,10 @@ class FacePipeline:
     ) -> tuple[list[DetectedFace], int]:
         """Faces in full-resolution pixels, whatever scale the image was decoded at."""
         with self._stage("detect", timings):
-            found = self.detector.detect(image.pixels)
+            if self._detect_batcher is not None:
+                found = self._detect_batcher.submit([image.pixels])[0]
+            else:
+                found = self.detector.detect(image.pixels)
             if image.reduced:
                 found = [_rescaled(face, image.scale_x, image.scale_y) for face in found]
         minimum = self.options.min_face_size
@@ -224,13 +249,29 @@ class FacePipeline:
         """One recognizer call for the aligned crops of `faces` (same order)."""
         if not faces:
             return []
+        use_flip = self.options.flip if flip is None else flip
+        items = [(crop, use_flip) for crop in crops]
         with self._stage("embed", timings):
-            use_flip = self.options.flip if flip is None else flip
-            batch = self.embedder.embed(crops, flip=use_flip)
+            if self._embed_batcher is not None:
+                embedded = self._embed_batcher.submit(items)
+            else:
+                embedded = self._embed_items(items)
         return [
-            EmbeddedFace(face=face, embedding=batch.embeddings[i], quality=float(batch.norms[i]))
-            for i, face in enumerate(faces)
+            EmbeddedFace(face=face, embedding=embedding, quality=norm)
+            for face, (embedding, norm) in zip(faces, embedded, strict=True)
         ]
+
+    def _embed_items(self, items: list[Crop]) -> list[Embedded]:
+        """(embedding, norm) per (crop, flip); one recognizer call per flip setting."""
+        results: list[Embedded | None] = [None] * len(items)
+        for flip in (False, True):
+            indices = [i for i, (_, item_flip) in enumerate(items) if item_flip is flip]
+            if not indices:
+                continue
+            batch = self.embedder.embed([items[i][0] for i in indices], flip=flip)
+            for row, index in enumerate(indices):
+                results[index] = (batch.embeddings[row], float(batch.norms[row]))
+        return results  # type: ignore[return-value]  # every index was filled
 
 
 def _rescaled(face: DetectedFace, scale_x: float, scale_y: float) -> DetectedFace:
