@@ -150,7 +150,7 @@ class FacePipeline:
                 self._metrics.stage_duration.labels(name).observe(elapsed)
 
     def _decode(self, data: bytes, timings: dict[str, float]) -> ReducedImage:
-        """Decode at the smallest JPEG scale that keeps the detector input at full resolution."""
+        """Decode at the smallest JPEG scale that keeps twice the detector input's pixels."""
         with self._stage("decode", timings):
             return decode_reduced(data, self.options.limits, self.detector.input_size)
 
@@ -191,8 +191,7 @@ class FacePipeline:
         found, too_small = self._detect(image, timings)
         if faces != "all" and found:
             found = [found[0] if faces == "largest" else max(found, key=lambda f: f.score)]
-        with self._stage("align", timings):
-            crops = self._align_from(image, data, found, timings)
+        crops = self._align_from(image, data, found, timings)
         embedded = self._embed(crops, found, flip, timings)
         return AnalyzedImage(embedded, too_small, image.width, image.height, timings)
 
@@ -207,22 +206,25 @@ class FacePipeline:
         enlarge it there (so no detail is lost); smaller faces from a full-resolution decode,
         made once and only when needed."""
         size = self.embedder.input_size
-        full: np.ndarray | None = None if image.reduced else image.pixels
-        crops = []
-        for face in faces:
+        with self._stage("align", timings):
+            matrices: list[np.ndarray | None] = [None] * len(faces)
             if image.reduced:
-                reduced_landmarks = face.landmarks / np.array(
-                    [image.scale_x, image.scale_y], np.float32
-                )
-                matrix = similarity_matrix(reduced_landmarks, size)
-                if _crop_scale(matrix) <= 1.0:
-                    crops.append(warp_face(image.pixels, matrix, size))
-                    continue
-            if full is None:
-                with self._stage("decode", timings):
-                    full = decode_image(data, self.options.limits)
-            crops.append(align_face(full, face.landmarks, size))
-        return crops
+                scales = np.array([image.scale_x, image.scale_y], np.float32)
+                for index, face in enumerate(faces):
+                    matrix = similarity_matrix(face.landmarks / scales, size)
+                    if _crop_scale(matrix) <= 1.0:
+                        matrices[index] = matrix
+        full = image.pixels if not image.reduced else None
+        if full is None and any(matrix is None for matrix in matrices):
+            with self._stage("decode", timings):
+                full = decode_image(data, self.options.limits)
+        with self._stage("align", timings):
+            return [
+                warp_face(image.pixels, matrix, size)
+                if matrix is not None
+                else align_face(full, face.landmarks, size)
+                for face, matrix in zip(faces, matrices, strict=True)
+            ]
 
     def embed_faces(
         self,

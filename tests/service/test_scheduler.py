@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -40,8 +41,10 @@ def test_runs_at_most_slots_at_once_and_refuses_beyond_the_queue() -> None:
                 running -= 1
 
         tasks = [asyncio.create_task(scheduler.run(work)) for _ in range(3)]
-        while scheduler.in_flight < 3:
+        deadline = time.monotonic() + 10
+        while (scheduler.in_flight < 3 or running < 2) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # a third run, were it let through, would start now
         with pytest.raises(ServiceError) as refused:
             await scheduler.run(work)
         release.set()
