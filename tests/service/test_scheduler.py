@@ -75,8 +75,9 @@ def test_full_queue_answers_503_overloaded_with_retry_after(app_client, tmp_path
         files = {"image": ("a.png", photo, "image/png")}
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(client.post, "/detect", files=files)
-            while scheduler.in_flight < 1:
-                threading.Event().wait(0.01)
+            deadline = time.monotonic() + 30
+            while scheduler.in_flight < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
             refused = client.post("/detect", files=files)
             release.set()
             assert first.result(timeout=30).status_code == 200
