@@ -83,7 +83,12 @@ WORKDIR /app
 COPY models/catalogue.json models/catalogue.json
 COPY service service
 COPY deploy/healthcheck.py /usr/local/bin/faceverify-healthcheck
+# MALLOC_ARENA_MAX: glibc gives each thread that allocates its own heap arena and rarely
+# returns fragmented memory from them; pipeline runs hop between the server's worker threads,
+# so a worker's RSS grew with the thread count (1.8 GiB under mixed traffic, about 0.9 GiB
+# with 2 arenas; see docs/performance.md).
 ENV PATH=/opt/faceverify/bin:$PATH \
+    MALLOC_ARENA_MAX=2 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     FACEVERIFY_HOST=0.0.0.0 \

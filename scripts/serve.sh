@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+# Two glibc heap arenas instead of one per thread: pipeline runs hop between the server's
+# worker threads and each arena keeps its fragmented memory (see docs/performance.md).
+export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 
 if [ -z "${FACEVERIFY_PACK_DIR:-}" ]; then
   export FACEVERIFY_PACK_DIR="$PWD/models/buffalo_l"

@@ -1,7 +1,8 @@
 """Command line: `python -m service [serve]`, `python -m service fetch-models NAME`,
 `python -m service check-pack [DIR]`, `python -m service gallery export|import|migrate`,
 `python -m service keys create|list|revoke`,
-`python -m service calibrate --pack DIR --pairs SOURCE`."""
+`python -m service calibrate --pack DIR --pairs SOURCE`,
+`python -m service batch-detector SRC DST --photos DIR`."""
 
 from __future__ import annotations
 
@@ -79,6 +80,26 @@ def check_pack(directory: Path) -> int:
     return 0
 
 
+def batch_detector(source: Path, target: Path, photos: Path) -> int:
+    """give an SCRFD detector a dynamic batch axis and check it against the original"""
+    from service.faces.batch_axis import add_batch_axis, check_batch_parity
+
+    images = sorted(p for p in photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not images:
+        return _fail(f"no .jpg/.jpeg/.png photos under {photos}")
+    try:
+        add_batch_axis(source, target)
+        worst = check_batch_parity(source, target, images)
+    except ValueError as exc:
+        target.unlink(missing_ok=True)
+        return _fail(str(exc))
+    print(
+        f"{target}: batched outputs equal the batch-1 model's within {worst:.1e} "
+        f"on {len(images)} photos"
+    )
+    return 0
+
+
 def settings_errors(error: ValidationError) -> str:
     """A validation error of `Settings` in one line, by environment variable. Values of secret
     settings (API keys) are never repeated."""
@@ -109,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     transfer.add_arguments(gallery)
     add_keys_parser(commands)
     add_calibrate_parser(commands)
+    batch = commands.add_parser("batch-detector", help=batch_detector.__doc__)
+    batch.add_argument("source", type=Path, help="SCRFD detector with its batch fixed at 1")
+    batch.add_argument("target", type=Path, help="where to write the batched detector")
+    batch.add_argument("--photos", type=Path, required=True, help="folder of photos to compare")
     args = parser.parse_args(argv)
 
     if args.command == "keys":
@@ -116,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fetch-models":
         configure_logging("info")
         return fetch_models(args.name, args.dir)
+    if args.command == "batch-detector":
+        return batch_detector(args.source, args.target, args.photos)
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -22,7 +22,12 @@ from service.faces.detector import DetectorOptions
 from service.faces.images import DecodeLimits
 from service.faces.pipeline import FacePipeline, PipelineOptions
 from service.faces.quality import QualityLimits
-from service.faces.scheduler import InferenceScheduler, SchedulerOptions, plan_slots
+from service.faces.scheduler import (
+    BatchingOptions,
+    InferenceScheduler,
+    SchedulerOptions,
+    plan_slots,
+)
 from service.gallery import open_gallery
 from service.keys import KeyRing
 from service.metrics import Metrics
@@ -72,6 +77,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         inter_op_threads=settings.inter_op_threads,
     )
     pipeline = FacePipeline.from_pack(pack, pipeline_options(settings), runtime, metrics)
+    pipeline.enable_batching(BatchingOptions(settings.batch_max_size, settings.batch_max_wait_ms))
     metrics.model_info.labels(
         pack.name,
         pack.model_id,
@@ -156,6 +162,8 @@ def create_app(
             if startup is not None:
                 startup.join()  # a load in progress finishes before its gallery is closed
             ready = app.state.services
+            if ready is not None:
+                ready.pipeline.close()
             app.state.services = None
             if ready is not None and ready.gallery is not None:
                 ready.gallery.close()

@@ -67,6 +67,16 @@ class Settings(BaseSettings):
     queue_limit: int = Field(
         64, ge=0, description="Requests that may wait for a slot; beyond, 503 `overloaded`."
     )
+    batch_max_size: int = Field(
+        32, ge=1, description="Most faces (or detector images) joined into one model call."
+    )
+    batch_max_wait_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        description="How long a model call waits for other requests' work; 0 = join only "
+        "what is already queued (right on CPU; a few ms on GPU).",
+    )
 
     # --- gallery ----------------------------------------------------------------------------
     data_dir: Path = Field(REPO_ROOT / "data", description="Where the gallery database lives.")

@@ -42,5 +42,9 @@ def similarity_matrix(landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> np.nda
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
     """Crop one face: warp `image` so its landmarks land on the template; (size, size, 3)."""
-    matrix = similarity_matrix(landmarks, size)
+    return warp_face(image, similarity_matrix(landmarks, size), size)
+
+
+def warp_face(image: np.ndarray, matrix: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
+    """The (size, size, 3) crop a `similarity_matrix` describes."""
     return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)

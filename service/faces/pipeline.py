@@ -15,17 +15,20 @@ from typing import Literal
 import numpy as np
 
 from service.errors import ErrorCode, ServiceError
-from service.faces.alignment import align_face
+from service.faces.alignment import align_face, similarity_matrix, warp_face
 from service.faces.detector import DetectorOptions, FaceDetector
 from service.faces.embedder import Embedder
-from service.faces.images import DecodeLimits, decode_image
+from service.faces.images import DecodeLimits, ReducedImage, decode_image, decode_reduced
 from service.faces.quality import QualityLimits, assess_quality
+from service.faces.scheduler import BatchingOptions, MicroBatcher
 from service.faces.types import DetectedFace, EmbeddedFace
 from service.metrics import Metrics
 from service.packs import ModelPack
 from service.runtime import RuntimeOptions, active_provider, create_session
 
 FaceRule = Literal["largest", "best"]
+Crop = tuple[np.ndarray, bool]  # an aligned crop and whether to flip-test it
+Embedded = tuple[np.ndarray, float]  # unit embedding and the raw embedding's norm
 # Which faces `analyze` embeds: the one face a rule picks, or every face (up to max_faces).
 FacesToEmbed = Literal["largest", "best", "all"]
 
@@ -98,6 +101,25 @@ class FacePipeline:
         self.options = options
         self._metrics = metrics
         self.provider = "unknown"
+        self._embed_batcher: MicroBatcher[Crop, Embedded] | None = None
+        self._detect_batcher: MicroBatcher[np.ndarray, list[DetectedFace]] | None = None
+
+    def enable_batching(self, options: BatchingOptions) -> None:
+        """Join the recognizer crops of concurrent runs (and their detector inputs, when the
+        detector takes a batch) into shared model calls; see `service.faces.scheduler`."""
+        self.close()
+        self._embed_batcher = MicroBatcher(self._embed_items, options, "recognizer-batcher")
+        if self.detector.batches_images:
+            self._detect_batcher = MicroBatcher(
+                self.detector.detect_many, options, "detector-batcher"
+            )
+
+    def close(self) -> None:
+        """Stop the batching threads, if any."""
+        for batcher in (self._embed_batcher, self._detect_batcher):
+            if batcher is not None:
+                batcher.close()
+        self._embed_batcher = self._detect_batcher = None
 
     @classmethod
     def from_pack(
@@ -129,19 +151,29 @@ class FacePipeline:
             if self._metrics is not None:
                 self._metrics.stage_duration.labels(name).observe(elapsed)
 
+    def _decode(self, data: bytes, timings: dict[str, float]) -> ReducedImage:
+        """Decode at the smallest JPEG scale that keeps twice the detector input's pixels."""
+        with self._stage("decode", timings):
+            return decode_reduced(data, self.options.limits, self.detector.input_size)
+
     def detect(self, data: bytes) -> DetectedImage:
         """Decode and detect; faces under the minimum size are dropped and counted."""
         timings: dict[str, float] = {}
-        with self._stage("decode", timings):
-            image = decode_image(data, self.options.limits)
+        image = self._decode(data, timings)
         faces, too_small = self._detect(image, timings)
-        return DetectedImage(faces, too_small, image.shape[1], image.shape[0], timings)
+        return DetectedImage(faces, too_small, image.width, image.height, timings)
 
     def _detect(
-        self, image: np.ndarray, timings: dict[str, float]
+        self, image: ReducedImage, timings: dict[str, float]
     ) -> tuple[list[DetectedFace], int]:
+        """Faces in full-resolution pixels, whatever scale the image was decoded at."""
         with self._stage("detect", timings):
-            found = self.detector.detect(image)
+            if self._detect_batcher is not None:
+                found = self._detect_batcher.submit([image.pixels])[0]
+            else:
+                found = self.detector.detect(image.pixels)
+            if image.reduced:
+                found = [_rescaled(face, image.scale_x, image.scale_y) for face in found]
         minimum = self.options.min_face_size
         faces = [f for f in found if min(f.width, f.height) >= minimum]
         faces = faces[: self.options.max_faces]
@@ -157,13 +189,44 @@ class FacePipeline:
         """Decode, detect, align and embed the faces of an uploaded image: every face, or only
         the one a 1:1 request is about (`largest` or `best`, the rules of `select_face`)."""
         timings: dict[str, float] = {}
-        with self._stage("decode", timings):
-            image = decode_image(data, self.options.limits)
+        image = self._decode(data, timings)
         found, too_small = self._detect(image, timings)
         if faces != "all" and found:
             found = [found[0] if faces == "largest" else max(found, key=lambda f: f.score)]
-        embedded = self.embed_faces(image, found, flip=flip, timings=timings)
-        return AnalyzedImage(embedded, too_small, image.shape[1], image.shape[0], timings)
+        crops = self._align_from(image, data, found, timings)
+        embedded = self._embed(crops, found, flip, timings)
+        return AnalyzedImage(embedded, too_small, image.width, image.height, timings)
+
+    def _align_from(
+        self,
+        image: ReducedImage,
+        data: bytes,
+        faces: list[DetectedFace],
+        timings: dict[str, float],
+    ) -> list[np.ndarray]:
+        """Aligned crops. A face is aligned from the reduced decode when the crop would not
+        enlarge it there (so no detail is lost); smaller faces from a full-resolution decode,
+        made once and only when needed."""
+        size = self.embedder.input_size
+        with self._stage("align", timings):
+            matrices: list[np.ndarray | None] = [None] * len(faces)
+            if image.reduced:
+                scales = np.array([image.scale_x, image.scale_y], np.float32)
+                for index, face in enumerate(faces):
+                    matrix = similarity_matrix(face.landmarks / scales, size)
+                    if _crop_scale(matrix) <= 1.0:
+                        matrices[index] = matrix
+        full = image.pixels if not image.reduced else None
+        if full is None and any(matrix is None for matrix in matrices):
+            with self._stage("decode", timings):
+                full = decode_image(data, self.options.limits)
+        with self._stage("align", timings):
+            return [
+                warp_face(image.pixels, matrix, size)
+                if matrix is not None
+                else align_face(full, face.landmarks, size)
+                for face, matrix in zip(faces, matrices, strict=True)
+            ]
 
     def embed_faces(
         self,
@@ -175,18 +238,55 @@ class FacePipeline:
     ) -> list[EmbeddedFace]:
         """Align and embed already detected faces of a decoded BGR image, in one model call."""
         timings = {} if timings is None else timings
-        if not faces:
-            return []
         with self._stage("align", timings):
             size = self.embedder.input_size
             crops = [align_face(image, face.landmarks, size) for face in faces]
+        return self._embed(crops, faces, flip, timings)
+
+    def _embed(
+        self,
+        crops: list[np.ndarray],
+        faces: list[DetectedFace],
+        flip: bool | None,
+        timings: dict[str, float],
+    ) -> list[EmbeddedFace]:
+        """One recognizer call for the aligned crops of `faces` (same order)."""
+        if not faces:
+            return []
+        use_flip = self.options.flip if flip is None else flip
+        items = [(crop, use_flip) for crop in crops]
         with self._stage("embed", timings):
-            use_flip = self.options.flip if flip is None else flip
-            batch = self.embedder.embed(crops, flip=use_flip)
+            if self._embed_batcher is not None:
+                embedded = self._embed_batcher.submit(items)
+            else:
+                embedded = self._embed_items(items)
         limits = self.options.quality
         return [
-            EmbeddedFace(
-                face, batch.embeddings[i], assess_quality(face, crops[i], batch.norms[i], limits)
-            )
-            for i, face in enumerate(faces)
+            EmbeddedFace(face, embedding, assess_quality(face, crop, norm, limits))
+            for face, crop, (embedding, norm) in zip(faces, crops, embedded, strict=True)
         ]
+
+    def _embed_items(self, items: list[Crop]) -> list[Embedded]:
+        """(embedding, norm) per (crop, flip); one recognizer call per flip setting."""
+        results: list[Embedded | None] = [None] * len(items)
+        for flip in (False, True):
+            indices = [i for i, (_, item_flip) in enumerate(items) if item_flip is flip]
+            if not indices:
+                continue
+            batch = self.embedder.embed([items[i][0] for i in indices], flip=flip)
+            for row, index in enumerate(indices):
+                results[index] = (batch.embeddings[row], float(batch.norms[row]))
+        return results  # type: ignore[return-value]  # every index was filled
+
+
+def _rescaled(face: DetectedFace, scale_x: float, scale_y: float) -> DetectedFace:
+    """A detection in a reduced decode, in full-resolution pixels."""
+    scales = np.array([scale_x, scale_y], np.float32)
+    return DetectedFace(
+        box=face.box * np.tile(scales, 2), landmarks=face.landmarks * scales, score=face.score
+    )
+
+
+def _crop_scale(matrix: np.ndarray) -> float:
+    """How much a 2x3 similarity transform enlarges the image (> 1: upsampling)."""
+    return float(np.hypot(matrix[0, 0], matrix[0, 1]))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from synthetic_models import SyntheticFace, make_pack_folder
 from testimages import encode, noise_image
 
+from service.faces.images import DecodeLimits, decode_image, decode_reduced
 from service.faces.pipeline import FacePipeline, PipelineOptions
 from service.packs import load_pack
 from service.runtime import RuntimeOptions
@@ -69,3 +71,28 @@ def test_max_faces_setting_reaches_the_api(app_client, pack_dir) -> None:
         response = client.post("/embed", files={"image": ("a.png", photo, "image/png")})
     assert response.status_code == 200
     assert len(response.json()["faces"]) == 1
+
+
+def test_large_jpeg_is_decoded_reduced_and_small_faces_aligned_at_full_resolution(
+    tmp_path,
+) -> None:
+    """A 2560 px JPEG reaches the 640 px detector from a 1/2-scale DCT decode (twice the
+    detector's size, `DRAFT_MARGIN`); boxes come back
+    in full-resolution pixels, and a face too small to align from the reduced pixels is
+    aligned from a full-resolution decode (the same crop `embed_faces` makes from one)."""
+    small = SyntheticFace.from_box((300.0, 300.0, 330.0, 336.0), score=0.9)
+    pipeline, _ = _pipeline(make_pack_folder(tmp_path / "small", [FACES[0], small]))
+    photo = encode(noise_image(size=2560, seed=5), ".jpg")
+    reduced = decode_reduced(photo, DecodeLimits(), fit_into=(640, 640))
+    assert reduced.pixels.shape == (1280, 1280, 3) and (reduced.width, reduced.height) == (
+        2560,
+        2560,
+    )
+    analyzed = pipeline.analyze(photo)
+    assert analyzed.width == 2560
+    assert [f.face.box for f in analyzed.faces][1] == pytest.approx(np.array(small.box) * 4)
+    full = decode_image(photo)
+    reference = pipeline.embed_faces(full, [face.face for face in analyzed.faces])
+    assert float(analyzed.faces[1].embedding @ reference[1].embedding) == pytest.approx(
+        1.0, abs=1e-5
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,7 +13,15 @@ from synthetic_models import SyntheticFace, make_manifest_pack
 from testimages import encode, noise_image
 
 from service.errors import ErrorCode, ServiceError
-from service.faces.scheduler import InferenceScheduler, SchedulerOptions
+from service.faces.pipeline import FacePipeline, PipelineOptions
+from service.faces.scheduler import (
+    BatchingOptions,
+    InferenceScheduler,
+    MicroBatcher,
+    SchedulerOptions,
+)
+from service.packs import load_pack
+from service.runtime import RuntimeOptions
 
 
 def test_runs_at_most_slots_at_once_and_refuses_beyond_the_queue() -> None:
@@ -32,8 +41,10 @@ def test_runs_at_most_slots_at_once_and_refuses_beyond_the_queue() -> None:
                 running -= 1
 
         tasks = [asyncio.create_task(scheduler.run(work)) for _ in range(3)]
-        while scheduler.in_flight < 3:
+        deadline = time.monotonic() + 10
+        while (scheduler.in_flight < 3 or running < 2) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # a third run, were it let through, would start now
         with pytest.raises(ServiceError) as refused:
             await scheduler.run(work)
         release.set()
@@ -64,11 +75,61 @@ def test_full_queue_answers_503_overloaded_with_retry_after(app_client, tmp_path
         files = {"image": ("a.png", photo, "image/png")}
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(client.post, "/detect", files=files)
-            while scheduler.in_flight < 1:
-                threading.Event().wait(0.01)
+            deadline = time.monotonic() + 30
+            while scheduler.in_flight < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
             refused = client.post("/detect", files=files)
             release.set()
             assert first.result(timeout=30).status_code == 200
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "overloaded"
     assert refused.headers["Retry-After"] == "1"
+
+
+def test_micro_batcher_joins_concurrent_submissions_into_one_call() -> None:
+    calls: list[list[int]] = []
+
+    def double(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        return [2 * item for item in items]
+
+    batcher = MicroBatcher(double, BatchingOptions(max_batch=8, max_wait_ms=300))
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(batcher.submit, [i, 10 + i]) for i in range(3)]
+            results = [future.result(timeout=10) for future in futures]
+    finally:
+        batcher.close()
+    assert results == [[0, 20], [2, 22], [4, 24]]
+    assert len(calls) == 1 and sorted(calls[0]) == [0, 1, 2, 10, 11, 12]
+
+
+def test_micro_batcher_gives_the_error_to_every_caller_and_keeps_serving() -> None:
+    def fail_on_negative(items: list[int]) -> list[int]:
+        if min(items) < 0:
+            raise ValueError("negative")
+        return items
+
+    batcher = MicroBatcher(fail_on_negative, BatchingOptions(max_batch=1))
+    try:
+        with pytest.raises(ValueError, match="negative"):
+            batcher.submit([-1])
+        assert batcher.submit([5]) == [5]
+    finally:
+        batcher.close()
+
+
+def test_batched_pipeline_embeds_as_the_direct_one(tmp_path) -> None:
+    pack = make_manifest_pack(tmp_path / "pack", [SyntheticFace.from_box((100, 120, 340, 400))])
+    pipeline = FacePipeline.from_pack(load_pack(pack), PipelineOptions(), RuntimeOptions())
+    photos = [encode(noise_image(seed=seed)) for seed in range(4)]
+    direct = [pipeline.analyze(photo).faces[0].embedding for photo in photos]
+    pipeline.enable_batching(BatchingOptions(max_batch=8, max_wait_ms=200))
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            batched = list(pool.map(lambda p: pipeline.analyze(p).faces[0].embedding, photos))
+        assert max(pipeline._embed_batcher.batch_sizes) > 1
+    finally:
+        pipeline.close()
+    for one, other in zip(direct, batched, strict=True):
+        assert one == pytest.approx(other, abs=1e-5)

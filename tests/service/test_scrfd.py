@@ -51,6 +51,22 @@ def test_letterbox_keeps_aspect_and_never_collapses_a_side(width: int, height: i
     assert corner[0] == pytest.approx([width, height], rel=1e-6)
 
 
+def test_real_detector_input_follows_the_image_aspect(real_detector) -> None:
+    assert real_detector.fits_aspect
+    assert real_detector.input_size_for(1382, 1868) == (480, 640)
+    assert real_detector.input_size_for(8000, 1137) == (640, 96)
+    assert real_detector.input_size_for(10000, 15) == (640, 32)
+    assert real_detector.input_size_for(500, 500) == (640, 640)
+
+
+def test_detector_with_fixed_size_outputs_keeps_the_square_input(tmp_path) -> None:
+    pack = make_pack_folder(tmp_path / "pack", [SyntheticFace.from_box((10, 10, 60, 60))])
+    session = ort.InferenceSession(str(load_pack(pack).detector_path))
+    detector = FaceDetector(session, DetectorSpec(file="d.onnx"), DetectorOptions())
+    assert not detector.fits_aspect
+    assert detector.input_size_for(1382, 1868) == (640, 640)
+
+
 def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
     assert non_maximum_suppression(boxes, 0.4).tolist() == [0, 2]
@@ -62,13 +78,17 @@ def test_decoding_equals_insightface_scrfd_on_real_photos(real_detector, assets_
     """Same scores, and the same boxes and landmarks in detector-input pixels (insightface maps
     back with one scale, so its image coordinates differ on the floored axis)."""
     scrfd = pytest.importorskip("insightface.model_zoo.scrfd")
-    reference = scrfd.SCRFD(session=real_detector._session, static_shape_sessions=False)
+    session = real_detector._session
+    square = FaceDetector(
+        session, DetectorSpec(file=DETECTOR_FILE), DetectorOptions(fit_aspect=False)
+    )
+    reference = scrfd.SCRFD(session=session, static_shape_sessions=False)
     reference.prepare(0, input_size=(640, 640), det_thresh=0.5, nms_thresh=0.4)
     photos = sorted((assets_dir / "images").glob("*/*/*.jp*g"))
     assert len(photos) > 60
     for path in photos:
         image = decode_image(path.read_bytes())
-        ours = real_detector.detect(image)
+        ours = square.detect(image)
         boxes, keypoints = reference.detect(image, input_size=(640, 640))
         assert len(ours) == boxes.shape[0], path.name
         height, width = image.shape[:2]
