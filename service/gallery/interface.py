@@ -163,6 +163,11 @@ class GalleryStore(Protocol):
         """A new identity; with `identity_id` (imports), None when that id already exists."""
         ...
 
+    def create_identities(self, identities: Sequence[tuple[str, str, dict[str, Any]]]) -> int:
+        """Create many (id, name, metadata) identities at once (imports); ids that exist are
+        kept as they are. Returns how many were created."""
+        ...
+
     def get_identity(self, identity_id: str) -> Identity | None: ...
 
     def list_identities(self, limit: int, offset: int) -> list[Identity]:
