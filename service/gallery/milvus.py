@@ -70,6 +70,16 @@ NAME_LENGTH = 4_096
 METADATA_LENGTH = 65_535
 MODEL_LENGTH = 256
 UNUSED_VECTOR_DIM = 2
+# gRPC keepalive of the connection. pymilvus pings every 10 s even while idle; a server with
+# gRPC's default ping policy (milvus-lite: at most one ping per 5 min without calls) answers an
+# idle client with GOAWAY "too many pings", and pymilvus then fails the next request. Pinging
+# only during calls, at the servers' minimum interval, avoids that; a broken connection is
+# still detected by the next request (gRPC reconnects). Each store has its own connection
+# (`dedicated`), so one cannot inherit a connection another client let die.
+GRPC_KEEPALIVE = (
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_permit_without_calls", False),
+)
 # Face columns returned by reads (the embedding only where needed: it is the bulk of a row).
 FACE_FIELDS = (
     "index_id",
@@ -107,7 +117,9 @@ class MilvusStore:
 
         self.uri = uri
         self.prefix = prefix
-        self.client = MilvusClient(uri=uri, token=token)
+        self.client = MilvusClient(
+            uri=uri, token=token, dedicated=True, grpc_options=dict(GRPC_KEEPALIVE)
+        )
         self.identities = f"{prefix}_identities"
         self._known_faces: set[str] = set()
         if not self.client.has_collection(self.identities):

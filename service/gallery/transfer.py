@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -131,7 +130,7 @@ def _check(number: int, line: ImportLine, model_id: str, dim: int) -> None:
             "Re-embed the photos with the loaded model, or import with FACEVERIFY_PACK_DIR "
             "pointing at the pack of that model. Nothing was imported."
         )
-    if len(line.embedding) != dim or not all(math.isfinite(v) for v in line.embedding):
+    if len(line.embedding) != dim or not np.isfinite(np.asarray(line.embedding)).all():
         raise TransferError(
             f"line {number}: the embedding must have {dim} finite values for {model_id} "
             f"(got {len(line.embedding)}). Nothing was imported."
