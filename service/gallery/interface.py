@@ -235,6 +235,8 @@ class ChangeLog(Protocol):
 
     def last_seq(self) -> int: ...
 
+    def faces_per_model(self) -> dict[str, int]: ...
+
 
 class FaceSearch(Protocol):
     """Nearest faces of the loaded model; kept consistent with the store at every request."""
@@ -253,6 +255,10 @@ class FaceSearch(Protocol):
 
     def indexed_ids(self) -> np.ndarray:
         """Every searchable index id (sorted), for consistency checks."""
+        ...
+
+    def erased(self) -> None:
+        """Faces were deleted: drop any copy of the gallery kept outside the store."""
         ...
 
     def start_polling(self, interval_s: float) -> None: ...

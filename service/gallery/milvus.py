@@ -568,6 +568,9 @@ class MilvusSearch:
         rows = self._store._query(collection, f"model_id == {_quote(self.model_id)}", ["index_id"])
         return np.sort(np.asarray([r["index_id"] for r in rows], np.int64))
 
+    def erased(self) -> None:
+        """No copy of the gallery is kept outside Milvus."""
+
     def start_polling(self, interval_s: float) -> None:
         """Nothing to poll: no worker holds a copy of the gallery."""
 
