@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from service.gallery.gallery import Candidate, Gallery, GalleryMatch, IdentityDetails
+from service.gallery.persisted import index_path
 from service.gallery.store import SqliteStore
 from service.gallery.sync import CHANGE_LOG_KEEP
 from service.metrics import Metrics
@@ -36,6 +37,7 @@ def open_gallery(settings: Settings, pack: ModelPack, metrics: Metrics | None = 
             index_setting=settings.index_type,
             approx_min_faces=settings.approx_index_min_faces,
             metrics=metrics,
+            saved_index=index_path(settings.data_dir, pack.model_id),
         )
     except BaseException:
         store.close()

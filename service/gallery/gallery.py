@@ -14,6 +14,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,7 @@ class Gallery:
         use_gpu: bool | None = None,
         poll_interval_s: float | None = POLL_INTERVAL_S,
         search: FaceSearch | None = None,
+        saved_index: Path | None = None,
     ) -> None:
         self.store = store
         self.model_id = model_id
@@ -107,6 +109,7 @@ class Gallery:
             approx_min_faces=approx_min_faces,
             use_gpu=use_gpu,
             on_change=self._index_changed,
+            saved_index=saved_index,
         )
         if search is not None:
             self._index_changed(search.state)
@@ -176,6 +179,7 @@ class Gallery:
         self._erase()
 
     def _erase(self) -> None:
+        self._sync.erased()
         if not self.store.erase():
             logger.warning(
                 "deleted embeddings are zeroed in the database, but a concurrent reader kept "

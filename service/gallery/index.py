@@ -158,6 +158,30 @@ class FaceIndex:
         index.add(ids, vectors)
         return index
 
+    def serialize(self) -> np.ndarray | None:
+        """The CPU index as FAISS's bytes; None for an HNSW index with removed nodes (its
+        exclusion list is not part of FAISS's data) or an untrained IVF index."""
+        if self._index is None or self._tombstones:
+            return None
+        return faiss.serialize_index(self._index)
+
+    @classmethod
+    def deserialize(
+        cls, dim: int, kind: IndexKind, data: np.ndarray, *, use_gpu: bool | None = None
+    ) -> FaceIndex:
+        """An index from `serialize`'s bytes; ValueError when they hold another kind or size."""
+        loaded = faiss.deserialize_index(data)
+        expected = faiss.IndexIVFFlat if kind == "ivf" else faiss.IndexIDMap2
+        if not isinstance(loaded, expected) or loaded.d != dim:
+            raise ValueError(f"not a {dim}-d {kind} index")
+        index = cls(dim, kind, use_gpu=use_gpu)
+        index._index = loaded
+        if kind == "ivf":
+            index.nprobe = int(loaded.nprobe)
+        if kind == "hnsw":
+            index._hnsw = faiss.downcast_index(loaded.index)
+        return index
+
     def _train_ivf(self, vectors: np.ndarray) -> None:
         lists = ivf_list_count(len(vectors))
         quantizer = faiss.IndexFlatIP(self.dim)

@@ -163,6 +163,11 @@ class GalleryStore(Protocol):
         """A new identity; with `identity_id` (imports), None when that id already exists."""
         ...
 
+    def create_identities(self, identities: Sequence[tuple[str, str, dict[str, Any]]]) -> int:
+        """Create many (id, name, metadata) identities at once (imports); ids that exist are
+        kept as they are. Returns how many were created."""
+        ...
+
     def get_identity(self, identity_id: str) -> Identity | None: ...
 
     def list_identities(self, limit: int, offset: int) -> list[Identity]:
@@ -230,6 +235,8 @@ class ChangeLog(Protocol):
 
     def last_seq(self) -> int: ...
 
+    def faces_per_model(self) -> dict[str, int]: ...
+
 
 class FaceSearch(Protocol):
     """Nearest faces of the loaded model; kept consistent with the store at every request."""
@@ -248,6 +255,10 @@ class FaceSearch(Protocol):
 
     def indexed_ids(self) -> np.ndarray:
         """Every searchable index id (sorted), for consistency checks."""
+        ...
+
+    def erased(self) -> None:
+        """Faces were deleted: drop any copy of the gallery kept outside the store."""
         ...
 
     def start_polling(self, interval_s: float) -> None: ...

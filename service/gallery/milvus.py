@@ -9,10 +9,10 @@ Schema (collection names start with `FACEVERIFY_MILVUS_COLLECTION_PREFIX`, here 
   verbatim), `created_at`/`updated_at` VARCHAR (ISO 8601), `created_ns` INT64 (creation order
   for paging), and `unused` FLOAT_VECTOR(2) (Milvus requires a vector field in every collection).
 - `p_faces_<d>`: one collection per embedding size `d` (a vector field has one size, and
-  galleries can hold faces of models of different sizes): `index_id` INT64 primary key (random
-  63-bit, unique across collections), `face_id`, `identity_id`, `model_id`, `image_sha256`,
-  `created_at` VARCHAR, `quality`, `det_score` FLOAT, `embedding` FLOAT_VECTOR(d) with a FLAT
-  index on inner product (exact, like the embedded flat index).
+  galleries can hold faces of models of different sizes): `index_id` INT64 primary key (63
+  bits of the sha256 of `face_id`, unique across collections), `face_id`, `identity_id`,
+  `model_id`, `image_sha256`, `created_at` VARCHAR, `quality`, `det_score` FLOAT, `embedding`
+  FLOAT_VECTOR(d) with a FLAT index on inner product (exact, like the embedded flat index).
 Every collection uses Strong consistency: a read or search sees every write acknowledged
 before it, through any replica.
 
@@ -30,9 +30,9 @@ requests a compaction of the collections it touched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import secrets
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -53,6 +53,9 @@ from service.gallery.interface import (
 )
 
 logger = logging.getLogger(__name__)
+# pymilvus warns at every query iterator that a milvus-lite server does not report an MVCC
+# timestamp (it then uses the client's clock, which Strong consistency makes harmless).
+logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
 
 # Milvus's limits on one request: `topk` of a search and `offset + limit` of a query
 # (proxy.maxResultWindow / the 16384 cap of Milvus 2.x).
@@ -67,6 +70,16 @@ NAME_LENGTH = 4_096
 METADATA_LENGTH = 65_535
 MODEL_LENGTH = 256
 UNUSED_VECTOR_DIM = 2
+# gRPC keepalive of the connection. pymilvus pings every 10 s even while idle; a server with
+# gRPC's default ping policy (milvus-lite: at most one ping per 5 min without calls) answers an
+# idle client with GOAWAY "too many pings", and pymilvus then fails the next request. Pinging
+# only during calls, at the servers' minimum interval, avoids that; a broken connection is
+# still detected by the next request (gRPC reconnects). Each store has its own connection
+# (`dedicated`), so one cannot inherit a connection another client let die.
+GRPC_KEEPALIVE = (
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_permit_without_calls", False),
+)
 # Face columns returned by reads (the embedding only where needed: it is the bulk of a row).
 FACE_FIELDS = (
     "index_id",
@@ -78,6 +91,13 @@ FACE_FIELDS = (
     "image_sha256",
     "created_at",
 )
+
+
+def face_key(face_id: str) -> int:
+    """A face's primary key: 63 bits of the sha256 of its id. Unique in practice (ids are
+    random uuids, or unique per import file), and the same for the same id, so checking
+    whether an imported face is already stored is a primary-key lookup."""
+    return int.from_bytes(hashlib.sha256(face_id.encode()).digest()[:8], "big") >> 1
 
 
 def _quote(value: str) -> str:
@@ -97,7 +117,9 @@ class MilvusStore:
 
         self.uri = uri
         self.prefix = prefix
-        self.client = MilvusClient(uri=uri, token=token)
+        self.client = MilvusClient(
+            uri=uri, token=token, dedicated=True, grpc_options=dict(GRPC_KEEPALIVE)
+        )
         self.identities = f"{prefix}_identities"
         self._known_faces: set[str] = set()
         if not self.client.has_collection(self.identities):
@@ -223,6 +245,19 @@ class MilvusStore:
         self.client.insert(self.identities, [self._identity_row(identity, time.time_ns())])
         return identity
 
+    def create_identities(self, identities: Sequence[tuple[str, str, dict[str, Any]]]) -> int:
+        wanted = {i: (name, metadata) for i, name, metadata in identities}
+        existing = {row["id"] for row in self._identity_rows(list(wanted))}
+        now, created_ns = utc_now(), time.time_ns()
+        rows = [
+            self._identity_row(Identity(i, name, dict(metadata), now, now), created_ns + n)
+            for n, (i, (name, metadata)) in enumerate(wanted.items())
+            if i not in existing
+        ]
+        for start in range(0, len(rows), WRITE_BATCH_ROWS):
+            self.client.insert(self.identities, rows[start : start + WRITE_BATCH_ROWS])
+        return len(rows)
+
     @staticmethod
     def _identity_row(identity: Identity, created_ns: int) -> dict[str, Any]:
         return {
@@ -303,9 +338,10 @@ class MilvusStore:
 
     def _face_row(self, face: NewFace) -> tuple[dict[str, Any], FaceRecord]:
         embedding = np.asarray(face.embedding, dtype=np.float32).reshape(-1)
+        face_id = face.face_id or new_id()
         record = FaceRecord(
-            face_id=face.face_id or new_id(),
-            index_id=secrets.randbits(63),
+            face_id=face_id,
+            index_id=face_key(face_id),
             identity_id=face.identity_id,
             model_id=face.model_id,
             quality=float(face.quality),
@@ -317,34 +353,31 @@ class MilvusStore:
         return row, record
 
     def add_face(self, face: NewFace) -> FaceRecord | None:
-        stored = self._add(face.identity_id, [face])
+        stored = self._add([face])
         return stored[0] if stored else None
 
     def add_faces(self, faces: Sequence[NewFace]) -> int:
-        by_identity: dict[str, list[NewFace]] = {}
-        for face in faces:
-            by_identity.setdefault(face.identity_id, []).append(face)
-        existing = {row["id"] for row in self._identity_rows(list(by_identity))}
-        return sum(
-            len(self._add(identity_id, group, checked=True))
-            for identity_id, group in by_identity.items()
-            if identity_id in existing
-        )
+        return len(self._add(faces))
 
-    def _add(
-        self, identity_id: str, faces: Sequence[NewFace], *, checked: bool = False
-    ) -> list[FaceRecord]:
-        if not checked and not self._identity_rows([identity_id]):
-            return []
-        given = [f.face_id for f in faces if f.face_id]
-        present = set()
+    def _add(self, faces: Sequence[NewFace]) -> list[FaceRecord]:
+        """Insert the faces whose identity exists and whose `face_id` is not stored yet, with
+        a fixed number of requests per batch (not per face)."""
+        owners = sorted({f.identity_id for f in faces})
+        existing = {row["id"] for row in self._identity_rows(owners)}
+        faces = [f for f in faces if f.identity_id in existing]
+        given = [face_key(f.face_id) for f in faces if f.face_id]
+        present: set[int] = set()
         for collection in self.face_collections() if given else []:
-            rows = self._query(collection, _in("face_id", given), ["face_id"])
-            present.update(row["face_id"] for row in rows)
+            for start in range(0, len(given), FILTER_BATCH_IDS):
+                part = given[start : start + FILTER_BATCH_IDS]
+                rows = self.client.query(
+                    collection, filter=_in("index_id", part), output_fields=["index_id"]
+                )
+                present.update(int(row["index_id"]) for row in rows)
         records: list[FaceRecord] = []
         by_collection: dict[str, list[dict]] = {}
         for face in faces:
-            if face.face_id in present:
+            if face.face_id and face_key(face.face_id) in present:
                 continue
             row, record = self._face_row(face)
             collection = self._ensure_faces(len(row["embedding"]))
@@ -353,12 +386,17 @@ class MilvusStore:
         for collection, rows in by_collection.items():
             for start in range(0, len(rows), WRITE_BATCH_ROWS):
                 self.client.insert(collection, rows[start : start + WRITE_BATCH_ROWS])
-        if records and not self._identity_rows([identity_id]):
-            # The identity was deleted while we inserted: take the faces back out.
-            for collection, rows in by_collection.items():
-                self.client.delete(collection, ids=[row["index_id"] for row in rows])
+        if not records:
             return []
-        return records
+        # An identity deleted while we inserted: take its faces back out.
+        still = {row["id"] for row in self._identity_rows(sorted({r.identity_id for r in records}))}
+        orphans = {r.index_id for r in records if r.identity_id not in still}
+        if orphans:
+            for collection, rows in by_collection.items():
+                ids = [row["index_id"] for row in rows if row["index_id"] in orphans]
+                if ids:
+                    self.client.delete(collection, ids=ids)
+        return [r for r in records if r.index_id not in orphans]
 
     def delete_face(self, identity_id: str, face_id: str) -> int | None:
         expression = f"face_id == {_quote(face_id)} and identity_id == {_quote(identity_id)}"
@@ -529,6 +567,9 @@ class MilvusSearch:
             return np.zeros(0, np.int64)
         rows = self._store._query(collection, f"model_id == {_quote(self.model_id)}", ["index_id"])
         return np.sort(np.asarray([r["index_id"] for r in rows], np.int64))
+
+    def erased(self) -> None:
+        """No copy of the gallery is kept outside Milvus."""
 
     def start_polling(self, interval_s: float) -> None:
         """Nothing to poll: no worker holds a copy of the gallery."""

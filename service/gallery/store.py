@@ -281,6 +281,17 @@ class SqliteStore:
             ).rowcount
         return identity if inserted else None
 
+    def create_identities(self, identities: Sequence[tuple[str, str, dict[str, Any]]]) -> int:
+        now = utc_now()
+        with self._write() as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO identities(id, name, metadata, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(i, name, json.dumps(metadata), now, now) for i, name, metadata in identities],
+            )
+            return db.total_changes - before
+
     def get_identity(self, identity_id: str) -> Identity | None:
         with self._connection() as db:
             row = db.execute(_IDENTITY_SELECT + " WHERE i.id = ?", (identity_id,)).fetchone()

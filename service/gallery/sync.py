@@ -14,9 +14,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
+from service.gallery import persisted
 from service.gallery.index import FaceIndex, IndexSetting, choose_kind
 from service.gallery.interface import ChangeLog, IndexState, SearchResult
 
@@ -28,6 +30,10 @@ POLL_INTERVAL_S = 2.0
 # At start-up the change log is trimmed to this many rows (about 40 bytes each). A worker
 # that fell further behind than that rebuilds its index from the store instead of replaying.
 CHANGE_LOG_KEEP = 100_000
+
+# Galleries from this size on save their index at start-up for the next one (smaller ones
+# build in about a second, bench/gallery_backends.py).
+SAVE_MIN_FACES = 50_000
 
 # An IVF index trained on n faces is retrained once the gallery has grown to this many
 # times n: its lists were sized for n and grow unbalanced (slower, no less exact per probe).
@@ -53,6 +59,7 @@ class IndexSync:
         approx_min_faces: int = 200_000,
         use_gpu: bool | None = None,
         on_change: Callable[[IndexState], None] | None = None,
+        saved_index: Path | None = None,
     ) -> None:
         self._store = store
         self.model_id = model_id
@@ -68,8 +75,11 @@ class IndexSync:
         self._index = FaceIndex(dim, "flat", use_gpu=False)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._saved_index = saved_index
         with self._lock:
-            self._rebuild()
+            if not self._load_saved():
+                self._rebuild()
+                self._save()
 
     # --- state -------------------------------------------------------------------------------
 
@@ -114,6 +124,67 @@ class IndexSync:
             self._seq,
         )
         self._notify()
+
+    def _load_saved(self) -> bool:
+        """Start from the saved index and the changes since it; False to rebuild instead."""
+        if self._saved_index is None:
+            return False
+        started = time.perf_counter()
+        saved = persisted.load(
+            self._saved_index, model_id=self.model_id, dim=self.dim, use_gpu=self._use_gpu
+        )
+        if saved is None or not self._store.changes_since(saved.seq, self.model_id).complete:
+            return False
+        self._index, self._seq = saved.index, saved.seq
+        self._trained_on, self._other_model_faces = saved.trained_on, saved.other_model_faces
+        self._catch_up()
+        stored = self._store.faces_per_model().get(self.model_id, 0)
+        if len(self._index) != stored:
+            logger.warning(
+                "the saved gallery index has %d faces after catching up, the store %d: rebuilding",
+                len(self._index),
+                stored,
+            )
+            return False
+        logger.info(
+            "gallery index loaded from %s: %s, %d faces in %.1f s (seq %d)",
+            self._saved_index,
+            self._index.kind,
+            len(self._index),
+            time.perf_counter() - started,
+            self._seq,
+        )
+        self._notify()
+        return True
+
+    def _save(self) -> None:
+        """Save a freshly built index for the next start-up (large galleries only)."""
+        path = self._saved_index
+        if path is None or len(self._index) < SAVE_MIN_FACES:
+            return
+        seq = self._seq
+        try:
+            saved = persisted.save(
+                path,
+                self._index,
+                model_id=self.model_id,
+                seq=seq,
+                trained_on=self._trained_on,
+                other_model_faces=self._other_model_faces,
+            )
+        except OSError as error:
+            logger.warning("could not save the gallery index to %s: %s", path, error)
+            return
+        # A deletion since the snapshot: the file may hold its embedding; the deleting worker
+        # removed the file before we wrote it, so remove ours (the next start rebuilds).
+        since = self._store.changes_since(seq, self.model_id)
+        if saved and (not since.complete or any(c.op == "remove" for c in since.changes)):
+            persisted.discard(path)
+
+    def erased(self) -> None:
+        """Deleted faces: drop the saved index, which may hold their embeddings."""
+        if self._saved_index is not None:
+            persisted.discard(self._saved_index)
 
     def _notify(self) -> None:
         if self._on_change is not None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -131,7 +130,7 @@ def _check(number: int, line: ImportLine, model_id: str, dim: int) -> None:
             "Re-embed the photos with the loaded model, or import with FACEVERIFY_PACK_DIR "
             "pointing at the pack of that model. Nothing was imported."
         )
-    if len(line.embedding) != dim or not all(math.isfinite(v) for v in line.embedding):
+    if len(line.embedding) != dim or not np.isfinite(np.asarray(line.embedding)).all():
         raise TransferError(
             f"line {number}: the embedding must have {dim} finite values for {model_id} "
             f"(got {len(line.embedding)}). Nothing was imported."
@@ -160,17 +159,23 @@ def import_gallery(
             _check(number, line, model_id, dim)
             total += 1
             faces_in_file += line.embedding is not None
-    created, stored, batch = 0, 0, []
-    seen: set[str] = set()
+    created, stored = 0, 0
+    batch: list[NewFace] = []
+    identities: dict[str, tuple[str, str, dict[str, Any]]] = {}
+
+    def flush() -> None:
+        nonlocal created, stored
+        created += store.create_identities(list(identities.values()))
+        stored += store.add_faces(batch)
+        identities.clear()
+        batch.clear()
+
     with (
         path.open(encoding="utf-8") as lines,
         tqdm(total=total, unit="line", disable=not progress, file=sys.stderr) as bar,
     ):
         for _, line in _parse(lines):
-            if line.external_id not in seen:
-                seen.add(line.external_id)
-                if store.create_identity(line.name, line.metadata, line.external_id) is not None:
-                    created += 1
+            identities.setdefault(line.external_id, (line.external_id, line.name, line.metadata))
             if line.embedding is not None and line.model is not None:
                 raw = np.asarray(line.embedding, dtype=np.float32)
                 unit, norms = l2_normalize(raw)
@@ -185,12 +190,10 @@ def import_gallery(
                         face_id=_face_key(line, raw),
                     )
                 )
-            if len(batch) >= IMPORT_BATCH_FACES:
-                stored += store.add_faces(batch)
-                batch = []
+            if len(batch) >= IMPORT_BATCH_FACES or len(identities) >= IMPORT_BATCH_FACES:
+                flush()
             bar.update(1)
-        if batch:
-            stored += store.add_faces(batch)
+        flush()
     return ImportReport(
         lines=total,
         identities_created=created,
@@ -205,9 +208,10 @@ def migrate(source: GalleryStore, target: GalleryStore, *, progress: bool = True
     identities, faces = source.counts()
     with tqdm(total=faces, unit="face", disable=not progress, file=sys.stderr) as bar:
         batch: list[NewFace] = []
+        pending: list[tuple[str, str, dict[str, Any]]] = []
         for exported in source.export(1_000):
             identity = exported.identity
-            target.create_identity(identity.name, identity.metadata, identity.id)
+            pending.append((identity.id, identity.name, identity.metadata))
             for face, embedding in zip(exported.faces, exported.embeddings, strict=True):
                 batch.append(
                     NewFace(
@@ -220,13 +224,14 @@ def migrate(source: GalleryStore, target: GalleryStore, *, progress: bool = True
                         face_id=face.face_id,
                     )
                 )
-            if len(batch) >= IMPORT_BATCH_FACES:
+            if len(batch) >= IMPORT_BATCH_FACES or len(pending) >= IMPORT_BATCH_FACES:
+                target.create_identities(pending)
                 target.add_faces(batch)
                 bar.update(len(batch))
-                batch = []
-        if batch:
-            target.add_faces(batch)
-            bar.update(len(batch))
+                batch, pending = [], []
+        target.create_identities(pending)
+        target.add_faces(batch)
+        bar.update(len(batch))
     expected = Counts(identities, source.faces_per_model())
     found = Counts(target.counts()[0], target.faces_per_model())
     if found != expected:

@@ -145,3 +145,44 @@ def test_approximate_index_gives_the_same_top1_as_flat(
             gallery.close()
 
     assert top1(kind) == top1("flat")
+
+
+def test_milvus_backend_gives_the_same_top1_and_decisions_as_the_embedded_one(
+    enrolled: Enrolled, probe_embeddings: np.ndarray, milvus_uri: str, tmp_path
+):
+    from gallery_support import milvus_prefix
+
+    from service.gallery.milvus import MilvusSearch, MilvusStore
+    from service.gallery.transfer import migrate
+    from service.matching import decide
+
+    threshold = _post_photo(enrolled.client, "/identify", enrolled.probes[0][1]).json()["threshold"]
+    source = SqliteStore.in_directory(enrolled.data_dir)
+    target = MilvusStore(milvus_uri, prefix=milvus_prefix(tmp_path))
+    try:
+        migrate(source, target, progress=False)
+    finally:
+        source.close()
+    embedded = Gallery(
+        SqliteStore.in_directory(enrolled.data_dir),
+        model_id=enrolled.model,
+        dim=enrolled.dim,
+        index_setting="flat",
+        use_gpu=False,
+        poll_interval_s=None,
+    )
+    in_milvus = Gallery(
+        target,
+        model_id=enrolled.model,
+        dim=enrolled.dim,
+        search=MilvusSearch(target, model_id=enrolled.model, dim=enrolled.dim),
+    )
+    try:
+        answers = [g.identify(probe_embeddings, top_k=3) for g in (embedded, in_milvus)]
+    finally:
+        embedded.close()
+        in_milvus.close()
+    for flat, milvus in zip(*answers, strict=True):
+        assert milvus[0].identity_id == flat[0].identity_id
+        assert milvus[0].similarity == pytest.approx(flat[0].similarity, abs=1e-4)
+        assert decide(milvus[0].similarity, threshold) == decide(flat[0].similarity, threshold)

@@ -12,8 +12,10 @@ import pytest
 from gallery_support import MODEL, OTHER_MODEL, clustered, open_test_gallery, probe_near, unit
 
 from service.errors import ErrorCode, ServiceError
+from service.gallery import sync
 from service.gallery.gallery import Gallery
 from service.gallery.index import FaceIndex
+from service.gallery.persisted import index_path
 from service.gallery.store import SqliteStore
 from service.metrics import Metrics
 
@@ -379,3 +381,60 @@ def test_compare_racing_a_delete_answers_the_identity_or_not_found_never_mismatc
         assert gone.value.code == ErrorCode.NOT_FOUND
     finally:
         gallery.close()
+
+
+def _worker(data_dir: Path, saved: Path) -> Gallery:
+    return Gallery(
+        SqliteStore.in_directory(data_dir),
+        model_id=MODEL,
+        dim=DIM,
+        index_setting="flat",
+        use_gpu=False,
+        poll_interval_s=None,
+        saved_index=saved,
+    )
+
+
+def test_a_worker_starts_from_the_saved_index_catches_up_and_deletion_removes_it(
+    tmp_path, monkeypatch
+):
+    # Rebuilding from SQLite took 117 s at 1M faces; a saved index with its seq is loaded and
+    # caught up instead. It holds embeddings, so a deletion removes it.
+    monkeypatch.setattr(sync, "SAVE_MIN_FACES", 1)
+    saved = index_path(tmp_path, MODEL)
+    centres, faces, labels = clustered(8, 3, DIM, seed=6)
+    first = _worker(tmp_path, saved)
+    ids = [_enrol(first, f"p{i}", faces[labels == i])[0] for i in range(4)]
+    first.close()
+    first = _worker(tmp_path, saved)  # builds (12 faces) and saves
+    assert saved.is_file()
+    later = [_enrol(first, f"p{i}", faces[labels == i])[0] for i in range(4, 8)]
+    builds: list[int] = []
+    real_build = FaceIndex.build.__func__
+
+    def counting_build(cls, *args, **kwargs):
+        builds.append(1)
+        return real_build(cls, *args, **kwargs)
+
+    monkeypatch.setattr(FaceIndex, "build", classmethod(counting_build))
+    second = _worker(tmp_path, saved)
+    try:
+        assert builds == []  # loaded, not rebuilt
+        assert len(second.indexed_ids()) == 24
+        found = second.identify(np.stack([probe_near(c, seed=2) for c in centres]), top_k=1)
+        assert [r[0].identity_id for r in found] == ids + later
+
+        doomed_vector = faces[labels == 0][0].astype("<f4").tobytes()
+        second.delete_identity(ids[0])
+        assert not saved.exists()
+        assert not any(doomed_vector in p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    finally:
+        first.close()
+        second.close()
+    saved.write_bytes(b'{"format": 1}\ngarbage')  # a damaged file: rebuilt, not trusted
+    third = _worker(tmp_path, saved)
+    try:
+        assert builds == [1]
+        assert len(third.indexed_ids()) == 21
+    finally:
+        third.close()
