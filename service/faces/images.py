@@ -132,10 +132,15 @@ def decode_reduced(
     try:
         with Image.open(io.BytesIO(data)) as img:
             _check_header(img, limits)
+            reduce = fit_into is not None and img.format in ("JPEG", "MPO")
+            if not reduce:
+                # Pixels first: reading a PNG's EXIF loads them, and a decode error must not be
+                # taken for unreadable EXIF (which only costs the rotation).
+                img.load()
             full_size = _oriented_size(img)
-            if fit_into is not None and img.format in ("JPEG", "MPO"):
+            if reduce:
                 _draft_for(img, full_size, fit_into)
-            img.load()
+                img.load()
             bgr = _to_bgr_array(_upright(img))
     except Image.DecompressionBombError as exc:
         # Pillow's own ceiling (2 x Image.MAX_IMAGE_PIXELS), checked inside Image.open.
