@@ -86,12 +86,7 @@ def test_enrolled_people_are_identified_at_rank1(enrolled: Enrolled):
 
 
 def test_people_never_enrolled_come_back_unknown(enrolled: Enrolled, assets_dir: Path):
-    strangers = sorted(
-        path
-        for folder in (assets_dir / "images" / "face_recognition").iterdir()
-        if folder.is_dir() and folder.name not in UNKNOWN_PEOPLE_SKIPPED
-        for path in folder.iterdir()
-    )
+    strangers = _strangers(assets_dir)
     unknown, answered, no_face = 0, 0, 0
     threshold = None
     for path in strangers:
@@ -111,6 +106,27 @@ def test_people_never_enrolled_come_back_unknown(enrolled: Enrolled, assets_dir:
     )
     assert answered >= 15
     assert rate >= MIN_UNKNOWN_RATE
+
+
+def _strangers(assets_dir: Path) -> list[Path]:
+    """Photos of people never enrolled (the face_recognition set, one face each)."""
+    return sorted(
+        path
+        for folder in (assets_dir / "images" / "face_recognition").iterdir()
+        if folder.is_dir() and folder.name not in UNKNOWN_PEOPLE_SKIPPED
+        for path in folder.iterdir()
+    )
+
+
+@pytest.fixture(scope="module")
+def stranger_embeddings(enrolled: Enrolled, assets_dir: Path) -> np.ndarray:
+    """The largest face's embedding of every never-enrolled photo that has a usable face."""
+    found = []
+    for path in _strangers(assets_dir):
+        response = _post_photo(enrolled.client, "/embed", path)
+        if response.status_code == 200 and response.json()["faces"]:
+            found.append(response.json()["faces"][0]["embedding"])
+    return np.asarray(found, dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +164,11 @@ def test_approximate_index_gives_the_same_top1_as_flat(
 
 
 def test_milvus_backend_gives_the_same_top1_and_decisions_as_the_embedded_one(
-    enrolled: Enrolled, probe_embeddings: np.ndarray, milvus_uri: str, tmp_path
+    enrolled: Enrolled,
+    probe_embeddings: np.ndarray,
+    stranger_embeddings: np.ndarray,
+    milvus_uri: str,
+    tmp_path,
 ):
     from gallery_support import milvus_prefix
 
@@ -178,7 +198,9 @@ def test_milvus_backend_gives_the_same_top1_and_decisions_as_the_embedded_one(
         search=MilvusSearch(target, model_id=enrolled.model, dim=enrolled.dim),
     )
     try:
-        answers = [g.identify(probe_embeddings, top_k=3) for g in (embedded, in_milvus)]
+        # Held-out photos of enrolled people, then people never enrolled.
+        queries = np.concatenate([probe_embeddings, stranger_embeddings])
+        answers = [g.identify(queries, top_k=3) for g in (embedded, in_milvus)]
     finally:
         embedded.close()
         in_milvus.close()
@@ -186,3 +208,13 @@ def test_milvus_backend_gives_the_same_top1_and_decisions_as_the_embedded_one(
         assert milvus[0].identity_id == flat[0].identity_id
         assert milvus[0].similarity == pytest.approx(flat[0].similarity, abs=1e-4)
         assert decide(milvus[0].similarity, threshold) == decide(flat[0].similarity, threshold)
+    expected = [enrolled.identity_of[person] for person, _ in enrolled.probes]
+
+    def rates(ranked) -> tuple[float, float]:
+        known, strangers = ranked[: len(expected)], ranked[len(expected) :]
+        rank1 = np.mean([c[0].identity_id == e for c, e in zip(known, expected, strict=True)])
+        unknown = np.mean([not decide(c[0].similarity, threshold) for c in strangers])
+        return float(rank1), float(unknown)
+
+    assert len(stranger_embeddings) >= 15
+    assert rates(answers[1]) == rates(answers[0])
