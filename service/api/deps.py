@@ -27,6 +27,8 @@ class Services:
     pipeline: FacePipeline
     metrics: Metrics
     gallery: Gallery | None = None
+    # The app builds one sized to the machine (`plan_slots`); this default serves tests that
+    # assemble Services by hand.
     scheduler: InferenceScheduler = field(default_factory=lambda: InferenceScheduler(slots=2))
 
     @property
