@@ -2,7 +2,8 @@
 `python -m service check-pack [DIR]`, `python -m service gallery export|import|migrate`,
 `python -m service keys create|list|revoke`,
 `python -m service calibrate --pack DIR --pairs SOURCE`,
-`python -m service batch-detector SRC DST --photos DIR`."""
+`python -m service batch-detector SRC DST --photos DIR`,
+`python -m service quantize-recognizer SRC_PACK DST_PACK --photos DIR`."""
 
 from __future__ import annotations
 
@@ -100,6 +101,21 @@ def batch_detector(source: Path, target: Path, photos: Path) -> int:
     return 0
 
 
+def quantize_recognizer(source: Path, target: Path, photos: Path) -> int:
+    """write a pack with an INT8 recognizer, only if it decides as the FP32 one does"""
+    from service.faces.quantize import QuantizeError, quantize_recognizer_pack
+
+    images = sorted(p for p in photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not images:
+        return _fail(f"no .jpg/.jpeg/.png photos under {photos}")
+    try:
+        report = quantize_recognizer_pack(source, target, images)
+    except (QuantizeError, PackError) as exc:
+        return _fail(str(exc))
+    print(f"{target}: INT8 recognizer passes parity: {report.describe()}")
+    return 0
+
+
 def settings_errors(error: ValidationError) -> str:
     """A validation error of `Settings` in one line, by environment variable. Values of secret
     settings (API keys) are never repeated."""
@@ -134,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("source", type=Path, help="SCRFD detector with its batch fixed at 1")
     batch.add_argument("target", type=Path, help="where to write the batched detector")
     batch.add_argument("--photos", type=Path, required=True, help="folder of photos to compare")
+    quantize = commands.add_parser("quantize-recognizer", help=quantize_recognizer.__doc__)
+    quantize.add_argument("source", type=Path, help="pack folder with an FP32 recognizer")
+    quantize.add_argument("target", type=Path, help="new pack folder to write")
+    quantize.add_argument("--photos", type=Path, required=True, help="folder of face photos")
     args = parser.parse_args(argv)
 
     if args.command == "keys":
@@ -143,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         return fetch_models(args.name, args.dir)
     if args.command == "batch-detector":
         return batch_detector(args.source, args.target, args.photos)
+    if args.command == "quantize-recognizer":
+        return quantize_recognizer(args.source, args.target, args.photos)
     try:
         settings = Settings()
     except ValidationError as exc:

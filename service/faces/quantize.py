@@ -1,0 +1,201 @@
+"""INT8 recognizer packs, written only when they answer as the FP32 recognizer does.
+
+INT8 kernels (VNNI, AMX) can run a recognizer faster on CPU, but quantisation moves
+embeddings: a pack is only worth serving if its decisions do not change. `quantize_recognizer_pack`
+quantises a pack's recognizer statically (onnxruntime QDQ format, per-channel weights,
+activation ranges calibrated on the aligned crops of the given photos), then compares the two
+recognizers on those crops: cosine between the FP32 and INT8 embedding of every face, and the
+match decision at the pack threshold for every pair of photos (each photo's largest face; for
+the deepface photos this includes their master.csv pairs). A pack that fails either check is
+refused and nothing is written at the target.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import version_converter
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+
+from service.faces.alignment import align_face
+from service.faces.embedder import Embedder
+from service.faces.images import decode_image
+from service.faces.pipeline import FacePipeline, PipelineOptions
+from service.packs import load_pack
+from service.packs.checksums import sha256_file
+from service.packs.manifest import MANIFEST_NAME, ModelPack
+from service.runtime import RuntimeOptions, create_session
+
+# Lowest cosine accepted between a face's FP32 and INT8 embeddings (issue 15's parity bar).
+COSINE_FLOOR = 0.99
+# Per-channel QDQ needs DequantizeLinear's `axis`, which appeared in opset 13.
+QDQ_MIN_OPSET = 13
+
+
+class QuantizeError(ValueError):
+    """The recognizer could not be quantised, or its INT8 version failed parity."""
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    """One aligned face crop; `largest` marks the face a 1:1 decision uses for its photo."""
+
+    photo: str
+    crop: np.ndarray
+    largest: bool
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """How the INT8 recognizer compares with the FP32 one on real crops."""
+
+    faces: int
+    worst_cosine: float
+    median_cosine: float
+    worst_photo: str
+    pairs: int
+    changed_decisions: int
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        return self.worst_cosine >= COSINE_FLOOR and self.changed_decisions == 0
+
+    def describe(self) -> str:
+        faces = f"{self.faces} faces: cosine FP32/INT8 min {self.worst_cosine:.4f}"
+        return (
+            f"{faces} ({self.worst_photo}), median {self.median_cosine:.4f} "
+            f"(floor {COSINE_FLOOR}); {self.changed_decisions} of {self.pairs} pair decisions "
+            f"changed at threshold {self.threshold:.3f}"
+        )
+
+
+def aligned_crops(pack: ModelPack, photos: Sequence[Path]) -> list[FaceCrop]:
+    """Every face the pack's detector finds in `photos`, aligned as the service aligns it."""
+    pipeline = FacePipeline.from_pack(pack, PipelineOptions(), RuntimeOptions(providers="cpu"))
+    size = pipeline.embedder.input_size
+    minimum = pipeline.options.min_face_size
+    crops = []
+    for path in photos:
+        image = decode_image(path.read_bytes())
+        faces = [f for f in pipeline.detector.detect(image) if min(f.width, f.height) >= minimum]
+        for index, face in enumerate(faces):  # largest first
+            crops.append(FaceCrop(path.name, align_face(image, face.landmarks, size), index == 0))
+    return crops
+
+
+class _CropReader(CalibrationDataReader):
+    """Feeds the recognizer's input blobs to onnxruntime's calibrator, one crop at a time."""
+
+    def __init__(self, input_name: str, blob: np.ndarray) -> None:
+        self._items: Iterator[dict[str, np.ndarray]] = iter(
+            {input_name: blob[i : i + 1]} for i in range(len(blob))
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+
+def quantize_model(source: Path, target: Path, embedder: Embedder, crops: list[np.ndarray]) -> None:
+    """Write `source` statically quantised to INT8 (QDQ, per-channel weights) to `target`,
+    calibrating activation ranges on `crops` pre-processed as `embedder` does."""
+    model = onnx.load(str(source))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "fp32.onnx"
+        if opset < QDQ_MIN_OPSET:
+            model = version_converter.convert_version(model, QDQ_MIN_OPSET)
+        onnx.save(model, str(prepared))
+        input_name = model.graph.input[0].name
+        try:
+            quantize_static(
+                str(prepared),
+                str(target),
+                _CropReader(input_name, embedder.input_blob(crops)),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+        except Exception as exc:  # onnxruntime raises many types for graphs it cannot quantise
+            raise QuantizeError(f"{source}: onnxruntime could not quantise it: {exc}") from exc
+
+
+def check_parity(
+    reference: Embedder, quantised: Embedder, crops: Sequence[FaceCrop], threshold: float
+) -> ParityReport:
+    """Compare the two recognizers' unit embeddings of `crops` (see the module docstring)."""
+    images = [face.crop for face in crops]
+    ours = reference.embed(images).embeddings
+    theirs = quantised.embed(images).embeddings
+    cosines = np.sum(ours * theirs, axis=1)
+    worst = int(np.argmin(cosines))
+    largest = [i for i, face in enumerate(crops) if face.largest]
+    pairs = list(itertools.combinations(largest, 2))
+    changed = sum(
+        (float(ours[a] @ ours[b]) >= threshold) != (float(theirs[a] @ theirs[b]) >= threshold)
+        for a, b in pairs
+    )
+    return ParityReport(
+        faces=len(crops),
+        worst_cosine=float(cosines[worst]),
+        median_cosine=float(np.median(cosines)),
+        worst_photo=crops[worst].photo,
+        pairs=len(pairs),
+        changed_decisions=changed,
+        threshold=threshold,
+    )
+
+
+def quantize_recognizer_pack(source: Path, target: Path, photos: Sequence[Path]) -> ParityReport:
+    """Write a copy of the pack at `source` whose recognizer is INT8 to `target` (a new folder,
+    with a pack.json), if it passes parity on `photos`; raise QuantizeError otherwise."""
+    if target.exists() and any(target.iterdir()):
+        raise QuantizeError(f"{target} already exists and is not empty: choose a new folder")
+    pack = load_pack(source)
+    crops = aligned_crops(pack, photos)
+    if len(crops) < 2:
+        raise QuantizeError(f"found {len(crops)} faces in {len(photos)} photos; parity needs more")
+    runtime = RuntimeOptions(providers="cpu")
+    reference = Embedder(create_session(pack.recognizer_path, runtime), pack.manifest.recognizer)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        recognizer_file = f"{pack.recognizer_path.stem}_int8.onnx"
+        quantised_path = staging / recognizer_file
+        quantize_model(pack.recognizer_path, quantised_path, reference, [c.crop for c in crops])
+        spec = pack.manifest.recognizer.model_copy(
+            update={"file": recognizer_file, "sha256": sha256_file(quantised_path)}
+        )
+        quantised = Embedder(create_session(quantised_path, runtime), spec)
+        report = check_parity(reference, quantised, crops, pack.manifest.threshold)
+        if not report.passed:
+            raise QuantizeError(f"INT8 recognizer refused, it fails parity: {report.describe()}")
+        shutil.copy2(pack.detector_path, staging / pack.detector_path.name)
+        manifest = pack.manifest.model_copy(
+            update={
+                "name": f"{pack.name}-int8",
+                "recognizer": spec,
+                "thresholds": None,  # calibrations belong to the FP32 recognizer's sha256
+                "source": f"{pack.manifest.source or source} (recognizer quantised to INT8)",
+            }
+        )
+        (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+        if target.exists():
+            target.rmdir()
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
