@@ -13,6 +13,7 @@ refused and nothing is written at the target.
 from __future__ import annotations
 
 import itertools
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -119,6 +120,9 @@ def quantize_model(source: Path, target: Path, embedder: Embedder, crops: list[n
             model = version_converter.convert_version(model, QDQ_MIN_OPSET)
         onnx.save(model, str(prepared))
         input_name = model.graph.input[0].name
+        root = logging.getLogger()  # onnxruntime.quantization advises on the root logger
+        level = root.level
+        root.setLevel(logging.ERROR)
         try:
             quantize_static(
                 str(prepared),
@@ -131,6 +135,8 @@ def quantize_model(source: Path, target: Path, embedder: Embedder, crops: list[n
             )
         except Exception as exc:  # onnxruntime raises many types for graphs it cannot quantise
             raise QuantizeError(f"{source}: onnxruntime could not quantise it: {exc}") from exc
+        finally:
+            root.setLevel(level)
 
 
 def check_parity(
