@@ -1,5 +1,6 @@
 """Recognizer latency by CPU back-end: FP32 at each onnxruntime graph optimisation level, and
-the INT8 (QDQ) recognizer `python -m service quantize-recognizer` builds, against FP32 at
+the INT8 (QDQ) recognizers `python -m service quantize-recognizer` builds (stem and head kept
+FP32, its default, and every layer INT8), against FP32 at
 onnxruntime's default level (`all`) in the same run. Also prints the INT8 parity figures
 (the tool refuses a pack below cosine 0.99).
 
@@ -19,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from service.faces.embedder import Embedder
-from service.faces.quantize import aligned_crops, check_parity, quantize_model
+from service.faces.quantize import Fp32Layers, aligned_crops, check_parity, quantize_model
 from service.packs import load_pack
 from service.runtime import GRAPH_OPTIMIZATION_LEVELS, RuntimeOptions, create_session
 
@@ -42,13 +43,16 @@ def main() -> None:
         runtime = RuntimeOptions("cpu", args.threads, graph_optimization=level)
         embedders[f"fp32 {level}"] = Embedder(create_session(pack.recognizer_path, runtime), spec)
     with tempfile.TemporaryDirectory() as scratch:
-        int8 = Path(scratch) / "int8.onnx"
-        quantize_model(pack.recognizer_path, int8, embedders["fp32 all"], [c.crop for c in crops])
-        runtime = RuntimeOptions("cpu", args.threads)
-        embedders["int8 qdq all"] = Embedder(create_session(int8, runtime), spec)
-    report = check_parity(
-        embedders["fp32 all"], embedders["int8 qdq all"], crops, pack.manifest.threshold
-    )
+        for name, fp32 in (("int8 mixed", Fp32Layers()), ("int8 every layer", Fp32Layers(0, 0))):
+            int8 = Path(scratch) / f"{name}.onnx"
+            reference = embedders["fp32 all"]
+            quantize_model(pack.recognizer_path, int8, reference, [c.crop for c in crops], fp32)
+            runtime = RuntimeOptions("cpu", args.threads)
+            embedders[name] = Embedder(create_session(int8, runtime), spec)
+    reports = {
+        name: check_parity(embedders["fp32 all"], embedders[name], crops, pack.manifest.threshold)
+        for name in ("int8 mixed", "int8 every layer")
+    }
 
     images = [c.crop for c in crops]
     times: dict[tuple[str, int], list[float]] = {(n, b): [] for n in embedders for b in (1, 8)}
@@ -76,7 +80,8 @@ def main() -> None:
             median = statistics.median(times[(name, batch)])
             cells += [f"{median:.2f}", f"{base[batch] / median:.2f}x"]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print(f"INT8 parity: {report.describe()} -> {'passes' if report.passed else 'refused'}")
+    for name, report in reports.items():
+        print(f"{name} parity: {report.describe()} -> {'passes' if report.passed else 'refused'}")
 
 
 if __name__ == "__main__":

@@ -101,15 +101,15 @@ def batch_detector(source: Path, target: Path, photos: Path) -> int:
     return 0
 
 
-def quantize_recognizer(source: Path, target: Path, photos: Path) -> int:
+def quantize_recognizer(source: Path, target: Path, photos: Path, stem: int, head: int) -> int:
     """write a pack with an INT8 recognizer, only if it decides as the FP32 one does"""
-    from service.faces.quantize import QuantizeError, quantize_recognizer_pack
+    from service.faces.quantize import Fp32Layers, QuantizeError, quantize_recognizer_pack
 
     images = sorted(p for p in photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not images:
         return _fail(f"no .jpg/.jpeg/.png photos under {photos}")
     try:
-        report = quantize_recognizer_pack(source, target, images)
+        report = quantize_recognizer_pack(source, target, images, Fp32Layers(stem, head))
     except (QuantizeError, PackError) as exc:
         return _fail(str(exc))
     print(f"{target}: INT8 recognizer passes parity: {report.describe()}")
@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     quantize.add_argument("source", type=Path, help="pack folder with an FP32 recognizer")
     quantize.add_argument("target", type=Path, help="new pack folder to write")
     quantize.add_argument("--photos", type=Path, required=True, help="folder of face photos")
+    quantize.add_argument("--fp32-stem", type=int, default=3, help="first Conv nodes kept FP32")
+    quantize.add_argument("--fp32-head", type=int, default=12, help="last nodes kept FP32")
     args = parser.parse_args(argv)
 
     if args.command == "keys":
@@ -164,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "batch-detector":
         return batch_detector(args.source, args.target, args.photos)
     if args.command == "quantize-recognizer":
-        return quantize_recognizer(args.source, args.target, args.photos)
+        return quantize_recognizer(
+            args.source, args.target, args.photos, args.fp32_stem, args.fp32_head
+        )
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -1,9 +1,10 @@
 """INT8 recognizer packs, written only when they answer as the FP32 recognizer does.
 
 INT8 kernels (VNNI, AMX) can run a recognizer faster on CPU, but quantisation moves
-embeddings: a pack is only worth serving if its decisions do not change. `quantize_recognizer_pack`
-quantises a pack's recognizer statically (onnxruntime QDQ format, per-channel weights,
-activation ranges calibrated on the aligned crops of the given photos), then compares the two
+embeddings: a pack is only worth serving if its decisions do not change.
+`quantize_recognizer_pack` quantises a pack's recognizer statically (onnxruntime QDQ format,
+per-channel weights, activation ranges calibrated on the aligned crops of the given photos; the
+stem and the head of the network stay FP32, see `Fp32Layers`), then compares the two
 recognizers on those crops: cosine between the FP32 and INT8 embedding of every face, and the
 match decision at the pack threshold for every pair of photos (each photo's largest face; for
 the deepface photos this includes their master.csv pairs). A pack that fails either check is
@@ -109,9 +110,31 @@ class _CropReader(CalibrationDataReader):
         return next(self._items, None)
 
 
-def quantize_model(source: Path, target: Path, embedder: Embedder, crops: list[np.ndarray]) -> None:
+@dataclass(frozen=True)
+class Fp32Layers:
+    """The ends of the network kept in FP32: the first `stem_convs` Conv nodes and the last
+    `head_nodes` nodes in graph order. Quantisation error is worst there for face recognizers
+    (the stem sees raw pixels; the head's depthwise and linear layers feed the embedding)."""
+
+    stem_convs: int = 3
+    head_nodes: int = 12
+
+    def nodes(self, graph: onnx.GraphProto) -> list[str]:
+        convs = [node.name for node in graph.node if node.op_type == "Conv"]
+        head = [node.name for node in graph.node][-self.head_nodes :] if self.head_nodes else []
+        return convs[: self.stem_convs] + head
+
+
+def quantize_model(
+    source: Path,
+    target: Path,
+    embedder: Embedder,
+    crops: list[np.ndarray],
+    fp32: Fp32Layers = Fp32Layers(),
+) -> None:
     """Write `source` statically quantised to INT8 (QDQ, per-channel weights) to `target`,
-    calibrating activation ranges on `crops` pre-processed as `embedder` does."""
+    calibrating activation ranges on `crops` pre-processed as `embedder` does; the layers
+    of `fp32` stay in FP32."""
     model = onnx.load(str(source))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     with tempfile.TemporaryDirectory() as scratch:
@@ -132,6 +155,7 @@ def quantize_model(source: Path, target: Path, embedder: Embedder, crops: list[n
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                nodes_to_exclude=fp32.nodes(model.graph),
             )
         except Exception as exc:  # onnxruntime raises many types for graphs it cannot quantise
             raise QuantizeError(f"{source}: onnxruntime could not quantise it: {exc}") from exc
@@ -165,7 +189,9 @@ def check_parity(
     )
 
 
-def quantize_recognizer_pack(source: Path, target: Path, photos: Sequence[Path]) -> ParityReport:
+def quantize_recognizer_pack(
+    source: Path, target: Path, photos: Sequence[Path], fp32: Fp32Layers = Fp32Layers()
+) -> ParityReport:
     """Write a copy of the pack at `source` whose recognizer is INT8 to `target` (a new folder,
     with a pack.json), if it passes parity on `photos`; raise QuantizeError otherwise."""
     if target.exists() and any(target.iterdir()):
@@ -181,7 +207,9 @@ def quantize_recognizer_pack(source: Path, target: Path, photos: Sequence[Path])
     try:
         recognizer_file = f"{pack.recognizer_path.stem}_int8.onnx"
         quantised_path = staging / recognizer_file
-        quantize_model(pack.recognizer_path, quantised_path, reference, [c.crop for c in crops])
+        quantize_model(
+            pack.recognizer_path, quantised_path, reference, [c.crop for c in crops], fp32
+        )
         spec = pack.manifest.recognizer.model_copy(
             update={"file": recognizer_file, "sha256": sha256_file(quantised_path)}
         )

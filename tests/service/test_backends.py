@@ -75,8 +75,9 @@ def _photos(directory: Path, count: int = 6) -> Path:
     return directory
 
 
-def _quantize(source: Path, target: Path, photos: Path) -> int:
-    return main(["quantize-recognizer", str(source), str(target), "--photos", str(photos)])
+def _quantize(source: Path, target: Path, photos: Path, *options: str) -> int:
+    command = ["quantize-recognizer", str(source), str(target), "--photos", str(photos)]
+    return main([*command, *options])
 
 
 def test_a_quantised_pack_that_passes_parity_is_written_and_served(
@@ -87,7 +88,8 @@ def test_a_quantised_pack_that_passes_parity_is_written_and_served(
     monkeypatch.setattr(quantize, "COSINE_FLOOR", 0.9)
     source = make_manifest_pack(tmp_path / "pack", FACES, embedding_size=16)
     target = tmp_path / "int8"
-    assert _quantize(source, target, _photos(tmp_path / "photos")) == 0, capsys.readouterr().err
+    code = _quantize(source, target, _photos(tmp_path / "photos"), "--fp32-head", "0")
+    assert code == 0, capsys.readouterr().err
     assert "passes parity: 12 faces" in capsys.readouterr().out
     pack = load_pack(target)
     assert pack.name == "synthetic-int8"
@@ -106,7 +108,7 @@ def test_a_quantised_recognizer_that_fails_parity_is_refused_and_nothing_is_writ
     source = make_manifest_pack(tmp_path / "pack", FACES, embedding_size=16)
     monkeypatch.setattr(quantize, "COSINE_FLOOR", 1.01)  # no INT8 embedding can reach it
     target = tmp_path / "int8"
-    assert _quantize(source, target, _photos(tmp_path / "photos")) == 2
+    assert _quantize(source, target, _photos(tmp_path / "photos"), "--fp32-head", "0") == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
     assert "refused, it fails parity: 12 faces: cosine FP32/INT8 min" in error
