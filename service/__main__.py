@@ -101,16 +101,25 @@ def batch_detector(source: Path, target: Path, photos: Path) -> int:
     return 0
 
 
-def quantize_recognizer(source: Path, target: Path, photos: Path, stem: int, head: int) -> int:
+def quantize_recognizer(args: argparse.Namespace) -> int:
     """write a pack with an INT8 recognizer, only if it decides as the FP32 one does"""
-    from service.faces.quantize import Fp32Layers, QuantizeError, quantize_recognizer_pack
+    from service.faces.quantize import (
+        Fp32Layers,
+        QuantizeError,
+        quantize_recognizer_pack,
+        read_pairs,
+    )
+
+    source, target, photos = args.source, args.target, args.photos
 
     images = sorted(p for p in photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not images:
         return _fail(f"no .jpg/.jpeg/.png photos under {photos}")
     try:
-        report = quantize_recognizer_pack(source, target, images, Fp32Layers(stem, head))
-    except (QuantizeError, PackError) as exc:
+        pairs = read_pairs(args.pairs) if args.pairs else None
+        layers = Fp32Layers(args.fp32_stem, args.fp32_head)
+        report = quantize_recognizer_pack(source, target, images, layers, pairs)
+    except (QuantizeError, PackError, OSError) as exc:
         return _fail(str(exc))
     print(f"{target}: INT8 recognizer passes parity: {report.describe()}")
     return 0
@@ -156,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     quantize.add_argument("--photos", type=Path, required=True, help="folder of face photos")
     quantize.add_argument("--fp32-stem", type=int, default=3, help="first Conv nodes kept FP32")
     quantize.add_argument("--fp32-head", type=int, default=12, help="last nodes kept FP32")
+    quantize.add_argument("--pairs", type=Path, help="CSV of file_x,file_y pairs (default: all)")
     args = parser.parse_args(argv)
 
     if args.command == "keys":
@@ -166,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "batch-detector":
         return batch_detector(args.source, args.target, args.photos)
     if args.command == "quantize-recognizer":
-        return quantize_recognizer(
-            args.source, args.target, args.photos, args.fp32_stem, args.fp32_head
-        )
+        return quantize_recognizer(args)
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -6,13 +6,14 @@ embeddings: a pack is only worth serving if its decisions do not change.
 per-channel weights, activation ranges calibrated on the aligned crops of the given photos; the
 stem and the head of the network stay FP32, see `Fp32Layers`), then compares the two
 recognizers on those crops: cosine between the FP32 and INT8 embedding of every face, and the
-match decision at the pack threshold for every pair of photos (each photo's largest face; for
-the deepface photos this includes their master.csv pairs). A pack that fails either check is
+match decision at the pack threshold for every pair of photos, or for the pairs of a CSV
+(deepface's master.csv), each photo by its largest face. A pack that fails either check is
 refused and nothing is written at the target.
 """
 
 from __future__ import annotations
 
+import csv
 import itertools
 import logging
 import shutil
@@ -164,9 +165,14 @@ def quantize_model(
 
 
 def check_parity(
-    reference: Embedder, quantised: Embedder, crops: Sequence[FaceCrop], threshold: float
+    reference: Embedder,
+    quantised: Embedder,
+    crops: Sequence[FaceCrop],
+    threshold: float,
+    named_pairs: Sequence[tuple[str, str]] | None = None,
 ) -> ParityReport:
-    """Compare the two recognizers' unit embeddings of `crops` (see the module docstring)."""
+    """Compare the two recognizers' unit embeddings of `crops` (see the module docstring);
+    decisions on `named_pairs` of photo file names when given, else on every pair."""
     images = [face.crop for face in crops]
     ours = reference.embed(images).embeddings
     theirs = quantised.embed(images).embeddings
@@ -174,6 +180,12 @@ def check_parity(
     worst = int(np.argmin(cosines))
     largest = [i for i, face in enumerate(crops) if face.largest]
     pairs = list(itertools.combinations(largest, 2))
+    if named_pairs is not None:
+        by_name = {crops[i].photo: i for i in largest}
+        missing = sorted({n for pair in named_pairs for n in pair if n not in by_name})
+        if missing:
+            raise QuantizeError(f"no face found in {len(missing)} paired photos: {missing[:3]}")
+        pairs = [(by_name[a], by_name[b]) for a, b in named_pairs]
     changed = sum(
         (float(ours[a] @ ours[b]) >= threshold) != (float(theirs[a] @ theirs[b]) >= threshold)
         for a, b in pairs
@@ -189,11 +201,26 @@ def check_parity(
     )
 
 
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """Photo file name pairs from a CSV with `file_x` and `file_y` columns (deepface's
+    master.csv)."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"file_x", "file_y"} <= set(rows[0]):
+        raise QuantizeError(f"{path} is not a CSV with file_x and file_y columns")
+    return [(row["file_x"], row["file_y"]) for row in rows]
+
+
 def quantize_recognizer_pack(
-    source: Path, target: Path, photos: Sequence[Path], fp32: Fp32Layers = Fp32Layers()
+    source: Path,
+    target: Path,
+    photos: Sequence[Path],
+    fp32: Fp32Layers = Fp32Layers(),
+    pairs: Sequence[tuple[str, str]] | None = None,
 ) -> ParityReport:
     """Write a copy of the pack at `source` whose recognizer is INT8 to `target` (a new folder,
-    with a pack.json), if it passes parity on `photos`; raise QuantizeError otherwise."""
+    with a pack.json), if it passes parity on `photos` (decisions on `pairs` of photo names,
+    or on every pair); raise QuantizeError otherwise."""
     if target.exists() and any(target.iterdir()):
         raise QuantizeError(f"{target} already exists and is not empty: choose a new folder")
     pack = load_pack(source)
@@ -214,7 +241,7 @@ def quantize_recognizer_pack(
             update={"file": recognizer_file, "sha256": sha256_file(quantised_path)}
         )
         quantised = Embedder(create_session(quantised_path, runtime), spec)
-        report = check_parity(reference, quantised, crops, pack.manifest.threshold)
+        report = check_parity(reference, quantised, crops, pack.manifest.threshold, pairs)
         if not report.passed:
             raise QuantizeError(f"INT8 recognizer refused, it fails parity: {report.describe()}")
         shutil.copy2(pack.detector_path, staging / pack.detector_path.name)
