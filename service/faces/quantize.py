@@ -31,6 +31,7 @@ from onnxruntime.quantization import (
     QuantType,
     quantize_static,
 )
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from service.faces.alignment import align_face
 from service.faces.embedder import Embedder
@@ -136,10 +137,13 @@ def quantize_model(
     """Write `source` statically quantised to INT8 (QDQ, per-channel weights) to `target`,
     calibrating activation ranges on `crops` pre-processed as `embedder` does; the layers
     of `fp32` stay in FP32."""
-    model = onnx.load(str(source))
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "fp32.onnx"
+        # onnxruntime's own preparation: shape inference and graph fusions (BatchNorm into
+        # Conv), so the quantiser and `Fp32Layers` see the graph onnxruntime will run.
+        quant_pre_process(str(source), str(prepared))
+        model = onnx.load(str(prepared))
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         if opset < QDQ_MIN_OPSET:
             model = version_converter.convert_version(model, QDQ_MIN_OPSET)
         onnx.save(model, str(prepared))
