@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     quantize.add_argument("target", type=Path, help="new pack folder to write")
     quantize.add_argument("--photos", type=Path, required=True, help="folder of face photos")
     quantize.add_argument("--fp32-stem", type=int, default=3, help="first Conv nodes kept FP32")
-    quantize.add_argument("--fp32-head", type=int, default=12, help="last nodes kept FP32")
+    quantize.add_argument("--fp32-head", type=int, default=20, help="last nodes kept FP32")
     quantize.add_argument("--pairs", type=Path, help="CSV of file_x,file_y pairs (default: all)")
     args = parser.parse_args(argv)
 

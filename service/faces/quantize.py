@@ -119,7 +119,7 @@ class Fp32Layers:
     (the stem sees raw pixels; the head's depthwise and linear layers feed the embedding)."""
 
     stem_convs: int = 3
-    head_nodes: int = 12
+    head_nodes: int = 20
 
     def nodes(self, graph: onnx.GraphProto) -> list[str]:
         convs = [node.name for node in graph.node if node.op_type == "Conv"]
