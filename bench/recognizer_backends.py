@@ -7,7 +7,8 @@ onnxruntime's default level (`all`) in the same run. Also prints the INT8 parity
 Rounds interleave the back-ends, so machine noise hits them alike; medians over the rounds.
 
     python bench/recognizer_backends.py --pack ../shared/assets/models/scrfd500m_mbf128 \
-        --images ../shared/assets/images/deepface --rounds 30
+        --images ../shared/assets/images/deepface \
+        --pairs ../shared/assets/images/deepface/master.csv --rounds 30
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import warnings
 from pathlib import Path
 
 from service.faces.embedder import Embedder
-from service.faces.quantize import Fp32Layers, aligned_crops, check_parity, quantize_model
+from service.faces.quantize import (
+    Fp32Layers,
+    aligned_crops,
+    check_parity,
+    quantize_model,
+    read_pairs,
+)
 from service.packs import load_pack
 from service.runtime import GRAPH_OPTIMIZATION_LEVELS, RuntimeOptions, create_session
 
@@ -29,6 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pack", type=Path, required=True)
     parser.add_argument("--images", type=Path, required=True, help="folder searched for *.jpg")
+    parser.add_argument("--pairs", type=Path, help="CSV of file_x,file_y (default: all pairs)")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     args = parser.parse_args()
@@ -49,8 +57,10 @@ def main() -> None:
             quantize_model(pack.recognizer_path, int8, reference, [c.crop for c in crops], fp32)
             runtime = RuntimeOptions("cpu", args.threads)
             embedders[name] = Embedder(create_session(int8, runtime), spec)
+    pairs = read_pairs(args.pairs) if args.pairs else None
+    threshold = pack.manifest.threshold
     reports = {
-        name: check_parity(embedders["fp32 all"], embedders[name], crops, pack.manifest.threshold)
+        name: check_parity(embedders["fp32 all"], embedders[name], crops, threshold, pairs)
         for name in ("int8 mixed", "int8 every layer")
     }
 
