@@ -2,7 +2,8 @@
 `python -m service check-pack [DIR]`, `python -m service gallery export|import|migrate`,
 `python -m service keys create|list|revoke`,
 `python -m service calibrate --pack DIR --pairs SOURCE`,
-`python -m service batch-detector SRC DST --photos DIR`."""
+`python -m service batch-detector SRC DST --photos DIR`,
+`python -m service quantize-recognizer SRC_PACK DST_PACK --photos DIR`."""
 
 from __future__ import annotations
 
@@ -100,6 +101,30 @@ def batch_detector(source: Path, target: Path, photos: Path) -> int:
     return 0
 
 
+def quantize_recognizer(args: argparse.Namespace) -> int:
+    """write a pack with an INT8 recognizer, only if it decides as the FP32 one does"""
+    from service.faces.quantize import (
+        Fp32Layers,
+        QuantizeError,
+        quantize_recognizer_pack,
+        read_pairs,
+    )
+
+    source, target, photos = args.source, args.target, args.photos
+
+    images = sorted(p for p in photos.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not images:
+        return _fail(f"no .jpg/.jpeg/.png photos under {photos}")
+    try:
+        pairs = read_pairs(args.pairs) if args.pairs else None
+        layers = Fp32Layers(args.fp32_stem, args.fp32_head)
+        report = quantize_recognizer_pack(source, target, images, layers, pairs)
+    except (QuantizeError, PackError, OSError) as exc:
+        return _fail(str(exc))
+    print(f"{target}: INT8 recognizer passes parity: {report.describe()}")
+    return 0
+
+
 def settings_errors(error: ValidationError) -> str:
     """A validation error of `Settings` in one line, by environment variable. Values of secret
     settings (API keys) are never repeated."""
@@ -134,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("source", type=Path, help="SCRFD detector with its batch fixed at 1")
     batch.add_argument("target", type=Path, help="where to write the batched detector")
     batch.add_argument("--photos", type=Path, required=True, help="folder of photos to compare")
+    quantize = commands.add_parser("quantize-recognizer", help=quantize_recognizer.__doc__)
+    quantize.add_argument("source", type=Path, help="pack folder with an FP32 recognizer")
+    quantize.add_argument("target", type=Path, help="new pack folder to write")
+    quantize.add_argument("--photos", type=Path, required=True, help="folder of face photos")
+    quantize.add_argument("--fp32-stem", type=int, default=3, help="first Conv nodes kept FP32")
+    quantize.add_argument("--fp32-head", type=int, default=20, help="last nodes kept FP32")
+    quantize.add_argument("--pairs", type=Path, help="CSV of file_x,file_y pairs (default: all)")
     args = parser.parse_args(argv)
 
     if args.command == "keys":
@@ -143,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         return fetch_models(args.name, args.dir)
     if args.command == "batch-detector":
         return batch_detector(args.source, args.target, args.photos)
+    if args.command == "quantize-recognizer":
+        return quantize_recognizer(args)
     try:
         settings = Settings()
     except ValidationError as exc:

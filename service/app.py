@@ -75,6 +75,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         providers=settings.providers,
         intra_op_threads=threads,
         inter_op_threads=settings.inter_op_threads,
+        graph_optimization=settings.graph_optimization,
     )
     pipeline = FacePipeline.from_pack(pack, pipeline_options(settings), runtime, metrics)
     pipeline.enable_batching(BatchingOptions(settings.batch_max_size, settings.batch_max_wait_ms))

@@ -17,15 +17,24 @@ log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 _SHORT_NAMES = {"cuda": CUDA, "cpu": CPU, "tensorrt": "TensorrtExecutionProvider"}
+# `FACEVERIFY_GRAPH_OPTIMIZATION` values; `all` is onnxruntime's own default.
+GRAPH_OPTIMIZATION_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How to run ONNX models: provider preference and thread counts (0 = onnxruntime's)."""
+    """How to run ONNX models: provider preference, thread counts (0 = onnxruntime's) and
+    graph optimisation level (a key of `GRAPH_OPTIMIZATION_LEVELS`)."""
 
     providers: str = "auto"
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    graph_optimization: str = "all"
 
 
 def resolve_providers(spec: str) -> list[str]:
@@ -51,6 +60,7 @@ def create_session(path: Path, options: RuntimeOptions) -> ort.InferenceSession:
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = options.intra_op_threads
     session_options.inter_op_num_threads = options.inter_op_threads
+    session_options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[options.graph_optimization]
     session_options.log_severity_level = 3  # errors only: CUDA fallback is reported below
     providers = resolve_providers(options.providers)
     session = ort.InferenceSession(str(path), sess_options=session_options, providers=providers)

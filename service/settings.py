@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         "with one worker, the CPUs divided among several workers).",
     )
     inter_op_threads: int = Field(0, ge=0, description="onnxruntime inter-op threads; 0 = auto.")
+    graph_optimization: Literal["all", "extended", "basic", "disabled"] = Field(
+        "all", description="onnxruntime graph optimisation level; `all` is onnxruntime's default."
+    )
 
     # --- pipeline ---------------------------------------------------------------------------
     det_size: int = Field(640, ge=32, le=4096, description="Detector input size (multiple of 32).")

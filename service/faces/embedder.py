@@ -51,6 +51,10 @@ class Embedder:
         batch = (batch - self._spec.mean) / self._spec.std
         return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
+    def input_blob(self, crops: list[np.ndarray]) -> np.ndarray:
+        """The recognizer's input (n, 3, H, W) for `crops`, pre-processed as the pack says."""
+        return self._blob(crops)
+
     def raw_embeddings(self, crops: list[np.ndarray]) -> np.ndarray:
         """The recognizer's output (n, d) before normalisation, in batches of at most
         `MAX_BATCH` (or the model's fixed batch size)."""
