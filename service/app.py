@@ -30,6 +30,7 @@ from service.faces.scheduler import (
 )
 from service.gallery import open_gallery
 from service.keys import KeyRing
+from service.memory import limit_heap_arenas
 from service.metrics import Metrics
 from service.packs import load_pack
 from service.runtime import RuntimeOptions
@@ -203,5 +204,7 @@ def create_app(
 
 def create_served_app() -> FastAPI:
     """The app `python -m service` runs (uvicorn's factory): settings from the environment,
-    models and gallery loaded in the background so the probes answer from the first second."""
+    models and gallery loaded in the background so the probes answer from the first second,
+    and glibc's heap arenas bounded before the serving threads start (`service.memory`)."""
+    limit_heap_arenas()
     return create_app(Settings(), load_in_background=True)
