@@ -9,6 +9,7 @@ spawned workers start with bare logging and drop everything below WARNING.
 from __future__ import annotations
 
 import logging.config
+import sys
 from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
@@ -21,10 +22,27 @@ ACCESS_FORMAT = (
 QUIET_LOGGERS = ("faiss.loader",)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes each record to the `sys.stderr` of that moment, not the one at configuration:
+    a process that swaps stderr (a test capturing output, a host redirecting it) keeps its
+    log instead of writing to a closed stream (like `logging.lastResort`)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def logging_config(level: str) -> dict[str, Any]:
     """A `logging.config.dictConfig` dictionary for `level` (debug, info, warning, error)."""
     level = level.upper()
-    stderr = {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
+    stderr = {"()": StderrHandler}
     return {
         "version": 1,
         "disable_existing_loggers": False,

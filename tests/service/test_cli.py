@@ -203,3 +203,25 @@ def test_serve_with_a_missing_keys_file_exits_with_one_line(tmp_path):
     result = _run("serve", env=env)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "keys create" in result.stderr
+
+
+def test_log_handlers_follow_stderr_when_it_is_replaced(capsys):
+    """Logging configured while one stream is stderr keeps working after it is closed and
+    replaced (an in-process CLI run under a capturing test runner, a redirected host)."""
+    import io
+    import logging
+
+    from service.logs import configure_logging
+
+    first = io.StringIO()
+    real, sys.stderr = sys.stderr, first
+    try:
+        configure_logging("info")
+        first.close()
+        second = io.StringIO()
+        sys.stderr = second
+        logging.getLogger("service.test").info("after the swap")
+    finally:
+        sys.stderr = real
+    assert "after the swap" in second.getvalue()
+    assert "Logging error" not in second.getvalue()
