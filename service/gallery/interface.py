@@ -15,7 +15,7 @@ backend is in use.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -59,6 +59,20 @@ class FaceRecord:
     det_score: float
     image_sha256: str
     created_at: str
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> FaceRecord:
+        """From a stored row with these field names (a SQLite row or a Milvus entity)."""
+        return cls(
+            face_id=row["face_id"],
+            index_id=int(row["index_id"]),
+            identity_id=row["identity_id"],
+            model_id=row["model_id"],
+            quality=float(row["quality"]),
+            det_score=float(row["det_score"]),
+            image_sha256=row["image_sha256"],
+            created_at=row["created_at"],
+        )
 
 
 @dataclass(frozen=True)

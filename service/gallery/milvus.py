@@ -323,19 +323,6 @@ class MilvusStore:
 
     # --- faces ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _face(row: dict) -> FaceRecord:
-        return FaceRecord(
-            face_id=row["face_id"],
-            index_id=int(row["index_id"]),
-            identity_id=row["identity_id"],
-            model_id=row["model_id"],
-            quality=float(row["quality"]),
-            det_score=float(row["det_score"]),
-            image_sha256=row["image_sha256"],
-            created_at=row["created_at"],
-        )
-
     def _face_row(self, face: NewFace) -> tuple[dict[str, Any], FaceRecord]:
         embedding = np.asarray(face.embedding, dtype=np.float32).reshape(-1)
         face_id = face.face_id or new_id()
@@ -417,7 +404,7 @@ class MilvusStore:
         expression = f"identity_id == {_quote(identity_id)}"
         for collection in self.face_collections():
             rows += self._query(collection, expression, list(FACE_FIELDS))
-        return [self._face(row) for row in sorted(rows, key=self._creation_order)]
+        return [FaceRecord.from_row(row) for row in sorted(rows, key=self._creation_order)]
 
     def _model_faces(self, identity_id: str, model_id: str) -> list[dict]:
         expression = f"identity_id == {_quote(identity_id)} and model_id == {_quote(model_id)}"
@@ -431,7 +418,7 @@ class MilvusStore:
         if not rows:
             return [], np.zeros((0, 0), np.float32)
         vectors = np.asarray([row["embedding"] for row in rows], np.float32)
-        return [self._face(row) for row in rows], vectors
+        return [FaceRecord.from_row(row) for row in rows], vectors
 
     def identity_embeddings(self, identity_id: str, model_id: str) -> IdentityEmbeddings | None:
         """Faces first, then the identity: a delete racing this read (it removes faces, then
@@ -457,7 +444,7 @@ class MilvusStore:
                 mine = sorted(rows[identity.id], key=self._creation_order)
                 yield ExportedIdentity(
                     identity,
-                    [self._face(row) for row in mine],
+                    [FaceRecord.from_row(row) for row in mine],
                     [np.asarray(row["embedding"], np.float32) for row in mine],
                 )
 

@@ -130,19 +130,6 @@ _FACE_COLUMNS = (
 )
 
 
-def _face(row: sqlite3.Row) -> FaceRecord:
-    return FaceRecord(
-        face_id=row["face_id"],
-        index_id=int(row["index_id"]),
-        identity_id=row["identity_id"],
-        model_id=row["model_id"],
-        quality=float(row["quality"]),
-        det_score=float(row["det_score"]),
-        image_sha256=row["image_sha256"],
-        created_at=row["created_at"],
-    )
-
-
 def _identity(row: sqlite3.Row) -> Identity:
     return Identity(
         id=row["id"],
@@ -423,7 +410,7 @@ class SqliteStore:
                 f"SELECT {_FACE_COLUMNS} FROM faces WHERE identity_id = ? ORDER BY index_id",
                 (identity_id,),
             ).fetchall()
-        return [_face(row) for row in rows]
+        return [FaceRecord.from_row(row) for row in rows]
 
     def embeddings_of(self, identity_id: str, model_id: str) -> tuple[list[FaceRecord], np.ndarray]:
         with self._connection() as db:
@@ -432,7 +419,7 @@ class SqliteStore:
                 "WHERE identity_id = ? AND model_id = ? ORDER BY index_id",
                 (identity_id, model_id),
             ).fetchall()
-        faces = [_face(row) for row in rows]
+        faces = [FaceRecord.from_row(row) for row in rows]
         if not rows:
             return faces, np.zeros((0, 0), np.float32)
         return faces, np.stack([blob_to_embedding(row["embedding"]) for row in rows])
@@ -452,7 +439,9 @@ class SqliteStore:
             if rows
             else np.zeros((0, 0), np.float32)
         )
-        return IdentityEmbeddings(_identity(row), [_face(r) for r in rows], embeddings)
+        return IdentityEmbeddings(
+            _identity(row), [FaceRecord.from_row(r) for r in rows], embeddings
+        )
 
     def export(self, batch_size: int = LOAD_BATCH_ROWS) -> Iterator[ExportedIdentity]:
         """Streams identities in creation order, each with its faces (one read snapshot)."""
@@ -474,7 +463,7 @@ class SqliteStore:
                         mine.append(pending.pop())
                     yield ExportedIdentity(
                         identity,
-                        [_face(face) for face in mine],
+                        [FaceRecord.from_row(face) for face in mine],
                         [blob_to_embedding(face["embedding"]) for face in mine],
                     )
 

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +191,46 @@ def running_server(pack_dir: Path, data_dir: Path, **options) -> Iterator[Server
         yield server
     finally:
         server.stop()
+
+
+def photo_upload(seed: int) -> dict:
+    """A multipart `image` of the noise photo of `seed`."""
+    return {"image": ("p.png", noise_photo(seed), "image/png")}
+
+
+def enrol_until_killed(server: Server, minimum: int) -> tuple[str, dict[str, int]]:
+    """Create an identity on `server`, enrol photos into it from two clients at once, SIGKILL
+    the server once `minimum` enrolments were acknowledged, and return the identity id and
+    every acknowledged face (face_id -> photo seed). The server is stopped afterwards."""
+    acknowledged: dict[str, int] = {}
+    lock = threading.Lock()
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            identity_id = client.post("/identities", json={"name": "Ada"}).json()["id"]
+
+        def enrol(first_seed: int) -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                for seed in range(first_seed, first_seed + 10_000, 2):
+                    try:
+                        response = client.post(
+                            f"/identities/{identity_id}/faces", files=photo_upload(seed)
+                        )
+                    except httpx.TransportError:
+                        return
+                    if response.status_code == 201:
+                        with lock:
+                            acknowledged[response.json()["face_id"]] = seed
+
+        writers = [threading.Thread(target=enrol, args=(s,)) for s in (0, 1)]
+        for writer in writers:
+            writer.start()
+        deadline = time.monotonic() + 120
+        while len(acknowledged) < minimum and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.kill()
+        for writer in writers:
+            writer.join(timeout=60)
+    finally:
+        server.stop()
+    return identity_id, acknowledged

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from gallery_support import Server, noise_photo, running_server
+from gallery_support import Server, enrol_until_killed, noise_photo, running_server
 from synthetic_models import SyntheticFace, make_manifest_pack
 
 from service.gallery.gallery import Gallery
@@ -48,37 +47,7 @@ def fresh_connection_client(url: str) -> httpx.Client:
 def test_sigkill_during_enrolments_loses_no_acknowledged_face(tmp_path, pack):
     data_dir = tmp_path / "data"
     server = Server(pack, data_dir)
-    acknowledged: dict[str, int] = {}  # face_id -> photo seed
-    lock = threading.Lock()
-    try:
-        server.wait_ready()
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            identity_id = client.post("/identities", json={"name": "Ada"}).json()["id"]
-
-        def enrol_until_killed(first_seed: int) -> None:
-            with httpx.Client(base_url=server.url, timeout=30) as client:
-                for seed in range(first_seed, first_seed + 10_000, 2):
-                    try:
-                        response = client.post(
-                            f"/identities/{identity_id}/faces", files=files(seed)
-                        )
-                    except httpx.TransportError:
-                        return
-                    if response.status_code == 201:
-                        with lock:
-                            acknowledged[response.json()["face_id"]] = seed
-
-        writers = [threading.Thread(target=enrol_until_killed, args=(s,)) for s in (0, 1)]
-        for writer in writers:
-            writer.start()
-        deadline = time.monotonic() + 120
-        while len(acknowledged) < ENROLMENTS_BEFORE_KILL and time.monotonic() < deadline:
-            time.sleep(0.01)
-        server.kill()
-        for writer in writers:
-            writer.join(timeout=60)
-    finally:
-        server.stop()
+    identity_id, acknowledged = enrol_until_killed(server, ENROLMENTS_BEFORE_KILL)
     assert len(acknowledged) >= ENROLMENTS_BEFORE_KILL
 
     with running_server(pack, data_dir) as restarted:

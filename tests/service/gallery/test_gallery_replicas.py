@@ -5,13 +5,17 @@ replica killed with SIGKILL while enrolling loses no face it acknowledged."""
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from gallery_support import Server, backend_settings, noise_photo, running_server
+from gallery_support import (
+    Server,
+    backend_settings,
+    enrol_until_killed,
+    noise_photo,
+    running_server,
+)
 from synthetic_models import SyntheticFace, make_manifest_pack
 
 pytestmark = pytest.mark.slow
@@ -69,38 +73,8 @@ def test_replicas_see_each_others_enrolments_and_deletions_at_the_next_request(
 
 
 def test_replica_killed_during_enrolments_loses_no_acknowledged_face(tmp_path, pack, shared):
-    doomed = Server(pack, tmp_path / "doomed", **shared)
-    acknowledged: dict[str, int] = {}  # face_id -> photo seed
-    lock = threading.Lock()
-    try:
-        doomed.wait_ready()
-        with httpx.Client(base_url=doomed.url, timeout=30) as client:
-            identity_id = client.post("/identities", json={"name": "Ada"}).json()["id"]
-
-        def enrol_until_killed(first_seed: int) -> None:
-            with httpx.Client(base_url=doomed.url, timeout=30) as client:
-                for seed in range(first_seed, first_seed + 10_000, 2):
-                    try:
-                        response = client.post(
-                            f"/identities/{identity_id}/faces", files=files(seed)
-                        )
-                    except httpx.TransportError:
-                        return
-                    if response.status_code == 201:
-                        with lock:
-                            acknowledged[response.json()["face_id"]] = seed
-
-        writers = [threading.Thread(target=enrol_until_killed, args=(s,)) for s in (0, 1)]
-        for writer in writers:
-            writer.start()
-        deadline = time.monotonic() + 120
-        while len(acknowledged) < ENROLMENTS_BEFORE_KILL and time.monotonic() < deadline:
-            time.sleep(0.01)
-        doomed.kill()
-        for writer in writers:
-            writer.join(timeout=60)
-    finally:
-        doomed.stop()
+    server = Server(pack, tmp_path / "doomed", **shared)
+    identity_id, acknowledged = enrol_until_killed(server, ENROLMENTS_BEFORE_KILL)
     assert len(acknowledged) >= ENROLMENTS_BEFORE_KILL
 
     with (
