@@ -173,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fetch-models":
         configure_logging("info")
         return fetch_models(args.name, args.dir)
+    if args.command in ("batch-detector", "quantize-recognizer"):
+        # Pack tools print their own report; the service's INFO lines (sessions opened on
+        # which provider) would only bury it.
+        configure_logging("warning")
     if args.command == "batch-detector":
         return batch_detector(args.source, args.target, args.photos)
     if args.command == "quantize-recognizer":
