@@ -2,6 +2,12 @@
 
 Asking onnxruntime for CUDA on a machine without a usable CUDA silently falls back to CPU, so
 the provider actually in use is read back from the session and logged.
+
+OpenVINO (`onnxruntime-openvino`, a build of onnxruntime that replaces the plain one) is given
+the intra-op thread count (its own default is 8 threads whatever the slots) and `ACCURACY`
+precision, so a CPU with bf16 units (AMX) runs the models at their own FP32 precision rather
+than OpenVINO's faster, less exact default there; `bench/execution_providers.py` checks it
+against the CPU provider on real photos.
 """
 
 from __future__ import annotations
@@ -16,7 +22,13 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-_SHORT_NAMES = {"cuda": CUDA, "cpu": CPU, "tensorrt": "TensorrtExecutionProvider"}
+OPENVINO = "OpenVINOExecutionProvider"
+_SHORT_NAMES = {
+    "cuda": CUDA,
+    "cpu": CPU,
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": OPENVINO,
+}
 # `FACEVERIFY_GRAPH_OPTIMIZATION` values; `all` is onnxruntime's own default.
 GRAPH_OPTIMIZATION_LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -47,12 +59,27 @@ def resolve_providers(spec: str) -> list[str]:
     if unknown:
         log.warning(
             "onnxruntime providers %s are not available in this build (available: %s); "
-            "install onnxruntime-gpu for CUDA",
+            "install onnxruntime-gpu for CUDA, onnxruntime-openvino for OpenVINO",
             unknown,
             available,
         )
     chosen = [p for p in wanted if p in available]
     return chosen or [CPU]
+
+
+def provider_entries(providers: list[str], options: RuntimeOptions) -> list[str | tuple]:
+    """The `providers` argument of an onnxruntime session: names, with options where ours
+    differ from the provider's defaults (see the module docstring)."""
+    entries: list[str | tuple] = []
+    for name in providers:
+        if name == OPENVINO:
+            settings = {"device_type": "CPU", "precision": "ACCURACY"}
+            if options.intra_op_threads > 0:
+                settings["num_of_threads"] = str(options.intra_op_threads)
+            entries.append((name, settings))
+        else:
+            entries.append(name)
+    return entries
 
 
 def create_session(path: Path, options: RuntimeOptions) -> ort.InferenceSession:
@@ -63,7 +90,9 @@ def create_session(path: Path, options: RuntimeOptions) -> ort.InferenceSession:
     session_options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[options.graph_optimization]
     session_options.log_severity_level = 3  # errors only: CUDA fallback is reported below
     providers = resolve_providers(options.providers)
-    session = ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
+    session = ort.InferenceSession(
+        str(path), sess_options=session_options, providers=provider_entries(providers, options)
+    )
     active = session.get_providers()[0]
     if providers[0] != active:
         log.warning("%s: asked for %s but onnxruntime runs it on %s", path.name, providers, active)

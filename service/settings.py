@@ -35,8 +35,8 @@ class Settings(BaseSettings):
     # --- onnxruntime ------------------------------------------------------------------------
     providers: str = Field(
         "auto",
-        description="Comma-separated onnxruntime providers (`cuda`, `cpu`, or full names); "
-        "`auto` = CUDA when available, else CPU.",
+        description="Comma-separated onnxruntime providers (`cuda`, `openvino`, `cpu`, or full "
+        "names); `auto` = CUDA when available, else CPU.",
     )
     intra_op_threads: int = Field(
         0,

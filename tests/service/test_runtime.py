@@ -11,6 +11,7 @@ from synthetic_models import make_manifest_pack
 from service import app as app_module
 from service.app import create_app
 from service.faces.scheduler import plan_slots
+from service.runtime import CPU, OPENVINO, RuntimeOptions, provider_entries, resolve_providers
 from service.settings import Settings
 
 
@@ -49,3 +50,23 @@ def test_the_app_opens_its_sessions_with_the_per_worker_budget(tmp_path, eight_c
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").status_code == 200
     assert [runtime.intra_op_threads for runtime in seen] == [1]
+
+
+def test_openvino_gets_the_slot_threads_and_full_precision():
+    """OpenVINO's own default is 8 threads whatever the slots, and bf16 on CPUs with AMX."""
+    entries = provider_entries([OPENVINO, CPU], RuntimeOptions("openvino", intra_op_threads=1))
+    assert entries == [
+        (OPENVINO, {"device_type": "CPU", "precision": "ACCURACY", "num_of_threads": "1"}),
+        CPU,
+    ]
+    auto_threads = provider_entries([OPENVINO], RuntimeOptions("openvino"))
+    assert auto_threads == [(OPENVINO, {"device_type": "CPU", "precision": "ACCURACY"})]
+    assert provider_entries([CPU], RuntimeOptions("cpu", intra_op_threads=2)) == [CPU]
+
+
+def test_a_provider_this_build_lacks_falls_back_to_cpu_with_a_hint(monkeypatch, caplog):
+    monkeypatch.setattr("service.runtime.ort.get_available_providers", lambda: [CPU])
+    with caplog.at_level("WARNING", logger="service.runtime"):
+        assert resolve_providers("openvino") == [CPU]
+    assert "OpenVINOExecutionProvider" in caplog.text
+    assert "onnxruntime-openvino" in caplog.text
