@@ -9,7 +9,9 @@ For each concurrency (1, 4 and 16 by default) it prints /verify per second, p50 
 and the process's peak and last RSS for both servers, then the ratios faceverify / naive.
 `--service-root` runs the service from another checkout (to measure a before/after pair).
 The soak sends verify, enrol, identify, delete and bad-input requests at concurrency 16 and
-prints, each minute, the request rate, the RSS and the count of 5xx and 503 `overloaded`.
+prints, each minute, the request rate, the RSS (median, min and max of samples taken twice a
+second: one instant would mostly show which uploads happened to be in flight) and the count of
+5xx and 503 `overloaded`; at the end, the growth of the median from minute 2 to the last.
 """
 
 from __future__ import annotations
@@ -74,10 +76,12 @@ def rss_mib(pid: int) -> float:
 
 
 class RssWatch:
-    """Samples a process's RSS twice a second in a thread; `peak` and `last` in MiB."""
+    """Samples a process's RSS twice a second in a thread; `peak` and `last` in MiB, and the
+    samples since the last `reset` or `take`."""
 
     def __init__(self, pid: int) -> None:
         self.pid, self.peak, self.last = pid, 0.0, 0.0
+        self._samples: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -89,9 +93,16 @@ class RssWatch:
             except OSError:
                 return
             self.peak = max(self.peak, self.last)
+            self._samples.append(self.last)
 
     def reset(self) -> None:
         self.peak = self.last = rss_mib(self.pid)
+        self._samples = []
+
+    def take(self) -> list[float]:
+        """The samples since the previous call (or reset), and starts a new series."""
+        samples, self._samples = self._samples, []
+        return samples or [rss_mib(self.pid)]
 
     def stop(self) -> None:
         self._stop.set()
@@ -271,22 +282,32 @@ async def soak(port: int, pid: int, images: Path, pairs, minutes: float, concurr
                     )
 
         async def report() -> None:
-            start, last_done = time.perf_counter(), 0
-            minute = 0
+            last_done = 0
+            watch = RssWatch(pid)
             while time.perf_counter() < deadline:
                 await asyncio.sleep(min(60.0, max(0.1, deadline - time.perf_counter())))
-                minute += 1
                 rate = (done - last_done) / 60.0
                 last_done = done
                 fives = sum(n for s, n in statuses.items() if s >= 500)
+                samples = watch.take()
+                medians.append(statistics.median(samples))
                 print(
-                    f"minute {minute}: RSS {rss_mib(pid):.0f} MiB, {rate:.1f} req/s, "
-                    f"5xx {fives} ({dict(codes)}), statuses {dict(sorted(statuses.items()))}",
+                    f"minute {len(medians)}: RSS median {medians[-1]:.0f} MiB (min "
+                    f"{min(samples):.0f}, max {max(samples):.0f}, now {rss_mib(pid):.0f}), "
+                    f"{rate:.1f} req/s, 5xx {fives} ({dict(codes)}), "
+                    f"statuses {dict(sorted(statuses.items()))}",
                     flush=True,
                 )
-            del start
+            watch.stop()
 
+        medians: list[float] = []
         await asyncio.gather(report(), *(mixed() for _ in range(concurrency)))
+    if len(medians) >= 3:
+        growth = (medians[-1] / medians[1] - 1.0) * 100.0
+        print(
+            f"RSS median, minute 2 -> minute {len(medians)}: {medians[1]:.0f} -> "
+            f"{medians[-1]:.0f} MiB ({growth:+.1f} %); peak of the medians {max(medians):.0f} MiB"
+        )
 
 
 def main() -> int:
