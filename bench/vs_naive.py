@@ -324,6 +324,7 @@ def main() -> int:
     args = parser.parse_args()
     seconds = 20.0 if args.quick else args.seconds
     levels = [int(level) for level in args.levels.split(",")]
+    args.pack = args.pack.resolve()  # the servers run from other folders (--service-root)
     pairs = load_pairs(args.images)
     extra = dict(item.split("=", 1) for item in args.env)
     with tempfile.TemporaryDirectory() as data_dir:

@@ -30,7 +30,7 @@ from service.faces.scheduler import (
 )
 from service.gallery import open_gallery
 from service.keys import KeyRing
-from service.memory import limit_heap_arenas
+from service.memory import tune_heap
 from service.metrics import Metrics
 from service.packs import load_pack
 from service.runtime import RuntimeOptions
@@ -205,6 +205,6 @@ def create_app(
 def create_served_app() -> FastAPI:
     """The app `python -m service` runs (uvicorn's factory): settings from the environment,
     models and gallery loaded in the background so the probes answer from the first second,
-    and glibc's heap arenas bounded before the serving threads start (`service.memory`)."""
-    limit_heap_arenas()
+    and glibc's malloc tuned before the serving threads start (`service.memory`)."""
+    tune_heap()
     return create_app(Settings(), load_in_background=True)

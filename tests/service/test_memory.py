@@ -1,4 +1,5 @@
-"""The serving process bounds glibc's heap arenas: threads share two instead of one each."""
+"""The serving process tunes glibc's heap (`service.memory`): threads share two arenas instead
+of one each, and the mmap threshold is fixed instead of drifting up with the traffic."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pytest
 ARENAS_AFTER_THREADS = textwrap.dedent(
     """
     import ctypes, sys, threading
-    from service.memory import limit_heap_arenas
-    limited = limit_heap_arenas() if sys.argv[1] == "limit" else False
+    from service.memory import tune_heap
+    limited = tune_heap().arenas if sys.argv[1] == "tune" else False
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
     barrier = threading.Barrier(12)
@@ -30,17 +31,47 @@ ARENAS_AFTER_THREADS = textwrap.dedent(
     """
 )
 
+# Frees one 20 MiB block (which raises glibc's dynamic threshold to 20 MiB), then allocates
+# 8 MiB blocks and prints how many of them got an mmap of their own, and what tune_heap set.
+MMAPPED_BLOCKS = textwrap.dedent(
+    """
+    import ctypes, sys
+    from service.memory import tune_heap
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.mallinfo2.restype = MallInfo2
+    tuned = False
+    if sys.argv[1] == "tune":
+        tuned = tune_heap(mmap_threshold=int(sys.argv[2])).mmap_threshold
+    libc.free(libc.malloc(20 << 20))
+    before = libc.mallinfo2().hblks
+    blocks = [libc.malloc(8 << 20) for _ in range(3)]
+    print(libc.mallinfo2().hblks - before, tuned)
+    """
+)
 
-def _arenas(mode: str, env: dict[str, str]) -> tuple[int, str]:
+
+def _run(script: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     run = subprocess.run(
-        [sys.executable, "-c", ARENAS_AFTER_THREADS, mode],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60, env=env
     )
     assert run.returncode == 0, run.stderr
+    return run
+
+
+def _arenas(mode: str, env: dict[str, str]) -> tuple[int, str]:
+    run = _run(ARENAS_AFTER_THREADS, [mode], env)
     return run.stderr.count("Arena "), run.stdout.strip()
+
+
+def _mmapped(mode: str, threshold: int, env: dict[str, str]) -> tuple[int, str]:
+    count, tuned = _run(MMAPPED_BLOCKS, [mode, str(threshold)], env).stdout.split()
+    return int(count), tuned
 
 
 def _glibc() -> bool:
@@ -49,12 +80,34 @@ def _glibc() -> bool:
     return hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
 
 
+def _clean_env() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")
+    }
+
+
 @pytest.mark.skipif(not _glibc(), reason="heap arenas are a glibc feature")
-def test_limit_keeps_threads_to_two_arenas_and_an_operator_setting_wins():
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+def test_threads_share_two_arenas_and_an_operator_setting_wins():
+    env = _clean_env()
     default, _ = _arenas("default", env)
-    limited, answer = _arenas("limit", env)
-    _, operator = _arenas("limit", {**env, "MALLOC_ARENA_MAX": "4"})
+    limited, answer = _arenas("tune", env)
+    _, operator = _arenas("tune", {**env, "MALLOC_ARENA_MAX": "4"})
     assert default > 2  # the premise: without the bound, threads get arenas of their own
     assert limited <= 2 and answer == "True"
     assert operator == "False"
+
+
+@pytest.mark.skipif(not _glibc(), reason="the mmap threshold is a glibc feature")
+def test_the_mmap_threshold_stays_where_it_is_set_and_an_operator_setting_wins():
+    env = _clean_env()
+    # glibc's default: the freed 20 MiB block raised the threshold, so 8 MiB comes from the heap.
+    assert _mmapped("default", 0, env) == (0, "False")
+    # Fixed at 1 MiB, the threshold does not drift: every 8 MiB block gets its own mmap.
+    assert _mmapped("tune", 1 << 20, env) == (3, "True")
+    # The operator's variable wins (glibc reads it at start; tune_heap leaves it alone).
+    assert _mmapped("tune", 1 << 20, {**env, "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}) == (
+        0,
+        "False",
+    )
