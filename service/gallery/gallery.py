@@ -181,9 +181,11 @@ class Gallery:
     def _erase(self) -> None:
         self._sync.erased()
         if not self.store.erase():
-            logger.warning(
+            # Common under concurrent traffic and finished by the next checkpoint: not a warning.
+            logger.info(
                 "deleted embeddings are zeroed in the database, but a concurrent reader kept "
-                "the write-ahead log from being truncated; the next deletion or shutdown will"
+                "the write-ahead log from being truncated; the next deletion or shutdown will "
+                "finish erasing them from the files"
             )
         self._sync.catch_up()
 

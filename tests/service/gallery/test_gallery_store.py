@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gallery_support import MODEL, OTHER_MODEL, unit
+from gallery_support import MODEL, OTHER_MODEL, open_test_gallery, unit
 
 from service.gallery.store import DATABASE_NAME, POOL_IDLE_CONNECTIONS, NewFace, SqliteStore
 
@@ -180,6 +180,37 @@ def test_deleted_embedding_bytes_are_gone_from_every_file_on_disk(tmp_path):
         assert rows.fetchone()[0] == 0
     finally:
         store.close()
+
+
+def test_a_reader_holding_the_log_delays_the_erasure_to_the_next_deletion(tmp_path, caplog):
+    gallery = open_test_gallery(tmp_path, dim=128)
+    reader = sqlite3.connect(tmp_path / DATABASE_NAME)
+    try:
+        first = gallery.create_identity("Ada")
+        second = gallery.create_identity("Bob")
+        vectors = [unit(np.random.default_rng(seed).standard_normal(128)) for seed in (31, 32)]
+        for identity, vector in zip((first, second), vectors, strict=True):
+            gallery.add_embedding(identity.id, vector.tolist(), MODEL)
+        stored = [
+            gallery.store.embeddings_of(identity.id, MODEL)[1][0].astype("<f4").tobytes()
+            for identity in (first, second)
+        ]
+        gallery.store.erase()
+        assert all(_files_contain(tmp_path, data) for data in stored)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM faces").fetchone()  # a snapshot from before
+        with caplog.at_level("INFO", logger="service.gallery.gallery"):
+            gallery.delete_identity(first.id)
+        assert (
+            "the next deletion or shutdown will finish erasing them from the files" in caplog.text
+        )
+        assert _files_contain(tmp_path, stored[0])  # not erased from the files yet
+        reader.rollback()
+        gallery.delete_identity(second.id)
+        assert not any(_files_contain(tmp_path, data) for data in stored)
+    finally:
+        reader.close()
+        gallery.close()
 
 
 def test_concurrent_writers_from_many_threads_lose_nothing(store):
