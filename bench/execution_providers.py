@@ -38,10 +38,6 @@ from service.runtime import CPU, OPENVINO, RuntimeOptions
 CANDIDATES = (CPU, OPENVINO)
 
 
-def median_ms(samples: list[float]) -> str:
-    return f"{statistics.median(samples):.2f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pack", type=Path, required=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service import app as app_module
 from service.app import create_app
 from service.settings import Settings
 
@@ -70,3 +71,17 @@ def app_client(tmp_path: Path) -> Callable[..., Iterator[TestClient]]:
             yield client
 
     return make
+
+
+@pytest.fixture
+def opened_runtimes(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The `RuntimeOptions` of every pipeline the app opens while the test runs, in order."""
+    seen: list = []
+    from_pack = app_module.FacePipeline.from_pack
+
+    def spy(pack, options, runtime, *args, **kwargs):
+        seen.append(runtime)
+        return from_pack(pack, options, runtime, *args, **kwargs)
+
+    monkeypatch.setattr(app_module.FacePipeline, "from_pack", spy)
+    return seen

@@ -14,7 +14,6 @@ import pytest
 from pydantic import ValidationError
 from synthetic_models import SyntheticFace, make_manifest_pack, make_recognizer
 
-from service import app as app_module
 from service.__main__ import main
 from service.faces import quantize
 from service.packs import load_pack
@@ -43,24 +42,16 @@ def test_sessions_open_at_the_chosen_graph_optimisation_level(tmp_path, level, e
 
 
 def test_graph_optimisation_setting_defaults_to_onnxruntimes_and_reaches_the_app(
-    tmp_path, monkeypatch, app_client
+    tmp_path, monkeypatch, app_client, opened_runtimes
 ):
     assert Settings(_env_file=None).graph_optimization == "all"
     monkeypatch.setenv("FACEVERIFY_GRAPH_OPTIMIZATION", "bogus")
     with pytest.raises(ValidationError):
         Settings(_env_file=None)
     monkeypatch.delenv("FACEVERIFY_GRAPH_OPTIMIZATION")
-    seen = []
-    from_pack = app_module.FacePipeline.from_pack
-
-    def spy(pack, options, runtime, *args, **kwargs):
-        seen.append(runtime)
-        return from_pack(pack, options, runtime, *args, **kwargs)
-
-    monkeypatch.setattr(app_module.FacePipeline, "from_pack", spy)
     with app_client(make_manifest_pack(tmp_path / "pack"), graph_optimization="basic") as client:
         assert client.get("/readyz").status_code == 200
-    assert [runtime.graph_optimization for runtime in seen] == ["basic"]
+    assert [runtime.graph_optimization for runtime in opened_runtimes] == ["basic"]
 
 
 def _photos(directory: Path, count: int = 6) -> Path:

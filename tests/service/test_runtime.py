@@ -8,7 +8,6 @@ import pytest
 from fastapi.testclient import TestClient
 from synthetic_models import make_manifest_pack
 
-from service import app as app_module
 from service.app import create_app
 from service.faces.scheduler import plan_slots
 from service.runtime import CPU, OPENVINO, RuntimeOptions, provider_entries, resolve_providers
@@ -32,15 +31,9 @@ def test_explicit_threads_or_slots_divide_the_rest(eight_cpus):
     assert plan_slots(3, 5, workers=1) == (3, 5)
 
 
-def test_the_app_opens_its_sessions_with_the_per_worker_budget(tmp_path, eight_cpus, monkeypatch):
-    seen = []
-    from_pack = app_module.FacePipeline.from_pack
-
-    def spy(pack, options, runtime, *args, **kwargs):
-        seen.append(runtime)
-        return from_pack(pack, options, runtime, *args, **kwargs)
-
-    monkeypatch.setattr(app_module.FacePipeline, "from_pack", spy)
+def test_the_app_opens_its_sessions_with_the_per_worker_budget(
+    tmp_path, eight_cpus, opened_runtimes
+):
     settings = Settings(
         pack_dir=make_manifest_pack(tmp_path / "pack"),
         data_dir=tmp_path / "data",
@@ -49,7 +42,7 @@ def test_the_app_opens_its_sessions_with_the_per_worker_budget(tmp_path, eight_c
     )
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").status_code == 200
-    assert [runtime.intra_op_threads for runtime in seen] == [1]
+    assert [runtime.intra_op_threads for runtime in opened_runtimes] == [1]
 
 
 def test_openvino_gets_the_slot_threads_and_full_precision():
