@@ -21,6 +21,7 @@ from service.gallery import transfer
 from service.keys_cli import add_keys_parser, run_keys
 from service.logs import configure_logging, logging_config
 from service.settings import REPO_ROOT, Settings
+from service.workers import shared_ready_dir
 
 DEFAULT_MODELS_DIR = REPO_ROOT / "models"
 
@@ -48,14 +49,15 @@ def serve(settings: Settings) -> int:
             return _fail(str(exc))
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="faceverify-metrics-")
-    uvicorn.run(
-        "service.app:create_served_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_config=logging_config(settings.log_level),
-    )
+    with shared_ready_dir(settings.workers):
+        uvicorn.run(
+            "service.app:create_served_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=logging_config(settings.log_level),
+        )
     return 0
 
 

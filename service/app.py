@@ -37,6 +37,7 @@ from service.runtime import RuntimeOptions
 from service.settings import Settings
 from service.web.console import install_console
 from service.web.docs import install_docs
+from service.workers import WorkerReadiness, worker_readiness_from_env
 
 log = logging.getLogger("service")
 
@@ -114,10 +115,17 @@ class BackgroundStartup:
     leave /healthz silent and a liveness probe would kill the process. Until the load is done
     /readyz and every model route answer 503 `not_ready`; if it fails, /healthz does too."""
 
-    def __init__(self, app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        settings: Settings,
+        metrics: Metrics,
+        worker_readiness: WorkerReadiness | None = None,
+    ) -> None:
         self._app = app
         self._settings = settings
         self._metrics = metrics
+        self._worker_readiness = worker_readiness
         self._thread = threading.Thread(target=self._load, name="faceverify-startup", daemon=True)
 
     def start(self) -> None:
@@ -130,6 +138,8 @@ class BackgroundStartup:
             log.exception("start-up failed")
             self._app.state.startup_error = f"{type(exc).__name__}: {exc}"
         else:
+            if self._worker_readiness is not None:
+                self._worker_readiness.mark_ready()
             log.info("ready for traffic")
 
     def join(self) -> None:
@@ -141,26 +151,30 @@ def create_app(
     *,
     services: Services | None = None,
     load_in_background: bool = False,
+    worker_readiness: WorkerReadiness | None = None,
 ) -> FastAPI:
     """The ASGI app. `services` lets tests inject ready-made components. With
     `load_in_background`, start-up returns at once and the models and gallery load in a
-    thread (what the served app does); otherwise start-up waits for them."""
+    thread (what the served app does); otherwise start-up waits for them. With
+    `worker_readiness` (several workers), /readyz waits for every worker (`service.workers`)."""
     settings = settings or (services.settings if services else Settings())
     metrics = services.metrics if services else Metrics.create()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         startup = None
-        if services is not None:
-            app.state.services = services
-        elif load_in_background:
-            startup = BackgroundStartup(app, settings, metrics)
+        if load_in_background and services is None:
+            startup = BackgroundStartup(app, settings, metrics, worker_readiness)
             startup.start()
         else:
-            app.state.services = build_services(settings, metrics)
+            app.state.services = services or build_services(settings, metrics)
+            if worker_readiness is not None:
+                worker_readiness.mark_ready()
         try:
             yield
         finally:
+            if worker_readiness is not None:
+                worker_readiness.withdraw()
             if startup is not None:
                 startup.join()  # a load in progress finishes before its gallery is closed
             ready = app.state.services
@@ -181,6 +195,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.services = None
     app.state.startup_error = None
+    app.state.worker_readiness = worker_readiness
     install_error_handlers(app)
     for module in (verify, faces, identities, identify, health, status):
         app.include_router(module.router)
@@ -207,4 +222,9 @@ def create_served_app() -> FastAPI:
     models and gallery loaded in the background so the probes answer from the first second,
     and glibc's malloc tuned before the serving threads start (`service.memory`)."""
     tune_heap()
-    return create_app(Settings(), load_in_background=True)
+    settings = Settings()
+    return create_app(
+        settings,
+        load_in_background=True,
+        worker_readiness=worker_readiness_from_env(settings.workers),
+    )

@@ -3,6 +3,8 @@ when loading failed."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from testimages import encode, noise_image
 import service.app
 from service.app import create_app
 from service.settings import Settings
+from service.workers import WorkerReadiness
 
 FACE = SyntheticFace.from_box((100.0, 120.0, 340.0, 400.0), score=0.9)
 
@@ -80,3 +83,34 @@ def test_probes_answer_head(app_client, tmp_path: Path, path: str) -> None:
     with app_client(pack) as client:
         response = client.head(path)
     assert response.status_code == 200 and response.content == b""
+
+
+def test_readyz_waits_for_every_worker(tmp_path: Path) -> None:
+    """With several workers, a worker that loaded answers /readyz 503 until the others have:
+    traffic a load balancer sends on its 200 must not meet a worker still loading."""
+    pack = make_manifest_pack(tmp_path / "pack", [FACE])
+    marks = tmp_path / "ready"
+    marks.mkdir()
+    readiness = WorkerReadiness(marks, expected=2)
+    settings = Settings(pack_dir=pack, data_dir=tmp_path / "data", _env_file=None)
+    other_worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with TestClient(
+            create_app(settings, load_in_background=True, worker_readiness=readiness)
+        ) as client:
+            waiting = _wait_ready(client, seconds=2)
+            alone = client.get("/readyz")
+            (marks / str(other_worker.pid)).touch()  # the other worker finished loading
+            both = client.get("/readyz")
+            other_worker.kill()
+            other_worker.wait()
+            after_death = client.get("/readyz")
+        assert sorted(p.name for p in marks.iterdir()) == [str(other_worker.pid)]
+    finally:
+        other_worker.kill()
+        other_worker.wait()
+    assert waiting == 503
+    assert alone.status_code == 503 and _code(alone) == "not_ready"
+    assert alone.json()["error"]["message"] == "1 of 2 workers have loaded their models"
+    assert both.status_code == 200 and both.json()["status"] == "ready"
+    assert after_death.status_code == 503  # a dead worker's mark does not count

@@ -28,7 +28,8 @@ async def healthz(request: Request) -> Health:
 @router.head("/readyz", include_in_schema=False)
 @router.get("/readyz", response_model=Readiness, responses=documented({}))
 async def readyz(request: Request) -> Readiness:
-    """Models are loaded and the gallery is open: ready for traffic (503 otherwise)."""
+    """Models are loaded and the gallery is open, in every worker: ready for traffic (503
+    otherwise)."""
     services = get_services(request)
     if services.gallery is None:
         raise ServiceError(ErrorCode.NOT_READY, "the gallery is not open")
@@ -36,6 +37,12 @@ async def readyz(request: Request) -> Readiness:
         services.gallery.list_identities(limit=1, offset=0)
     except sqlite3.Error as exc:
         raise ServiceError(ErrorCode.NOT_READY, f"the gallery store cannot be read: {exc}") from exc
+    workers = request.app.state.worker_readiness
+    if workers is not None and not workers.all_ready():
+        raise ServiceError(
+            ErrorCode.NOT_READY,
+            f"{workers.ready_count()} of {workers.expected} workers have loaded their models",
+        )
     return Readiness(
         status="ready",
         model=services.pack.model_id,
