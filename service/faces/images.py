@@ -6,6 +6,12 @@ format against an allow-list and width x height against a pixel budget. Only the
 pixels decoded, the EXIF orientation applied, and every colour mode reduced to 3 channels.
 Any failure becomes a `ServiceError` with a stable code; nothing here can surface as a 500.
 
+Pillow reads every header and decodes every format; the pixels of a whole YCbCr or grey JPEG
+(nearly every photo) come from OpenCV instead, which decodes straight into BGR with the same
+libjpeg-turbo (`_decode_jpeg_with_opencv`). A JPEG with corrupt scan data decodes, as in
+Pillow, to whatever libjpeg makes of it; OpenCV then prints libjpeg's one-line warning
+("Corrupt JPEG data: ...") on stderr.
+
 Conversions, so a caller knows what it gets:
 - transparency (RGBA, LA, PA, P or L/RGB with a transparent colour) is composited on white,
   so transparent areas are predictable rather than whatever colour the encoder left there;
@@ -23,6 +29,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -58,16 +65,24 @@ _TRANSPARENT_BACKGROUND = (255, 255, 255, 255)  # opaque white
 # several source pixels, as from a full decode.
 DRAFT_MARGIN = 2.0
 
-# EXIF Orientation values (TIFF 6.0 / EXIF 2.3, tag 0x0112) and the transposition that shows the
-# picture upright; 1 (and any unknown value) means "as stored".
-_ORIENTATION_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
+# EXIF Orientation values (TIFF 6.0 / EXIF 2.3, tag 0x0112) and the turn of the stored (H, W, 3)
+# array that shows the picture upright; 1 (and any unknown value) means "as stored".
+_ORIENTATION_TURNS: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: cv2.flip(a, 1),  # mirrored left-right
+    3: lambda a: cv2.rotate(a, cv2.ROTATE_180),
+    4: lambda a: cv2.flip(a, 0),  # mirrored top-bottom
+    5: cv2.transpose,  # mirrored along the main diagonal
+    6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
+    7: lambda a: cv2.flip(cv2.transpose(a), -1),  # mirrored along the other diagonal
+    8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
+}
+
+# OpenCV's JPEG decode flags for each DCT scale denominator.
+_OPENCV_SCALE_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
 }
 
 # Pixels converted per step from Pillow's image to the BGR array (about 3 MB of RGB).
@@ -132,16 +147,23 @@ def decode_reduced(
     try:
         with Image.open(io.BytesIO(data)) as img:
             _check_header(img, limits)
-            reduce = fit_into is not None and img.format in ("JPEG", "MPO")
-            if not reduce:
+            jpeg = img.format in ("JPEG", "MPO")  # its EXIF comes with the header
+            if not jpeg:
                 # Pixels first: reading a PNG's EXIF loads them, and a decode error must not be
                 # taken for unreadable EXIF (which only costs the rotation).
                 img.load()
-            full_size = _oriented_size(img)
-            if reduce:
-                _draft_for(img, full_size, fit_into)
+            orientation = _orientation(img)
+            full_size = _oriented_size(img.size, orientation)
+            wanted = None
+            if jpeg and fit_into is not None:
+                wanted = _reduced_size(img.size, full_size, fit_into)
+            pixels = _decode_jpeg_with_opencv(data, img, wanted) if jpeg else None
+            if pixels is None:
+                if wanted is not None:
+                    img.draft("RGB", wanted)
                 img.load()
-            bgr = _to_bgr_array(_upright(img))
+                pixels = _to_bgr_array(img)
+            bgr = _upright(pixels, orientation)
     except Image.DecompressionBombError as exc:
         # Pillow's own ceiling (2 x Image.MAX_IMAGE_PIXELS), checked inside Image.open.
         raise ServiceError(
@@ -163,10 +185,10 @@ def decode_reduced(
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
-def _oriented_size(img: Image.Image) -> tuple[int, int]:
-    """(width, height) after the EXIF orientation is applied, read from the header only."""
-    width, height = img.size
-    if _orientation(img) in _SWAPPING_ORIENTATIONS:
+def _oriented_size(stored: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """(width, height) of a picture stored as `stored` once `orientation` is applied."""
+    width, height = stored
+    if orientation in _SWAPPING_ORIENTATIONS:
         return height, width
     return width, height
 
@@ -180,22 +202,63 @@ def _orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) else 1
 
 
-def _upright(img: Image.Image) -> Image.Image:
-    """The picture turned as its EXIF orientation says (the same image when upright)."""
-    method = _ORIENTATION_TRANSPOSE.get(_orientation(img))
-    return img if method is None else img.transpose(method)
+def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """The picture turned as its EXIF orientation says (the same array when upright)."""
+    turn = _ORIENTATION_TURNS.get(orientation)
+    return pixels if turn is None else turn(pixels)
 
 
-def _draft_for(img: Image.Image, full_size: tuple[int, int], fit_into: tuple[int, int]) -> None:
-    """Ask the JPEG decoder for the smallest scale whose size covers the fitted size."""
+def _reduced_size(
+    stored: tuple[int, int], full_size: tuple[int, int], fit_into: tuple[int, int]
+) -> tuple[int, int] | None:
+    """The smallest (stored-orientation) size a JPEG decode must keep for `fit_into`, or None
+    when no DCT scale would keep enough pixels."""
     width, height = full_size
     scale = DRAFT_MARGIN * min(fit_into[0] / width, fit_into[1] / height)
-    if scale > 0.5:  # no DCT scale would keep enough pixels
-        return
+    if scale > 0.5:
+        return None
     wanted = (math.ceil(width * scale), math.ceil(height * scale))
-    if (width, height) != img.size:  # the file stores the image rotated
-        wanted = wanted[::-1]
-    img.draft("RGB", wanted)
+    return wanted if stored == full_size else wanted[::-1]
+
+
+def _dct_scale(stored: tuple[int, int], wanted: tuple[int, int] | None) -> int:
+    """The DCT scale denominator (1, 2, 4 or 8) whose decode covers `wanted`: Pillow's rule
+    in `JpegImageFile.draft`, so both decoders give the same size."""
+    if wanted is None:
+        return 1
+    fits = min(stored[0] // wanted[0], stored[1] // wanted[1])
+    return next(scale for scale in (8, 4, 2, 1) if fits >= scale)
+
+
+def _decode_jpeg_with_opencv(
+    data: bytes, img: Image.Image, wanted: tuple[int, int] | None
+) -> np.ndarray | None:
+    """The stored (not yet oriented) BGR pixels of a JPEG, or None to leave it to Pillow.
+
+    OpenCV's decoder writes BGR straight into the array, where Pillow decodes RGB that is
+    then copied into a BGR array: with the same libjpeg-turbo underneath, the pixels are
+    identical at every DCT scale and a photo decodes about 10 ms sooner (docs/performance.md).
+    It is used only where it behaves as Pillow does: YCbCr or grey JPEGs (Pillow's CMYK
+    conversion differs) whose last scan is followed by an end-of-image marker, since OpenCV
+    fills a truncated picture with grey where Pillow reports it truncated. Everything else,
+    and anything OpenCV refuses, goes through Pillow, whose errors are the reported ones.
+    """
+    if img.mode not in ("RGB", "L"):
+        return None
+    # Entropy-coded data never holds FF D9 (FF bytes there are stuffed or restart markers),
+    # so an end-of-image marker after the last start-of-scan means the last scan is whole.
+    if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        return None
+    scale = _dct_scale(img.size, wanted)
+    flags = _OPENCV_SCALE_FLAGS[scale] | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except cv2.error:
+        return None
+    expected = (-(-img.size[1] // scale), -(-img.size[0] // scale), 3)
+    if pixels is None or pixels.shape != expected:
+        return None
+    return pixels
 
 
 def _reason(exc: Exception) -> str:
