@@ -1,5 +1,6 @@
 """The serving process tunes glibc's heap (`service.memory`): threads share two arenas instead
-of one each, and the mmap threshold is fixed instead of drifting up with the traffic."""
+of one each, the mmap threshold is fixed instead of drifting up with the traffic, and freed
+memory at the top of the heap is kept for the next request instead of trimmed at once."""
 
 from __future__ import annotations
 
@@ -31,12 +32,10 @@ ARENAS_AFTER_THREADS = textwrap.dedent(
     """
 )
 
-# Frees one 20 MiB block (which raises glibc's dynamic threshold to 20 MiB), then allocates
-# 8 MiB blocks and prints how many of them got an mmap of their own, and what tune_heap set.
-MMAPPED_BLOCKS = textwrap.dedent(
+# glibc's malloc, free and mallinfo2 (heap statistics) through ctypes, for the scripts below.
+MALLINFO = textwrap.dedent(
     """
-    import ctypes, sys
-    from service.memory import tune_heap
+    import ctypes
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in (
             "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
@@ -45,6 +44,15 @@ MMAPPED_BLOCKS = textwrap.dedent(
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
     libc.mallinfo2.restype = MallInfo2
+    """
+)
+
+# Frees one 20 MiB block (which raises glibc's dynamic threshold to 20 MiB), then allocates
+# 8 MiB blocks and prints how many of them got an mmap of their own, and what tune_heap set.
+MMAPPED_BLOCKS = MALLINFO + textwrap.dedent(
+    """
+    import sys
+    from service.memory import tune_heap
     tuned = False
     if sys.argv[1] == "tune":
         tuned = tune_heap(mmap_threshold=int(sys.argv[2])).mmap_threshold
@@ -52,6 +60,17 @@ MMAPPED_BLOCKS = textwrap.dedent(
     before = libc.mallinfo2().hblks
     blocks = [libc.malloc(8 << 20) for _ in range(3)]
     print(libc.mallinfo2().hblks - before, tuned)
+    """
+)
+
+# Frees an 8 MiB heap block at the top of the main heap, then prints whether the heap kept it
+# (mallinfo2's keepcost: free memory at the top) and what tune_heap set.
+KEPT_AT_TOP = MALLINFO + textwrap.dedent(
+    """
+    from service.memory import tune_heap
+    tuned = tune_heap().trim_threshold
+    libc.free(libc.malloc(8 << 20))
+    print(libc.mallinfo2().keepcost >= 8 << 20, tuned)
     """
 )
 
@@ -84,7 +103,7 @@ def _clean_env() -> dict[str, str]:
     return {
         k: v
         for k, v in os.environ.items()
-        if k not in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_")
+        if k not in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
     }
 
 
@@ -111,3 +130,12 @@ def test_the_mmap_threshold_stays_where_it_is_set_and_an_operator_setting_wins()
         0,
         "False",
     )
+
+
+@pytest.mark.skipif(not _glibc(), reason="the trim threshold is a glibc feature")
+def test_freed_memory_at_the_top_of_the_heap_is_kept_and_an_operator_setting_wins():
+    env = _clean_env()
+    assert _run(KEPT_AT_TOP, [], env).stdout.split() == ["True", "True"]
+    # With glibc's 128 KiB (what a fixed mmap threshold leaves) the heap is trimmed at once.
+    trimmed = _run(KEPT_AT_TOP, [], {**env, "MALLOC_TRIM_THRESHOLD_": str(128 << 10)})
+    assert trimmed.stdout.split() == ["False", "False"]
