@@ -32,6 +32,14 @@ class ErrorCode(StrEnum):
     MODEL_MISMATCH = "model_mismatch"
     NOT_READY = "not_ready"
     OVERLOADED = "overloaded"
+    GALLERY_UNAVAILABLE = "gallery_unavailable"
+    STORAGE_BUSY = "storage_busy"
+    INSUFFICIENT_STORAGE = "insufficient_storage"
+    REQUEST_TIMEOUT = "request_timeout"
+    CLIENT_DISCONNECTED = "client_disconnected"
+    IMAGE_TOO_COMPLEX = "image_too_complex"
+    CROSS_SITE_REQUEST = "cross_site_request"
+    HOST_NOT_ALLOWED = "host_not_allowed"
     INTERNAL = "internal_error"
 
 

@@ -42,6 +42,14 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MODEL_MISMATCH: 409,
     ErrorCode.NOT_READY: 503,
     ErrorCode.OVERLOADED: 503,
+    ErrorCode.GALLERY_UNAVAILABLE: 503,
+    ErrorCode.STORAGE_BUSY: 503,
+    ErrorCode.INSUFFICIENT_STORAGE: 507,
+    ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.CLIENT_DISCONNECTED: 499,  # nginx's "client closed request": never sent, counted
+    ErrorCode.IMAGE_TOO_COMPLEX: 422,
+    ErrorCode.CROSS_SITE_REQUEST: 403,
+    ErrorCode.HOST_NOT_ALLOWED: 400,
     ErrorCode.INTERNAL: 500,
 }
 
