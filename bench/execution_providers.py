@@ -31,8 +31,8 @@ import onnxruntime as ort
 
 from service.faces.images import decode_image
 from service.faces.pipeline import AnalyzedImage, FacePipeline, PipelineOptions
-from service.faces.quantize import COSINE_FLOOR, aligned_crops, read_pairs
 from service.packs import load_pack
+from service.packtools.quantize import COSINE_FLOOR, aligned_crops, read_pairs
 from service.runtime import CPU, OPENVINO, RuntimeOptions
 
 CANDIDATES = (CPU, OPENVINO)

@@ -21,14 +21,14 @@ import warnings
 from pathlib import Path
 
 from service.faces.embedder import Embedder
-from service.faces.quantize import (
+from service.packs import load_pack
+from service.packtools.quantize import (
     Fp32Layers,
     aligned_crops,
     check_parity,
     quantize_model,
     read_pairs,
 )
-from service.packs import load_pack
 from service.runtime import GRAPH_OPTIMIZATION_LEVELS, RuntimeOptions, create_session
 
 

@@ -14,9 +14,9 @@ import pytest
 from pydantic import ValidationError
 from synthetic_models import SyntheticFace, make_manifest_pack, make_recognizer
 
-from service.__main__ import main
-from service.faces import quantize
+from service.cli import main
 from service.packs import load_pack
+from service.packtools import quantize
 from service.runtime import RuntimeOptions, create_session
 from service.settings import Settings
 

@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 from synthetic_models import make_recognizer
 
-from service.__main__ import main
-from service.faces.batch_axis import add_batch_axis
+from service.cli import main
 from service.faces.detector import DetectorOptions, FaceDetector
 from service.packs import DetectorSpec
+from service.packtools.batch_axis import add_batch_axis
 
 
 @pytest.mark.assets

@@ -14,7 +14,8 @@ import pytest
 from synthetic_models import SyntheticFace, make_manifest_pack, make_pack_folder
 from testimages import encode, noise_image
 
-from service.calibration import (
+from service.packs import MANIFEST_NAME, SIDECAR_NAME, load_pack, save_calibration
+from service.packtools.calibration import (
     CalibrationError,
     ScoredPairs,
     calibrate,
@@ -25,7 +26,6 @@ from service.calibration import (
     supports,
     threshold_for_fmr,
 )
-from service.packs import MANIFEST_NAME, SIDECAR_NAME, load_pack, save_calibration
 
 
 def _pairs(genuine: int = 200, impostor: int = 5000, seed: int = 0) -> ScoredPairs:

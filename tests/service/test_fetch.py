@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from synthetic_models import DETECTOR_FILE, RECOGNIZER_FILE, SyntheticFace, make_pack_folder
 
-from service.fetch import FetchError, fetch_pack
 from service.packs import Catalogue, CatalogueEntry, CatalogueFile, load_pack
+from service.packtools.fetch import FetchError, fetch_pack
 
 PACK = "tinypack"
 

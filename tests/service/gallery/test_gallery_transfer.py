@@ -12,7 +12,7 @@ import pytest
 from gallery_support import backend_settings, clustered, probe_near
 from synthetic_models import make_manifest_pack
 
-from service.__main__ import main
+from service.cli import main
 from service.gallery.gallery import Gallery
 from service.gallery.milvus import MilvusSearch, MilvusStore
 from service.gallery.store import SqliteStore

@@ -8,17 +8,18 @@ within a second, see `service.keys.KeyRing`).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from service.cli.common import CommandError, load_settings
 from service.keys import SCOPES, KeysFileError, create_key, read_keys_file, revoke_key
 
 FILE_ENV = "FACEVERIFY_API_KEYS_FILE"
 
 
-def add_keys_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     keys = commands.add_parser("keys", help="create, list or revoke API keys (hashed keys file)")
+    keys.set_defaults(run=run)
     keys.add_argument("--file", type=Path, default=None, help=f"keys file (default: ${FILE_ENV})")
     actions = keys.add_subparsers(dest="keys_action", required=True)
     create = actions.add_parser("create", help="add a key and print its secret once")
@@ -31,11 +32,10 @@ def add_keys_parser(commands: argparse._SubParsersAction) -> None:
     revoke.add_argument("name")
 
 
-def run_keys(args: argparse.Namespace) -> int:
-    path = args.file or (Path(os.environ[FILE_ENV]) if os.environ.get(FILE_ENV) else None)
+def run(args: argparse.Namespace) -> int:
+    path = args.file or load_settings().api_keys_file
     if path is None:
-        print(f"faceverify: give --file PATH or set {FILE_ENV}", file=sys.stderr)
-        return 2
+        raise CommandError(f"give --file PATH or set {FILE_ENV}")
     try:
         if args.keys_action == "create":
             key, secret = create_key(path, args.name, args.scopes.split(","))
@@ -53,6 +53,5 @@ def run_keys(args: argparse.Namespace) -> int:
             key = revoke_key(path, args.name)
             print(f"key {key.name!r} revoked at {key.revoked}", file=sys.stderr)
     except (KeysFileError, ValueError) as exc:
-        print(f"faceverify: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(str(exc)) from exc
     return 0

@@ -1,17 +1,19 @@
 """`python -m service calibrate --pack DIR --pairs SOURCE`: measure thresholds by target false
 match rate on labelled pairs, report them (and their accuracy on another set with
-`--evaluate`), draw a DET curve, and store them with the pack (service/packs/thresholds.py)."""
+`--evaluate`), draw a DET curve, and store them with the pack (service/packs/thresholds.py).
+The measuring itself lives in `service.packtools.calibration`."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from service.cli.common import CommandError, load_settings
 from service.errors import PackError
+from service.logs import configure_logging
 
 
-def add_calibrate_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "calibrate", help="thresholds by target false match rate, stored with the pack"
     )
@@ -39,11 +41,16 @@ def add_calibrate_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--det", type=Path, default=Path("det_curve.png"), help="DET plot path")
     parser.add_argument("--no-plot", action="store_true", help="skip the DET plot")
     parser.add_argument("--dry-run", action="store_true", help="report, but store nothing")
+    parser.set_defaults(run=run)
 
 
-def run_calibrate(args: argparse.Namespace, default_pack: Path) -> int:
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    configure_logging(settings.log_level)
     # Imported here: the other commands (serve) should not pay for them.
-    from service.calibration import (
+    from service.faces.pipeline import FacePipeline, PipelineOptions
+    from service.packs import MANIFEST_NAME, load_pack, save_calibration
+    from service.packtools.calibration import (
         DEFAULT_BOOTSTRAP_ROUNDS,
         DEFAULT_FMRS,
         DEFAULT_MAX_IMPOSTOR_PAIRS,
@@ -56,12 +63,10 @@ def run_calibrate(args: argparse.Namespace, default_pack: Path) -> int:
         save_det_curve,
         score_source,
     )
-    from service.faces.pipeline import FacePipeline, PipelineOptions
-    from service.packs import MANIFEST_NAME, load_pack, save_calibration
     from service.runtime import RuntimeOptions
 
     try:
-        pack = load_pack(args.pack or default_pack)
+        pack = load_pack(args.pack or settings.pack_dir)
         pipeline = FacePipeline.from_pack(pack, PipelineOptions(), RuntimeOptions())
         pairs = score_source(
             args.pairs,
@@ -90,13 +95,9 @@ def run_calibrate(args: argparse.Namespace, default_pack: Path) -> int:
             save_det_curve([pairs] + ([other] if other else []), args.det, calibration)
             print(f"DET curve: {args.det}")
     except (PackError, CalibrationError, OSError) as exc:
-        print(f"faceverify: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(str(exc)) from exc
     if not calibration.thresholds:
-        print(
-            "faceverify: no target FMR is supported by these pairs; nothing stored", file=sys.stderr
-        )
-        return 2
+        raise CommandError("no target FMR is supported by these pairs; nothing stored")
     if args.dry_run:
         return 0
     written = save_calibration(pack.directory, calibration, MANIFEST_NAME)

@@ -5,7 +5,7 @@ Pairs are scored by the service's own pipeline (decode → detect → align → 
 so the thresholds hold for what the service computes. Sources: an InsightFace `.bin` (aligned
 112x112 crops: embedded directly), a folder of identity sub-folders (every same-identity pair;
 every different-identity pair, or a sample of them), or an LFW-style `pairs.txt` with its image
-folder. `python -m service calibrate` (service/calibration_cli.py) drives it.
+folder. `python -m service calibrate` (service/cli/calibrate.py) drives it.
 
 A target FMR needs enough impostor pairs: with n pairs and none over the threshold, the rule of
 three bounds the true FMR by 3/n at 95% confidence, so a target is reported only when

@@ -1,0 +1,56 @@
+"""`python -m service [serve]`: check the pack and keys file, then run uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+from service.cli.common import CommandError, load_settings
+from service.errors import PackError
+from service.logs import configure_logging, logging_config
+from service.settings import Settings
+from service.workers import shared_ready_dir
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve", help="run the HTTP service (default); settings from FACEVERIFY_*"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from service.packs import load_pack
+
+    try:  # fail fast, in one line, before any worker starts
+        load_pack(settings.pack_dir, verify_checksums=settings.verify_checksums)
+    except PackError as exc:
+        raise CommandError(str(exc)) from exc
+    if settings.api_keys_file is not None:
+        from service.keys import KeysFileError, read_keys_file
+
+        try:
+            read_keys_file(settings.api_keys_file)
+        except KeysFileError as exc:
+            raise CommandError(str(exc)) from exc
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="faceverify-metrics-")
+    with shared_ready_dir(settings.workers):
+        uvicorn.run(
+            "service.app:create_served_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=logging_config(settings.log_level),
+        )
+    return 0
