@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__
+from service.api.admission import InferenceScheduler, SchedulerOptions, plan_slots
 from service.api.auth import ApiKeyAuth
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
@@ -18,16 +19,11 @@ from service.api.openapi import install_openapi
 from service.api.ratelimit import RateLimit, TokenBuckets
 from service.api.routes import faces, health, identify, identities, status, verify
 from service.api.uploads import BodySizeLimit, request_body_limit
+from service.faces.batching import BatchingOptions
 from service.faces.detector import DetectorOptions
 from service.faces.images import DecodeLimits
 from service.faces.pipeline import FacePipeline, PipelineOptions
 from service.faces.quality import QualityLimits
-from service.faces.scheduler import (
-    BatchingOptions,
-    InferenceScheduler,
-    SchedulerOptions,
-    plan_slots,
-)
 from service.gallery import open_gallery
 from service.keys import KeyRing
 from service.memory import tune_heap

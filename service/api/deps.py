@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 
+from service.api.admission import InferenceScheduler
 from service.errors import ErrorCode, ServiceError
 from service.faces.pipeline import FacePipeline
-from service.faces.scheduler import InferenceScheduler
 from service.metrics import Metrics
 from service.packs import ModelPack
 from service.settings import Settings

@@ -16,11 +16,11 @@ import numpy as np
 
 from service.errors import ErrorCode, ServiceError
 from service.faces.alignment import align_face, similarity_matrix, warp_face
+from service.faces.batching import BatchingOptions, MicroBatcher
 from service.faces.detector import DetectorOptions, FaceDetector
 from service.faces.embedder import Embedder
 from service.faces.images import DecodeLimits, ReducedImage, decode_image, decode_reduced
 from service.faces.quality import QualityLimits, assess_quality
-from service.faces.scheduler import BatchingOptions, MicroBatcher
 from service.faces.types import DetectedFace, EmbeddedFace
 from service.metrics import Metrics
 from service.packs import ModelPack
@@ -106,7 +106,7 @@ class FacePipeline:
 
     def enable_batching(self, options: BatchingOptions) -> None:
         """Join the recognizer crops of concurrent runs (and their detector inputs, when the
-        detector takes a batch) into shared model calls; see `service.faces.scheduler`."""
+        detector takes a batch) into shared model calls; see `service.faces.batching`."""
         self.close()
         self._embed_batcher = MicroBatcher(self._embed_items, options, "recognizer-batcher")
         if self.detector.batches_images:

@@ -8,15 +8,15 @@ import pytest
 from fastapi.testclient import TestClient
 from synthetic_models import make_manifest_pack
 
+from service.api.admission import plan_slots
 from service.app import create_app
-from service.faces.scheduler import plan_slots
 from service.runtime import CPU, OPENVINO, RuntimeOptions, provider_entries, resolve_providers
 from service.settings import Settings
 
 
 @pytest.fixture
 def eight_cpus(monkeypatch):
-    monkeypatch.setattr("service.faces.scheduler.os.sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr("service.api.admission.os.sched_getaffinity", lambda pid: set(range(8)))
 
 
 def test_auto_gives_one_single_thread_slot_per_cpu_of_the_worker(eight_cpus):
