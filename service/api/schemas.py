@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.faces.quality import FaceQuality, QualityLevel, QualityReason
-from service.faces.types import DetectedFace, EmbeddedFace
+from service.faces.types import DetectedFace, EmbeddedFace, FaceQuality, QualityLevel, QualityReason
 
 QUALITY_EXAMPLE = {
     "level": "high",

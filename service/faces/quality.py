@@ -19,40 +19,19 @@ angles to the degree.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from service.errors import ErrorCode, ServiceError
-from service.faces.types import DetectedFace
-
-
-class QualityLevel(StrEnum):
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-
-    @property
-    def rank(self) -> int:
-        return LEVEL_ORDER.index(self)
-
-
-LEVEL_ORDER = (QualityLevel.LOW, QualityLevel.MEDIUM, QualityLevel.HIGH)
-
-
-class QualityReason(StrEnum):
-    """Stable reason codes (part of the API)."""
-
-    SMALL_FACE = "small_face"
-    EXTREME_POSE = "extreme_pose"
-    BLURRY = "blurry"
-    UNDEREXPOSED = "underexposed"
-    OVEREXPOSED = "overexposed"
-    LOW_DETECTION_SCORE = "low_detection_score"
-    LOW_EMBEDDING_NORM = "low_embedding_norm"
-
+from service.faces.types import (
+    DetectedFace,
+    FaceQuality,
+    Pose,
+    QualityLevel,
+    QualityReason,
+)
 
 # Nose tip depth in front of the eye plane, in units of the inter-ocular distance: about
 # 30-35 mm against 60-65 mm between the eyes (adult anthropometric averages).
@@ -98,30 +77,6 @@ class QualityLimits:
     # Recognizer-specific (FACEVERIFY_MIN_EMBEDDING_NORM); 0 = not checked.
     embedding_norm_low: float = 0.0
     embedding_norm_medium: float = 0.0
-
-
-@dataclass(frozen=True)
-class Pose:
-    yaw: float  # degrees, + = the face turned to the image's right
-    pitch: float  # degrees, + = looking down
-    roll: float  # degrees, + = the eye line rotated clockwise in the image
-
-
-@dataclass(frozen=True)
-class FaceQuality:
-    """Measurements of one face and what they add up to."""
-
-    detection_score: float
-    inter_ocular_px: float
-    pose: Pose
-    sharpness: float
-    brightness: float
-    embedding_norm: float
-    level: QualityLevel
-    reasons: tuple[QualityReason, ...] = field(default=())
-
-    def at_least(self, level: QualityLevel) -> bool:
-        return self.level.rank >= level.rank
 
 
 def estimate_pose(landmarks: np.ndarray) -> Pose:

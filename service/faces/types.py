@@ -6,13 +6,10 @@ and insightface's convention); stages that feed a model convert to the model's c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from service.faces.quality import FaceQuality
 
 
 @dataclass(frozen=True)
@@ -35,6 +32,55 @@ class DetectedFace:
     @property
     def area(self) -> float:
         return max(self.width, 0.0) * max(self.height, 0.0)
+
+
+class QualityLevel(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+    @property
+    def rank(self) -> int:
+        return LEVEL_ORDER.index(self)
+
+
+LEVEL_ORDER = (QualityLevel.LOW, QualityLevel.MEDIUM, QualityLevel.HIGH)
+
+
+class QualityReason(StrEnum):
+    """Stable reason codes (part of the API)."""
+
+    SMALL_FACE = "small_face"
+    EXTREME_POSE = "extreme_pose"
+    BLURRY = "blurry"
+    UNDEREXPOSED = "underexposed"
+    OVEREXPOSED = "overexposed"
+    LOW_DETECTION_SCORE = "low_detection_score"
+    LOW_EMBEDDING_NORM = "low_embedding_norm"
+
+
+@dataclass(frozen=True)
+class Pose:
+    yaw: float  # degrees, + = the face turned to the image's right
+    pitch: float  # degrees, + = looking down
+    roll: float  # degrees, + = the eye line rotated clockwise in the image
+
+
+@dataclass(frozen=True)
+class FaceQuality:
+    """Measurements of one face and what they add up to."""
+
+    detection_score: float
+    inter_ocular_px: float
+    pose: Pose
+    sharpness: float
+    brightness: float
+    embedding_norm: float
+    level: QualityLevel
+    reasons: tuple[QualityReason, ...] = field(default=())
+
+    def at_least(self, level: QualityLevel) -> bool:
+        return self.level.rank >= level.rank
 
 
 @dataclass(frozen=True)
