@@ -77,6 +77,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     )
     pipeline = FacePipeline.from_pack(pack, pipeline_options(settings), runtime, metrics)
     pipeline.enable_batching(BatchingOptions(settings.batch_max_size, settings.batch_max_wait_ms))
+    pipeline.warm_up()
     metrics.model_info.labels(
         pack.name,
         pack.model_id,

@@ -114,6 +114,15 @@ class FacePipeline:
                 self.detector.detect_many, options, "detector-batcher"
             )
 
+    def warm_up(self) -> None:
+        """One detector and one recognizer run on blank input, so that onnxruntime's first-run
+        cost (memory arena growth, kernel selection) is paid before the service says it is
+        ready rather than by the first request."""
+        width, height = self.detector.input_size
+        self.detector.detect(np.zeros((height, width, 3), dtype=np.uint8))
+        side = self.embedder.input_size
+        self.embedder.embed([np.zeros((side, side, 3), dtype=np.uint8)])
+
     def close(self) -> None:
         """Stop the batching threads, if any."""
         for batcher in (self._embed_batcher, self._detect_batcher):

@@ -114,3 +114,28 @@ def test_readyz_waits_for_every_worker(tmp_path: Path) -> None:
     assert alone.json()["error"]["message"] == "1 of 2 workers have loaded their models"
     assert both.status_code == 200 and both.json()["status"] == "ready"
     assert after_death.status_code == 503  # a dead worker's mark does not count
+
+
+def test_both_models_run_once_before_the_service_says_ready(tmp_path: Path, monkeypatch) -> None:
+    pack = make_manifest_pack(tmp_path / "pack", [FACE])
+    runs: list[str] = []
+    real_warm_up = service.app.FacePipeline.warm_up
+
+    def recording_warm_up(pipeline) -> None:
+        detect, embed = pipeline.detector.detect, pipeline.embedder.embed
+        pipeline.detector.detect = lambda image: runs.append("detect") or detect(image)
+        pipeline.embedder.embed = lambda crops, **kw: runs.append("embed") or embed(crops, **kw)
+        try:
+            real_warm_up(pipeline)
+        finally:
+            del pipeline.detector.detect, pipeline.embedder.embed
+
+    monkeypatch.setattr(service.app.FacePipeline, "warm_up", recording_warm_up)
+    settings = Settings(pack_dir=pack, data_dir=tmp_path / "data", _env_file=None)
+    app = create_app(settings, load_in_background=True)
+    with TestClient(app) as client:
+        assert _wait_ready(client) == 200
+        assert runs == ["detect", "embed"]
+        photo = {"image": ("a.png", encode(noise_image(seed=3)), "image/png")}
+        assert client.post("/embed", files=photo).status_code == 200
+        assert runs == ["detect", "embed"]  # requests do not warm up again
