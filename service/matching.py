@@ -24,6 +24,19 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.clip(np.dot(a, b), -1.0, 1.0))
 
 
+def cosine_similarities(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each unit row of `vectors` (n, d) with the unit `query` (d,),
+    clipped to [-1, 1]."""
+    query = np.asarray(query, dtype=np.float32).reshape(-1)
+    return np.clip(np.asarray(vectors, dtype=np.float32) @ query, -1.0, 1.0)
+
+
+def paired_similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each unit row of `a` with the same row of `b` (both (n, d)),
+    clipped to [-1, 1]."""
+    return np.clip(np.sum(np.asarray(a) * np.asarray(b), axis=1), -1.0, 1.0)
+
+
 def decide(similarity: float, threshold: float) -> bool:
     """Same person iff the cosine similarity reaches the threshold."""
     return similarity >= threshold

@@ -30,7 +30,7 @@ from service.gallery.interface import (
     NewFace,
 )
 from service.gallery.sync import POLL_INTERVAL_S, IndexSync
-from service.matching import l2_normalize
+from service.matching import cosine_similarities, l2_normalize
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -356,13 +356,12 @@ class Gallery:
                 f"identity {identity_id!r} has no enrolled face; enrol one with POST "
                 f"/identities/{identity_id}/faces",
             )
-        query = np.asarray(embedding, dtype=np.float32).reshape(-1)
-        similarities = vectors @ query
+        similarities = cosine_similarities(vectors, embedding)
         best = int(np.argmax(similarities))
         return GalleryMatch(
             identity_id=identity_id,
             name=identity.name,
-            similarity=float(np.clip(similarities[best], -1.0, 1.0)),
+            similarity=float(similarities[best]),
             face_id=faces[best].face_id,
         )
 
