@@ -33,9 +33,16 @@ class Services:
 
     @property
     def threshold(self) -> float:
-        """The server's default cosine threshold: FACEVERIFY_THRESHOLD, else the pack's."""
+        """The server's default cosine threshold (`default_threshold`)."""
+        return self.default_threshold()[0]
+
+    def default_threshold(self) -> tuple[float, str]:
+        """(threshold, source) when a request names none: FACEVERIFY_THRESHOLD (`settings`),
+        else the pack's (`pack default`). The one place the default is chosen."""
         configured = self.settings.threshold
-        return self.pack.manifest.threshold if configured is None else configured
+        if configured is not None:
+            return configured, "settings"
+        return self.pack.manifest.threshold, "pack default"
 
 
 def startup_failure(request: Request) -> str | None:

@@ -7,8 +7,6 @@ from service.api.deps import Services
 from service.errors import ErrorCode, ServiceError
 
 SOURCE_REQUEST = "request"
-SOURCE_SETTINGS = "settings"
-SOURCE_PACK = "pack default"
 
 
 def resolve_threshold(
@@ -38,6 +36,4 @@ def resolve_threshold(
                 f"calibrated target FMRs: {available}",
             )
         return entry.threshold, f"calibration:{entry.fmr:g}"
-    if services.settings.threshold is not None:
-        return services.settings.threshold, SOURCE_SETTINGS
-    return services.pack.manifest.threshold, SOURCE_PACK
+    return services.default_threshold()

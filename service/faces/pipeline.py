@@ -7,7 +7,7 @@ and reported to Prometheus when metrics are attached.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -71,8 +71,16 @@ class AnalyzedImage:
     timings_ms: dict[str, float]
 
 
+def chosen_face(faces: Sequence[DetectedFace], rule: FaceRule) -> int:
+    """Index of the face a 1:1 request is about, among detections sorted largest first: the
+    largest box, or the highest detection score. The one face-choice rule."""
+    if rule == "best":
+        return max(range(len(faces)), key=lambda i: faces[i].score)
+    return 0
+
+
 def select_face(image: AnalyzedImage, rule: FaceRule = "largest") -> EmbeddedFace:
-    """The face a 1:1 request is about: the largest box, or the highest detection score."""
+    """The face a 1:1 request is about (`chosen_face`), or no_face / face_too_small."""
     if not image.faces:
         if image.too_small:
             raise ServiceError(
@@ -81,9 +89,7 @@ def select_face(image: AnalyzedImage, rule: FaceRule = "largest") -> EmbeddedFac
                 "send a larger or closer photo",
             )
         raise ServiceError(ErrorCode.NO_FACE, "no face found in the image")
-    if rule == "best":
-        return max(image.faces, key=lambda f: f.face.score)
-    return image.faces[0]
+    return image.faces[chosen_face([embedded.face for embedded in image.faces], rule)]
 
 
 class FacePipeline:
@@ -201,7 +207,7 @@ class FacePipeline:
         image = self._decode(data, timings)
         found, too_small = self._detect(image, timings)
         if faces != "all" and found:
-            found = [found[0] if faces == "largest" else max(found, key=lambda f: f.score)]
+            found = [found[chosen_face(found, faces)]]
         crops = self._align_from(image, data, found, timings)
         embedded = self._embed(crops, found, flip, timings)
         return AnalyzedImage(embedded, too_small, image.width, image.height, timings)
