@@ -25,6 +25,7 @@ from service.faces.images import DecodeLimits
 from service.faces.pipeline import FacePipeline, PipelineOptions
 from service.faces.quality import QualityLimits
 from service.gallery import open_gallery
+from service.gallery.fpir import FpirCalibrator, FpirOptions
 from service.keys import KeyRing
 from service.memory import tune_heap
 from service.metrics import Metrics
@@ -95,6 +96,9 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         pack.manifest.threshold if settings.threshold is None else settings.threshold,
     )
     gallery = open_gallery(settings, pack, metrics)
+    fpir = FpirCalibrator(gallery, FpirOptions(probes=settings.fpir_probes))
+    if settings.identify_fpir is not None:
+        fpir.start()
     scheduler = InferenceScheduler(slots, SchedulerOptions(queue_limit=settings.queue_limit))
     return Services(
         settings=settings,
@@ -103,6 +107,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         metrics=metrics,
         gallery=gallery,
         scheduler=scheduler,
+        fpir=fpir,
     )
 
 
@@ -178,6 +183,8 @@ def create_app(
             if ready is not None:
                 ready.pipeline.close()
             app.state.services = None
+            if ready is not None and ready.fpir is not None:
+                ready.fpir.stop()
             if ready is not None and ready.gallery is not None:
                 ready.gallery.close()
 

@@ -96,6 +96,21 @@ class Settings(BaseSettings):
         0.0, ge=0.0, description="Min embedding norm (quality) to enrol; 0 disables the check."
     )
 
+    identify_fpir: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Default false-positive identification rate of /identify: its threshold is "
+        "measured on the gallery for its current size (docs/identification.md); unset = the "
+        "1:1 threshold.",
+    )
+    fpir_probes: int = Field(
+        3000,
+        ge=10,
+        description="Enrolled identities searched as strangers to measure FPIR thresholds; "
+        "an FPIR needs 3 / FPIR of them (3000 supports 1e-3).",
+    )
+
     # --- gallery backend --------------------------------------------------------------------
     gallery_backend: Literal["sqlite", "milvus"] = Field(
         "sqlite",

@@ -16,6 +16,7 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.gallery import Gallery
+    from service.gallery.fpir import FpirCalibrator
 
 
 @dataclass
@@ -30,6 +31,8 @@ class Services:
     # The app builds one sized to the machine (`plan_slots`); this default serves tests that
     # assemble Services by hand.
     scheduler: InferenceScheduler = field(default_factory=lambda: InferenceScheduler(slots=2))
+    # Keeps /identify's FPIR thresholds measured on the gallery (service.gallery.fpir).
+    fpir: FpirCalibrator | None = None
 
     @property
     def threshold(self) -> float:

@@ -28,8 +28,9 @@ _FACE_EXAMPLE = {
 
 THRESHOLD_SOURCE_DESCRIPTION = (
     "Where the threshold came from: `request` (the `threshold` field), `calibration:<fmr>` (the "
-    "pack's threshold for the request's `target_fmr`), `settings` (FACEVERIFY_THRESHOLD) or "
-    "`pack default`."
+    "pack's threshold for the request's `target_fmr`), `fpir:<rate>@n=<identities>` (/identify: "
+    "the threshold measured on the gallery for `target_fpir` or FACEVERIFY_IDENTIFY_FPIR), "
+    "`settings` (FACEVERIFY_THRESHOLD) or `pack default`."
 )
 
 

@@ -16,6 +16,7 @@ from service.api.schemas import (
 )
 from service.faces.types import EmbeddedFace
 from service.gallery import Candidate, IdentityDetails
+from service.gallery.fpir import FpirThreshold
 from service.gallery.store import FaceRecord, Identity
 
 # Identity names are labels for people, not documents; 200 characters covers any real name.
@@ -244,6 +245,31 @@ class IdentifyResult(BaseModel):
     candidates: list[CandidateOut] = Field(description="Best face of each identity, ranked.")
 
 
+class FpirOut(BaseModel):
+    """The false-positive identification rate behind an /identify threshold."""
+
+    target: float = Field(description="The FPIR asked for (`target_fpir`).")
+    estimate: float = Field(description="FPIR the threshold gives, as measured.")
+    interval: tuple[float, float] = Field(description="95% interval of the estimate.")
+    method: str = Field(
+        description="`leave-one-out` (enrolled identities searched as strangers) or "
+        "`pack-calibration` (a small gallery: the pack's FMR calibration, independent scores)."
+    )
+    gallery_size: int = Field(description="Identities the estimate was measured against.")
+    probes: int = Field(description="Enrolled identities searched as strangers.")
+
+    @classmethod
+    def of(cls, found: FpirThreshold) -> FpirOut:
+        return cls(
+            target=found.target_fpir,
+            estimate=round(found.fpir, 6),
+            interval=(round(found.fpir_low, 6), round(found.fpir_high, 6)),
+            method=found.method,
+            gallery_size=found.gallery_size,
+            probes=found.probes,
+        )
+
+
 class IdentifyResponse(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -286,6 +312,9 @@ class IdentifyResponse(BaseModel):
     model: str
     threshold: float = Field(description="identity is set when similarity ≥ threshold.")
     threshold_source: str = Field(description=THRESHOLD_SOURCE_DESCRIPTION)
+    fpir: FpirOut | None = Field(
+        None, description="With `target_fpir`: how the threshold was measured on the gallery."
+    )
     results: list[IdentifyResult] = Field(description="One per face (largest first).")
     timings_ms: dict[str, float]
 

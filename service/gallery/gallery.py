@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import ErrorCode, ServiceError
+from service.gallery.fpir import Probe
 from service.gallery.index import IndexSetting
 from service.gallery.interface import (
     FaceRecord,
@@ -40,6 +42,10 @@ logger = logging.getLogger(__name__)
 # identities or has seen the whole gallery.
 FACES_PER_IDENTITY_FIRST_PASS = 4
 SEARCH_WIDENING = 4
+# Faces labelled per store call while sampling FPIR probes, and how many faces are drawn per
+# probe wanted (several faces of one identity count once).
+PROBE_PAGE = 500
+PROBE_OVERDRAW = 2
 
 
 @dataclass(frozen=True)
@@ -296,8 +302,52 @@ class Gallery:
 
     def identify(self, embeddings: np.ndarray, top_k: int) -> list[list[Candidate]]:
         """For each query embedding, up to `top_k` identities ranked by their best face."""
-        queries = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1, self.dim)
         started = time.perf_counter()
+        ranked = self._ranked(embeddings, top_k)
+        if self._metrics is not None:
+            self._metrics.search_duration.observe(time.perf_counter() - started)
+            for candidates in ranked:
+                if candidates:
+                    self._metrics.best_match_similarity.observe(candidates[0].similarity)
+        return ranked
+
+    # --- what the FPIR estimate reads (service.gallery.fpir.GalleryView) ------------------
+
+    def searchable_identities(self) -> int:
+        identities, _ = self.store.counts()
+        return identities
+
+    def searchable_faces(self) -> int:
+        return self._sync.state.size
+
+    def sample_probes(self, count: int, rng: random.Random) -> list[Probe]:
+        """Up to `count` identities drawn at random through their faces (so a face's identity
+        is drawn once however many faces it has), each with one of its faces made by the
+        loaded model."""
+        ids = [int(i) for i in self._sync.indexed_ids()]
+        drawn = rng.sample(ids, min(len(ids), PROBE_OVERDRAW * count))
+        owners: dict[str, None] = {}
+        for start in range(0, len(drawn), PROBE_PAGE):
+            for label in self.store.labels(drawn[start : start + PROBE_PAGE]).values():
+                owners.setdefault(label.identity_id)
+            if len(owners) >= count:
+                break
+        probes: list[Probe] = []
+        for identity_id in list(owners)[:count]:
+            _, vectors = self.store.embeddings_of(identity_id, self.model_id)
+            if len(vectors):
+                row = vectors[rng.randrange(len(vectors))]
+                probes.append(Probe(identity_id, np.asarray(row, dtype=np.float32)))
+        return probes
+
+    def rank_identities(self, queries: np.ndarray, top_k: int) -> list[list[tuple[str, float]]]:
+        return [
+            [(candidate.identity_id, candidate.similarity) for candidate in candidates]
+            for candidates in self._ranked(queries, top_k)
+        ]
+
+    def _ranked(self, embeddings: np.ndarray, top_k: int) -> list[list[Candidate]]:
+        queries = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1, self.dim)
         k = max(top_k * FACES_PER_IDENTITY_FIRST_PASS, top_k)
         while True:
             found = self._sync.search(queries, k)
@@ -306,14 +356,8 @@ class Gallery:
             ranked = self._rank(found.similarities, found.ids, top_k)
             searched_all = found.ids.shape[1] < k
             if searched_all or all(len(r) >= top_k for r in ranked):
-                break
+                return ranked
             k *= SEARCH_WIDENING
-        if self._metrics is not None:
-            self._metrics.search_duration.observe(time.perf_counter() - started)
-            for candidates in ranked:
-                if candidates:
-                    self._metrics.best_match_similarity.observe(candidates[0].similarity)
-        return ranked
 
     def _rank(self, similarities: np.ndarray, ids: np.ndarray, top_k: int) -> list[list[Candidate]]:
         labels = self.store.labels([int(i) for i in np.unique(ids) if i >= 0])
