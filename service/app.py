@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,17 +20,19 @@ from service.api.openapi import install_openapi
 from service.api.ratelimit import RateLimit, TokenBuckets
 from service.api.routes import faces, health, identify, identities, status, verify
 from service.api.uploads import BodySizeLimit, request_body_limit
+from service.errors import ServiceError
 from service.faces.batching import BatchingOptions
 from service.faces.detector import DetectorOptions
 from service.faces.images import DecodeLimits
 from service.faces.pipeline import FacePipeline, PipelineOptions
 from service.faces.quality import QualityLimits
 from service.gallery import open_gallery
-from service.gallery.fpir import FpirCalibrator, FpirOptions
+from service.gallery.fpir import REPORTED_FPIRS, FpirCalibrator, FpirEstimate, FpirOptions
 from service.keys import KeyRing
 from service.memory import tune_heap
 from service.metrics import Metrics
 from service.packs import load_pack
+from service.packs.thresholds import Calibration
 from service.runtime import RuntimeOptions
 from service.settings import Settings
 from service.web.console import install_console
@@ -64,6 +67,17 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
     )
 
 
+def export_fpir(metrics: Metrics, estimate: FpirEstimate, calibration: Calibration | None) -> None:
+    """The reported FPIRs' thresholds as gauges: NaN where the gallery cannot support one."""
+    metrics.identify_fpir_probes.set(estimate.probes)
+    for target in REPORTED_FPIRS:
+        try:
+            threshold = estimate.threshold(target, calibration).threshold
+        except ServiceError:
+            threshold = math.nan
+        metrics.identify_fpir_threshold.labels(f"{target:g}").set(threshold)
+
+
 def build_services(settings: Settings, metrics: Metrics) -> Services:
     """Load the pack and open the gallery; raises PackError on a bad pack."""
     pack = load_pack(settings.pack_dir, verify_checksums=settings.verify_checksums)
@@ -96,7 +110,11 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         pack.manifest.threshold if settings.threshold is None else settings.threshold,
     )
     gallery = open_gallery(settings, pack, metrics)
-    fpir = FpirCalibrator(gallery, FpirOptions(probes=settings.fpir_probes))
+    fpir = FpirCalibrator(
+        gallery,
+        FpirOptions(probes=settings.fpir_probes),
+        on_measured=lambda estimate: export_fpir(metrics, estimate, pack.manifest.thresholds),
+    )
     if settings.identify_fpir is not None:
         fpir.start()
     scheduler = InferenceScheduler(slots, SchedulerOptions(queue_limit=settings.queue_limit))

@@ -44,6 +44,8 @@ class Metrics:
     search_duration: Histogram
     best_match_similarity: Histogram
     gallery_changes: Counter
+    identify_fpir_threshold: Gauge
+    identify_fpir_probes: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -128,6 +130,20 @@ class Metrics:
                 "Gallery changes (audit trail) by action and API key name.",
                 ["action", "key"],
                 registry=reg,
+            ),
+            identify_fpir_threshold=Gauge(
+                "faceverify_identify_fpir_threshold",
+                "/identify threshold for a target FPIR at the gallery's size, as last measured "
+                "(NaN where the gallery cannot support the target).",
+                ["target"],
+                registry=reg,
+                multiprocess_mode="mostrecent",
+            ),
+            identify_fpir_probes=Gauge(
+                "faceverify_identify_fpir_probes",
+                "Enrolled identities searched as strangers in the last FPIR measurement.",
+                registry=reg,
+                multiprocess_mode="mostrecent",
             ),
         )
 

@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 Method = Literal["leave-one-out", "pack-calibration"]
 
 
+# The FPIRs /status and /metrics report for the current gallery.
+REPORTED_FPIRS = (1e-1, 1e-2, 1e-3)
+
+
 @dataclass(frozen=True)
 class FpirOptions:
     """How the estimate is made and kept fresh. `probes` bounds its cost: one gallery search
@@ -83,9 +87,10 @@ class FpirEstimate:
     """What one measurement of the gallery saw."""
 
     gallery_size: int  # identities the probes were searched against, plus one
-    faces: int  # faces in the search when measured
+    faces: int  # faces in the gallery when measured
     stranger_scores: np.ndarray  # (K,) each probe's best score against another identity
     pair_scores: np.ndarray  # (M,) scores of faces of different probe identities
+    changes: int = 0  # the view's `changes()` when measured
     measured_at: float = field(default_factory=time.time)
     duration_s: float = 0.0
     bootstrap_rounds: int = 200
@@ -244,12 +249,12 @@ class GalleryView(Protocol):
     """What measuring needs from a gallery: its size, a sample of identities with one face
     each, and its identification search. `service.gallery.Gallery` provides it."""
 
-    def searchable_identities(self) -> int:
-        """Identities a stranger is compared with (may cost a count over the store)."""
+    def counts(self) -> tuple[int, int]:
+        """(identities, faces) in the gallery; may cost a count over the store."""
         ...
 
-    def searchable_faces(self) -> int:
-        """Faces in the search, read without touching the store (decides staleness)."""
+    def changes(self) -> int:
+        """Faces added or deleted through this process so far (free to read)."""
         ...
 
     def sample_probes(self, count: int, rng: random.Random) -> list[Probe]: ...
@@ -262,11 +267,13 @@ class GalleryView(Protocol):
 def measure(view: GalleryView, options: FpirOptions = FpirOptions()) -> FpirEstimate:
     """Search `options.probes` sampled identities as strangers against the rest."""
     started = time.perf_counter()
-    size, faces = view.searchable_identities(), view.searchable_faces()
+    changes = view.changes()
+    size, faces = view.counts()
     probes = view.sample_probes(options.probes, random.Random(options.seed))
     estimate = FpirEstimate(
         gallery_size=size,
         faces=faces,
+        changes=changes,
         stranger_scores=stranger_scores(probes, view.rank_identities),
         pair_scores=pair_scores(probes),
         duration_s=time.perf_counter() - started,
@@ -282,9 +289,15 @@ class FpirCalibrator:
     Each worker process runs its own (the measurement is bounded by `probes`); it starts with
     the first request that asks for an FPIR, or at start-up when one is the default."""
 
-    def __init__(self, view: GalleryView, options: FpirOptions = FpirOptions()) -> None:
+    def __init__(
+        self,
+        view: GalleryView,
+        options: FpirOptions = FpirOptions(),
+        on_measured: Callable[[FpirEstimate], None] | None = None,
+    ) -> None:
         self._view = view
         self.options = options
+        self._on_measured = on_measured
         self._estimate: FpirEstimate | None = None
         self._lock = threading.Lock()  # one measurement at a time
         self._start_lock = threading.Lock()
@@ -306,6 +319,8 @@ class FpirCalibrator:
         estimate = measure(self._view, self.options)
         self._estimate = estimate
         self.last_error = None
+        if self._on_measured is not None:
+            self._on_measured(estimate)
         log.info(
             "FPIR estimate: %d identities, %d probes, %d impostor pairs in %.1f s",
             estimate.gallery_size,
@@ -315,28 +330,36 @@ class FpirCalibrator:
         )
         return estimate
 
-    def stale(self) -> bool:
-        current = self._estimate
-        if current is None:
-            return True
-        moved = abs(self._view.searchable_faces() - current.faces)
-        return moved > self.options.refresh_growth * max(current.faces, 1)
-
     def current(self) -> FpirEstimate:
         """The estimate to decide with. The first call measures (a call that comes while the
-        background thread measures waits for it); later calls get the last estimate at once,
-        and a gallery that moved past `refresh_growth` wakes the thread to measure again. The
+        background thread measures waits for it), and so does a call after this process
+        changed as many faces as the gallery had; otherwise calls get the last estimate at
+        once, and changes past `refresh_growth` wake the thread to measure again (it also
+        counts the gallery every `refresh_interval_s`, for other processes' changes). The
         answer names the size it was measured at."""
         self.start()
         estimate = self._estimate
-        if estimate is None:
-            with self._lock:
-                if self._estimate is None:
+        if estimate is None or self._changed(estimate) > estimate.faces:
+            with self._lock:  # measured by the background thread meanwhile, or measure now
+                current = self._estimate
+                if current is None or self._changed(current) > current.faces:
                     return self._measure()
-                return self._estimate
-        if self.stale():
+                return current
+        if self._changed(estimate) > self.options.refresh_growth * estimate.faces:
             self._wake.set()
         return estimate
+
+    def _changed(self, estimate: FpirEstimate) -> int:
+        return self._view.changes() - estimate.changes
+
+    def _stale(self) -> bool:
+        """Whether the gallery moved past `refresh_growth` since the last measurement (counts
+        it: for the background thread only)."""
+        estimate = self._estimate
+        if estimate is None:
+            return True
+        _, faces = self._view.counts()
+        return abs(faces - estimate.faces) > self.options.refresh_growth * max(estimate.faces, 1)
 
     def start(self) -> None:
         """Start the background thread (once); the first `current()` starts it too, so a
@@ -358,7 +381,7 @@ class FpirCalibrator:
         while not self._stop.is_set():
             try:
                 with self._lock:  # a request may have measured meanwhile
-                    if self.stale():
+                    if self._stale():
                         self._measure()
             except Exception as exc:  # the next round tries again; /status shows the reason
                 self.last_error = f"{type(exc).__name__}: {exc}"

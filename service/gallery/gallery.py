@@ -107,6 +107,7 @@ class Gallery:
         self.dim = dim
         self._metrics = metrics
         self._index_labels: tuple[str, str] | None = None
+        self.face_changes = 0  # faces added or deleted through this object (FPIR staleness)
         self._sync: FaceSearch = search or IndexSync(
             store,  # type: ignore[arg-type]  # the embedded store is also a ChangeLog
             model_id=model_id,
@@ -185,6 +186,7 @@ class Gallery:
         self._erase()
 
     def _erase(self) -> None:
+        self.face_changes += 1
         self._sync.erased()
         if not self.store.erase():
             # Common under concurrent traffic and finished by the next checkpoint: not a warning.
@@ -225,6 +227,7 @@ class Gallery:
         )
         if record is None:
             raise _not_found(identity_id)
+        self.face_changes += 1
         self._update_counts()
         return record
 
@@ -313,18 +316,17 @@ class Gallery:
 
     # --- what the FPIR estimate reads (service.gallery.fpir.GalleryView) ------------------
 
-    def searchable_identities(self) -> int:
-        identities, _ = self.store.counts()
-        return identities
+    def counts(self) -> tuple[int, int]:
+        return self.store.counts()
 
-    def searchable_faces(self) -> int:
-        return self._sync.state.size
+    def changes(self) -> int:
+        return self.face_changes
 
     def sample_probes(self, count: int, rng: random.Random) -> list[Probe]:
         """Up to `count` identities drawn at random through their faces (so a face's identity
         is drawn once however many faces it has), each with one of its faces made by the
         loaded model."""
-        ids = [int(i) for i in self._sync.indexed_ids()]
+        ids = [int(i) for i in self.indexed_ids()]
         drawn = rng.sample(ids, min(len(ids), PROBE_OVERDRAW * count))
         owners: dict[str, None] = {}
         for start in range(0, len(drawn), PROBE_PAGE):

@@ -173,7 +173,8 @@ def service_url(tmp_path: Path) -> Iterator[str]:
 
 
 def exercise(url: str) -> None:
-    """Requests that give every collector a sample: verify, a client error, enrol, identify."""
+    """Requests that give every collector a sample: verify, a client error, enrol, identify
+    (also by FPIR)."""
     image = png_photo(seed=1)
     body, headers = multipart({"image1": image, "image2": png_photo(seed=2)})
     status, answer = http("POST", f"{url}/verify", body, headers)
@@ -190,6 +191,9 @@ def exercise(url: str) -> None:
     assert status == 201, answer
     status, answer = http("POST", f"{url}/identify", body, headers)
     assert status == 200, answer
+    # An FPIR asked for measures the gallery (one identity supports none: 422, NaN gauges).
+    status, answer = http("POST", f"{url}/identify?target_fpir=0.1", body, headers)
+    assert status == 422, answer
 
 
 @pytest.fixture

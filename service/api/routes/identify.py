@@ -12,8 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import Services, get_gallery, get_services
 from service.api.errors import INFERENCE_ERRORS, documented
 from service.api.schemas import FaceOut, IdentityRef
-from service.api.schemas_gallery import CandidateOut, IdentifyResponse, IdentifyResult
-from service.api.thresholds import resolve_threshold
+from service.api.schemas_gallery import CandidateOut, FpirOut, IdentifyResponse, IdentifyResult
+from service.api.thresholds import resolve_identify_threshold
 from service.api.uploads import read_upload
 from service.faces.pipeline import select_face
 from service.faces.quality import QualityLevel, require_quality
@@ -62,6 +62,15 @@ async def identify(
         float | None,
         Form(gt=0.0, lt=1.0, description="Use the pack's threshold calibrated for this FMR."),
     ] = None,
+    target_fpir: Annotated[
+        float | None,
+        Form(
+            gt=0.0,
+            lt=1.0,
+            description="Threshold that keeps strangers unknown at this false-positive "
+            "identification rate for the gallery's current size (measured on the gallery).",
+        ),
+    ] = None,
     all_faces: Annotated[
         bool | None, Form(description="Identify every face, not only the largest.")
     ] = None,
@@ -73,6 +82,8 @@ async def identify(
     top_k_query: Annotated[int | None, Query(alias="top_k", ge=1, le=MAX_TOP_K)] = None,
     threshold_query: Annotated[float | None, Query(alias="threshold", ge=-1.0, le=1.0)] = None,
     all_faces_query: Annotated[bool | None, Query(alias="all_faces")] = None,
+    target_fmr_query: Annotated[float | None, Query(alias="target_fmr", gt=0.0, lt=1.0)] = None,
+    target_fpir_query: Annotated[float | None, Query(alias="target_fpir", gt=0.0, lt=1.0)] = None,
 ) -> IdentifyResponse:
     """Search the gallery for the largest face (or every face with `all_faces`). Each result
     lists up to `top_k` identities (the best face of each, with its similarity); `identity` is
@@ -80,7 +91,13 @@ async def identify(
     start = time.perf_counter()
     wanted = _first(top_k, top_k_query) or DEFAULT_TOP_K
     given_threshold = _first(threshold, threshold_query)
-    used_threshold, threshold_source = resolve_threshold(services, given_threshold, target_fmr)
+    used_threshold, threshold_source, fpir = await run_in_threadpool(
+        resolve_identify_threshold,
+        services,
+        given_threshold,
+        _first(target_fmr, target_fmr_query),
+        _first(target_fpir, target_fpir_query),
+    )
     data = await read_upload(image, services.settings)
     every_face = bool(_first(all_faces, all_faces_query))
     analyzed = await services.scheduler.run(
@@ -115,6 +132,7 @@ async def identify(
         model=services.pack.model_id,
         threshold=used_threshold,
         threshold_source=threshold_source,
+        fpir=FpirOut.of(fpir) if fpir is not None else None,
         results=results,
         timings_ms=timings,
     )

@@ -11,8 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from service import __version__
 from service.api.deps import Services, get_gallery, get_services
 from service.api.errors import documented
-from service.api.schemas_status import GalleryCounts, IndexStatus, ServiceStatus
+from service.api.schemas_status import FpirStatus, GalleryCounts, IndexStatus, ServiceStatus
 from service.gallery import Gallery
+from service.gallery.fpir import REPORTED_FPIRS
 
 router = APIRouter(tags=["operations"])
 
@@ -40,4 +41,19 @@ async def status(
         gallery=GalleryCounts(identities=identities, faces=faces),
         max_upload_bytes=services.settings.max_upload_bytes,
         api_keys=bool(services.settings.api_key_list()),
+        identify_fpir=_fpir_status(services),
+    )
+
+
+def _fpir_status(services: Services) -> FpirStatus:
+    calibrator = services.fpir
+    estimate = calibrator.estimate if calibrator is not None else None
+    return FpirStatus(
+        default_target=services.settings.identify_fpir,
+        measured=(
+            estimate.summary(REPORTED_FPIRS, services.pack.manifest.thresholds)
+            if estimate is not None
+            else None
+        ),
+        error=calibrator.last_error if calibrator is not None else None,
     )
