@@ -56,7 +56,8 @@ IVF_RETRAIN_GROWTH = 4
 
 # Vectors of a loaded saved index compared with the store's before it is used. The checksum
 # catches a damaged file; the sample catches a whole file that does not describe this store
-# (another data folder's file, a database restored or replaced under it).
+# (another data folder's file, a database restored or replaced under it). Read by primary
+# key: 2-14 ms at 50k x 512-d on the loaded 2-core machine.
 VERIFY_SAMPLE = 128
 
 
