@@ -191,19 +191,20 @@ def test_a_saved_index_of_the_old_format_without_checksum_is_never_trusted(prist
     _served_answers_right_and_rewrote_the_file(folder, enrolled, damaged)
 
 
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_a_whole_saved_index_of_another_gallery_is_caught_by_the_sample_of_vectors(
-    pristine, tmp_path
+    pristine, tmp_path, kind
 ):
     # Same model, same ids, same change-log position, a valid checksum: only its vectors differ
     # (another data folder's file copied in, or a database restored under it).
     other = tmp_path / "other"
     enrol_random(other, IDENTITIES, seed=1)
-    open_served(other).close()
+    open_served(other, kind).close()  # type: ignore[arg-type]
     folder = copy_gallery(pristine[0], tmp_path / "data")
     foreign = saved_file(other).read_bytes()
     saved_file(folder).write_bytes(foreign)
     assert persisted.load(saved_file(folder), model_id=MODEL, dim=DIM, use_gpu=False) is not None
-    _served_answers_right_and_rewrote_the_file(folder, pristine[1], foreign)
+    _served_answers_right_and_rewrote_the_file(folder, pristine[1], foreign, kind)
 
 
 def _without_identity(enrolled: Enrolled, identity_id: str) -> Enrolled:
