@@ -234,6 +234,41 @@ class FaceIndex:
             found = found[~np.isin(found, np.fromiter(self._tombstones, np.int64))]
         return np.sort(found.astype(np.int64))
 
+    def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors of those `ids` the index holds, as copies: (found ids, (n, dim)
+        vectors). For checks against the store; removed HNSW nodes (zeros) are included."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        found_ids: list[np.ndarray] = []
+        found_vectors: list[np.ndarray] = []
+        if self._index is not None and ids.size:
+            if self.kind == "ivf":
+                ivf = faiss.extract_index_ivf(self._index)
+                lists = ivf.invlists
+                for number in range(ivf.nlist):
+                    size = lists.list_size(number)
+                    if not size:
+                        continue
+                    list_ids = faiss.rev_swig_ptr(lists.get_ids(number), size)
+                    hits = np.flatnonzero(np.isin(list_ids, ids))
+                    if hits.size:
+                        codes = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size)
+                        rows = codes.reshape(size, lists.code_size)[hits]
+                        found_vectors.append(rows.view(np.float32).reshape(-1, self.dim))
+                        found_ids.append(list_ids[hits].astype(np.int64))
+            else:
+                storage = faiss.downcast_index(
+                    self._hnsw.storage if self._hnsw else self._index.index
+                )
+                total = int(storage.ntotal)
+                id_map = faiss.rev_swig_ptr(self._index.id_map.data(), total)
+                positions = np.flatnonzero(np.isin(id_map, ids))
+                stored = faiss.rev_swig_ptr(storage.get_xb(), total * self.dim)
+                found_vectors.append(stored.reshape(total, self.dim)[positions].copy())
+                found_ids.append(id_map[positions].astype(np.int64))
+        if not found_ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.concatenate(found_ids), np.concatenate(found_vectors)
+
     # --- changes ---------------------------------------------------------------------------
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:

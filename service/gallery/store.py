@@ -487,6 +487,26 @@ class SqliteStore:
                     found[int(row[0])] = FaceLabel(int(row[0]), row[1], row[2], row[3])
         return found
 
+    def embeddings_by_index_id(
+        self, index_ids: Sequence[int], model_id: str
+    ) -> dict[int, np.ndarray]:
+        """The stored embedding of each of `index_ids` made by `model_id` (for checks of a
+        saved index; looked up by primary key, so a few hundred cost milliseconds)."""
+        wanted = sorted({int(i) for i in index_ids})
+        found: dict[int, np.ndarray] = {}
+        with self._read() as db:
+            for start in range(0, len(wanted), 500):  # bound parameters, as in `labels`
+                part = wanted[start : start + 500]
+                rows = db.execute(
+                    "SELECT index_id, model_id, embedding FROM faces "
+                    f"WHERE index_id IN ({','.join('?' * len(part))})",
+                    part,
+                )
+                found.update(
+                    (int(row[0]), blob_to_embedding(row[2])) for row in rows if row[1] == model_id
+                )
+        return found
+
     def faces_per_model(self) -> dict[str, int]:
         with self._connection() as db:
             rows = db.execute(

@@ -12,7 +12,7 @@ import pytest
 from gallery_support import MODEL, OTHER_MODEL, clustered, open_test_gallery, probe_near, unit
 
 from service.errors import ErrorCode, ServiceError
-from service.gallery import sync
+from service.gallery import persisted, sync
 from service.gallery.gallery import Gallery
 from service.gallery.index import FaceIndex
 from service.gallery.persisted import index_path
@@ -438,3 +438,75 @@ def test_a_worker_starts_from_the_saved_index_catches_up_and_deletion_removes_it
         assert len(third.indexed_ids()) == 21
     finally:
         third.close()
+
+
+def test_the_saved_index_is_owner_only_and_its_checksum_covers_header_and_vectors(tmp_path):
+    _, faces, _ = clustered(3, 2, DIM, seed=9)
+    index = FaceIndex.build(DIM, "flat", np.arange(1, 7), faces, use_gpu=False)
+    path = index_path(tmp_path, MODEL)
+    assert persisted.save(path, index, model_id=MODEL, seq=6, trained_on=6, other_model_faces=0)
+    assert path.stat().st_mode & 0o777 == 0o600  # biometric data
+    healthy = path.read_bytes()
+    assert persisted.load(path, model_id=MODEL, dim=DIM, use_gpu=False) is not None
+    seq_digit = healthy.index(b'"seq": 6') + len(b'"seq": ')
+    vector_byte = healthy.index(faces[3].astype("<f4").tobytes()) + 5
+    for position in (seq_digit, vector_byte, len(healthy) - 1):
+        damaged = bytearray(healthy)
+        damaged[position] ^= 0x01  # seq 6 -> 7 still parses: only the checksum tells
+        path.write_bytes(bytes(damaged))
+        assert persisted.load(path, model_id=MODEL, dim=DIM, use_gpu=False) is None, position
+
+
+def test_a_saved_index_that_cannot_be_rewritten_after_a_replayed_deletion_is_removed(
+    tmp_path, monkeypatch
+):
+    # The disk is full at start-up: the file that still holds a deleted face must go anyway.
+    monkeypatch.setattr(sync, "SAVE_MIN_FACES", 1)
+    saved = index_path(tmp_path, MODEL)
+    _, faces, labels = clustered(3, 3, DIM, seed=8)
+    first = _worker(tmp_path, saved)
+    ids = [_enrol(first, f"p{i}", faces[labels == i])[0] for i in range(3)]
+    first.close()
+    _worker(tmp_path, saved).close()  # builds and saves
+    store = SqliteStore.in_directory(tmp_path)
+    store.delete_identity(ids[0])  # committed; the process dies before removing the file
+    store.close()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(persisted, "save", disk_full)
+    second = _worker(tmp_path, saved)
+    try:
+        assert not saved.exists()
+        assert len(second.indexed_ids()) == 6
+    finally:
+        second.close()
+
+
+def test_a_saved_index_newer_than_a_restored_database_is_rebuilt(tmp_path, monkeypatch):
+    # A database restored from a backup under a newer saved index with the same face count:
+    # the file's faces are not the store's faces.
+    monkeypatch.setattr(sync, "SAVE_MIN_FACES", 1)
+    saved = index_path(tmp_path, MODEL)
+    centres, faces, labels = clustered(5, 3, DIM, seed=4)
+    first = _worker(tmp_path, saved)
+    ids = [_enrol(first, f"p{i}", faces[labels == i])[0] for i in range(4)]
+    first.close()
+    backup = (tmp_path / "gallery.sqlite3").read_bytes()  # closed: the WAL is folded in
+    second = _worker(tmp_path, saved)
+    second.delete_identity(ids[0])
+    _enrol(second, "p4", faces[labels == 4])
+    second.close()
+    _worker(tmp_path, saved).close()  # saves 12 faces at a later seq than the backup's
+    assert saved.is_file()
+    for leftover in tmp_path.glob("gallery.sqlite3-*"):
+        leftover.unlink()
+    (tmp_path / "gallery.sqlite3").write_bytes(backup)
+
+    restored = _worker(tmp_path, saved)
+    try:
+        found = restored.identify(np.stack([probe_near(c, seed=5) for c in centres[:4]]), top_k=1)
+        assert [r[0].identity_id for r in found] == ids
+    finally:
+        restored.close()
