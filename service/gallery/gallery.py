@@ -323,24 +323,22 @@ class Gallery:
         return self.face_changes
 
     def sample_probes(self, count: int, rng: random.Random) -> list[Probe]:
-        """Up to `count` identities drawn at random through their faces (so a face's identity
-        is drawn once however many faces it has), each with one of its faces made by the
-        loaded model."""
+        """Up to `count` identities drawn at random through their faces (an identity is
+        drawn once however many faces it has), each with the drawn face."""
         ids = [int(i) for i in self.indexed_ids()]
         drawn = rng.sample(ids, min(len(ids), PROBE_OVERDRAW * count))
-        owners: dict[str, None] = {}
+        probes: dict[str, Probe] = {}
         for start in range(0, len(drawn), PROBE_PAGE):
-            for label in self.store.labels(drawn[start : start + PROBE_PAGE]).values():
-                owners.setdefault(label.identity_id)
-            if len(owners) >= count:
+            page = drawn[start : start + PROBE_PAGE]
+            labels = self.store.labels(page)
+            vectors = self.store.embeddings_by_index_id(page, self.model_id)
+            for index_id in page:
+                label, vector = labels.get(index_id), vectors.get(index_id)
+                if label is not None and vector is not None:
+                    probes.setdefault(label.identity_id, Probe(label.identity_id, vector))
+            if len(probes) >= count:
                 break
-        probes: list[Probe] = []
-        for identity_id in list(owners)[:count]:
-            _, vectors = self.store.embeddings_of(identity_id, self.model_id)
-            if len(vectors):
-                row = vectors[rng.randrange(len(vectors))]
-                probes.append(Probe(identity_id, np.asarray(row, dtype=np.float32)))
-        return probes
+        return list(probes.values())[:count]
 
     def rank_identities(self, queries: np.ndarray, top_k: int) -> list[list[tuple[str, float]]]:
         return [

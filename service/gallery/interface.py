@@ -227,6 +227,13 @@ class GalleryStore(Protocol):
         """Face and identity of each index id that still exists (deleted ones are absent)."""
         ...
 
+    def embeddings_by_index_id(
+        self, index_ids: Sequence[int], model_id: str
+    ) -> dict[int, np.ndarray]:
+        """The stored embedding of each of `index_ids` made by `model_id` (deleted ones and
+        other models' are absent)."""
+        ...
+
     def counts(self) -> tuple[int, int]:
         """(identities, faces) in the store."""
         ...

@@ -471,6 +471,24 @@ class MilvusStore:
             if f["identity_id"] in names
         }
 
+    def embeddings_by_index_id(
+        self, index_ids: Sequence[int], model_id: str
+    ) -> dict[int, np.ndarray]:
+        wanted = sorted({int(i) for i in index_ids})
+        found: dict[int, np.ndarray] = {}
+        for collection in self.face_collections() if wanted else []:
+            for start in range(0, len(wanted), FILTER_BATCH_IDS):
+                part = wanted[start : start + FILTER_BATCH_IDS]
+                rows = self.client.query(
+                    collection,
+                    filter=f"{_in('index_id', part)} and model_id == {_quote(model_id)}",
+                    output_fields=["index_id", "embedding"],
+                )
+                found.update(
+                    (int(row["index_id"]), np.asarray(row["embedding"], np.float32)) for row in rows
+                )
+        return found
+
     def faces_per_model(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for collection in self.face_collections():
