@@ -105,10 +105,10 @@ class Settings(BaseSettings):
         "1:1 threshold.",
     )
     fpir_probes: int = Field(
-        3000,
+        10_000,
         ge=10,
         description="Enrolled identities searched as strangers to measure FPIR thresholds; "
-        "an FPIR needs 3 / FPIR of them (3000 supports 1e-3).",
+        "an FPIR needs 10 / FPIR of them (10000 supports 1e-3).",
     )
 
     # --- gallery backend --------------------------------------------------------------------

@@ -82,7 +82,7 @@ def test_a_rate_the_gallery_cannot_support_is_refused_with_what_would(tmp_path: 
         with pytest.raises(ServiceError) as refused:
             estimate.threshold(0.01)
         assert refused.value.code is ErrorCode.VALIDATION_ERROR
-        assert "needs 300 enrolled identities" in refused.value.message
+        assert "needs 1000 enrolled identities" in refused.value.message
         assert "there are 20" in refused.value.message
     finally:
         gallery.close()

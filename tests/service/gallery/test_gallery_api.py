@@ -500,7 +500,7 @@ def _enrol_random_embeddings(client, count: int, seed: int) -> list[str]:
 
 def test_identify_target_fpir_uses_a_threshold_measured_on_the_gallery(app_client, one_face_pack):
     with app_client(one_face_pack) as client:
-        _enrol_random_embeddings(client, 60, seed=5)
+        _enrol_random_embeddings(client, 100, seed=5)
         by_form = client.post("/identify", files=image_file(photo(3)), data={"target_fpir": "0.1"})
         by_query = client.post("/identify", params={"target_fpir": 0.1}, files=image_file(photo(3)))
         both = client.post(
@@ -512,17 +512,17 @@ def test_identify_target_fpir_uses_a_threshold_measured_on_the_gallery(app_clien
         plain = client.post("/identify", files=image_file(photo(3))).json()
     assert by_form.status_code == 200, by_form.text
     body = by_form.json()
-    assert body["threshold_source"] == "fpir:0.1@n=60"
+    assert body["threshold_source"] == "fpir:0.1@n=100"
     fpir = body["fpir"]
-    assert fpir["method"] == "leave-one-out" and fpir["probes"] == 60
+    assert fpir["method"] == "leave-one-out" and fpir["probes"] == 100
     assert fpir["estimate"] <= 0.1 and fpir["interval"][0] <= fpir["estimate"]
     assert fpir["interval"][1] >= fpir["estimate"]
-    # 60 random 32-d identities: the best of 59 impostor scores sits far above the 1:1 default
+    # 100 random 32-d identities: the best of 99 impostor scores sits far above the 1:1 default
     assert body["threshold"] > THRESHOLD - 0.2
     assert by_query.json()["threshold"] == body["threshold"]
     assert both.status_code == 422 and "at most one" in both.json()["error"]["message"]
     assert too_rare.status_code == 422
-    assert "needs 3000 enrolled identities" in too_rare.json()["error"]["message"]
+    assert "needs 10000 enrolled identities" in too_rare.json()["error"]["message"]
     assert plain["threshold_source"] == "pack default" and plain["fpir"] is None
 
 
@@ -530,26 +530,26 @@ def test_identify_fpir_setting_is_the_default_and_an_explicit_threshold_still_wi
     app_client, one_face_pack
 ):
     with app_client(one_face_pack, identify_fpir=0.2) as client:
-        _enrol_random_embeddings(client, 40, seed=6)
+        _enrol_random_embeddings(client, 50, seed=6)
         default = client.post("/identify", files=image_file(photo(4))).json()
         explicit = client.post("/identify", files=image_file(photo(4)), data={"threshold": "0.9"})
-    assert default["threshold_source"] == "fpir:0.2@n=40"
+    assert default["threshold_source"] == "fpir:0.2@n=50"
     assert explicit.json()["threshold_source"] == "request"
     assert explicit.json()["fpir"] is None
 
 
 def test_status_and_metrics_show_the_fpir_thresholds_once_measured(app_client, one_face_pack):
     with app_client(one_face_pack) as client:
-        _enrol_random_embeddings(client, 40, seed=7)
+        _enrol_random_embeddings(client, 100, seed=7)
         before = client.get("/status").json()["identify_fpir"]
         client.post("/identify", files=image_file(photo(3)), data={"target_fpir": "0.1"})
         after = client.get("/status").json()["identify_fpir"]
         metrics = client.get("/metrics").text
     assert before == {"default_target": None, "measured": None, "error": None}
     measured = after["measured"]
-    assert measured["gallery_size"] == 40 and measured["probes"] == 40
+    assert measured["gallery_size"] == 100 and measured["probes"] == 100
     assert measured["thresholds"]["0.1"]["method"] == "leave-one-out"
-    assert "needs 300 enrolled identities" in measured["thresholds"]["0.01"]["unsupported"]
+    assert "needs 1000 enrolled identities" in measured["thresholds"]["0.01"]["unsupported"]
     threshold = measured["thresholds"]["0.1"]["threshold"]
     [exported] = [
         float(line.split()[-1])
@@ -558,4 +558,4 @@ def test_status_and_metrics_show_the_fpir_thresholds_once_measured(app_client, o
     ]
     assert exported == pytest.approx(threshold, abs=1e-6)
     assert 'faceverify_identify_fpir_threshold{target="0.01"} NaN' in metrics
-    assert "faceverify_identify_fpir_probes 40.0" in metrics
+    assert "faceverify_identify_fpir_probes 100.0" in metrics
