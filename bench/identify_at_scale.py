@@ -5,9 +5,10 @@ Fitting. The shared pack embeds every photo of `../shared/assets/images` (larges
 same-person (genuine) and different-person (impostor) cosines of those photos give three
 numbers: the genuine mean m_g, the impostor mean m_i and the impostor spread s_i. Synthetic
 identities are then unit centres  c = normalise(rho * shared + sqrt(1 - rho^2) * z),  z uniform
-on a sphere of d_eff dimensions, and each face is  normalise(c + sigma * noise). With
-1 / (1 + sigma^2) = m_g, rho^2 = m_i / m_g and d_eff = ((1 - rho^2) * m_g / s_i)^2 the synthetic
-genuine mean, impostor mean and impostor spread equal the real ones; the script prints both
+on a sphere of d_eff dimensions, and each face is  normalise(c + s * noise), its noise scale s
+log-normal around sigma. sigma and the log-normal spread are fitted to the genuine mean and
+spread; rho^2 = m_i / m_g and d_eff = ((1 - rho^2) * m_g / s_i)^2 make the synthetic impostor
+mean and spread equal the real ones (both faces' noise shrinks them by m_g). It prints both
 distributions' quantiles side by side, tails included, so the fit can be judged (the real
 impostor tail rests on a few thousand pairs).
 
@@ -53,6 +54,7 @@ class Fit:
     impostor_mean: float
     impostor_sd: float
     sigma: float
+    spread: float  # log-normal spread of each face's noise scale (fits the genuine spread)
     rho: float
     d_eff: int
     dim: int
@@ -81,11 +83,26 @@ def real_scores(pack_dir: Path, image_dirs: list[Path]) -> tuple[np.ndarray, np.
     return scores[rows, cols][same], scores[rows, cols][~same], vectors.shape[1]
 
 
+def _genuine_moments(sigma: float, spread: float, rng: np.random.Generator) -> tuple[float, float]:
+    """Mean and sd of 1 / sqrt((1 + s_a^2)(1 + s_b^2)), s = sigma * lognormal(spread)."""
+    scales = sigma * np.exp(spread * rng.standard_normal((2, 20_000)) - spread**2 / 2)
+    scores = 1 / np.sqrt((1 + scales[0] ** 2) * (1 + scales[1] ** 2))
+    return float(scores.mean()), float(scores.std())
+
+
 def fit(genuine: np.ndarray, impostor: np.ndarray, dim: int) -> Fit:
     m_g, m_i, s_i = float(genuine.mean()), float(impostor.mean()), float(impostor.std())
+    rng = np.random.default_rng(0)
+    best = (np.inf, 0.0, 0.0)
+    for sigma in np.linspace(0.2, 1.5, 27):  # match the genuine mean and spread
+        for spread in np.linspace(0.0, 1.5, 16):
+            mean, sd = _genuine_moments(sigma, spread, rng)
+            error = (mean - m_g) ** 2 + (sd - float(genuine.std())) ** 2
+            best = min(best, (error, float(sigma), float(spread)))
+    _, sigma, spread = best
     rho2 = min(max(m_i / m_g, 0.0), 0.5)
     d_eff = int(np.clip(round(((1 - rho2) * m_g / s_i) ** 2), 4, dim))
-    return Fit(m_g, m_i, s_i, float(np.sqrt(1 / m_g - 1)), float(np.sqrt(rho2)), d_eff, dim)
+    return Fit(m_g, m_i, s_i, sigma, spread, float(np.sqrt(rho2)), d_eff, dim)
 
 
 class Population:
@@ -114,8 +131,11 @@ class Population:
         for start in range(0, len(centres), 100_000):
             block = centres[start : start + 100_000]
             noise = self.rng.standard_normal(block.shape).astype(np.float32)
-            noise /= np.sqrt(self.fit.dim)
-            faces = block + self.fit.sigma * noise
+            spread = self.fit.spread
+            scale = self.fit.sigma * np.exp(
+                spread * self.rng.standard_normal((len(block), 1)) - spread**2 / 2
+            )
+            faces = block + scale.astype(np.float32) * noise / np.sqrt(self.fit.dim)
             out[start : start + len(block)] = faces / np.linalg.norm(faces, axis=1, keepdims=True)
         return out
 
@@ -135,7 +155,7 @@ def top2(gallery: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def quantiles(values: np.ndarray) -> str:
-    points = np.quantile(values, [0.5, 0.99, 0.999]) if len(values) else [np.nan] * 3
+    points = np.quantile(values, [0.01, 0.5, 0.99, 0.999]) if len(values) else [np.nan] * 4
     return " ".join(f"{p:6.3f}" for p in points) + f"  max {values.max():6.3f}"
 
 
@@ -216,9 +236,10 @@ def main() -> None:
     synthetic_impostor = (sample_a @ other.T).ravel()
     print(
         f"fit on {len(genuine)} genuine / {len(impostor)} impostor real pairs: sigma "
-        f"{shape.sigma:.3f}, rho {shape.rho:.3f}, d_eff {shape.d_eff} of {shape.dim}"
+        f"{shape.sigma:.3f} (spread {shape.spread:.2f}), rho {shape.rho:.3f}, "
+        f"d_eff {shape.d_eff} of {shape.dim}"
     )
-    print("                        median   p99   p99.9")
+    print("                         p1    median   p99   p99.9")
     print(f"  real genuine       {quantiles(genuine)}")
     print(f"  synthetic genuine  {quantiles(synthetic_genuine)}")
     print(f"  real impostor      {quantiles(impostor)}")
