@@ -39,5 +39,5 @@ async def status(
         index=IndexStatus(type=index.kind, device=index.device, size=index.size),
         gallery=GalleryCounts(identities=identities, faces=faces),
         max_upload_bytes=services.settings.max_upload_bytes,
-        api_keys=bool(services.settings.api_key_list()),
+        api_keys=services.settings.keys_enabled(),
     )
