@@ -158,8 +158,11 @@ def export_gallery(store: GalleryStore, out: TextIO, *, progress: bool = True) -
     return Counts(identities, per_model)
 
 
-def _parse(lines: Iterator[str]) -> Iterator[tuple[int, ImportLine | str]]:
-    """Each non-blank line's number with its validated value, or what is wrong with it."""
+def _parse(
+    lines: Iterator[str], *, check_columns: bool = True
+) -> Iterator[tuple[int, ImportLine | str]]:
+    """Each non-blank line's number with its validated value, or what is wrong with it (the
+    column sizes only with `check_columns`: the writing pass reads lines checked before)."""
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
@@ -168,7 +171,7 @@ def _parse(lines: Iterator[str]) -> Iterator[tuple[int, ImportLine | str]]:
         except ValidationError as error:
             yield number, _first_error(error)
             continue
-        yield number, _column_overflow(line) or line
+        yield number, (_column_overflow(line) if check_columns else None) or line
 
 
 def _check(line: ImportLine, model_id: str, dim: int) -> str | None:
@@ -267,7 +270,7 @@ def import_gallery(
         path.open(encoding="utf-8") as lines,
         tqdm(total=total, unit="line", disable=not progress, file=sys.stderr) as bar,
     ):
-        for number, line in _parse(lines):
+        for number, line in _parse(lines, check_columns=False):
             assert isinstance(line, ImportLine)  # every line was checked above
             if not identities:
                 batch_first_line = number
