@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -328,5 +329,58 @@ def test_import_on_a_full_disk_names_the_cause_and_leaves_no_identity_half_writt
         for identity in store.list_identities(len(people), 0):
             assert identity.face_count == faces_per_identity, identity
         assert faces == identities * faces_per_identity
+    finally:
+        store.close()
+
+
+def test_import_into_milvus_writes_identities_with_their_faces_once(
+    tmp_path, monkeypatch, pack, source, milvus_uri, capsys
+):
+    source_dir, ids, _ = source
+    exported = tmp_path / "gallery.jsonl"
+    use(monkeypatch, pack, source_dir)
+    assert main(["gallery", "export", "--out", str(exported), "--no-progress"]) == 0
+    target = backend_settings("milvus", tmp_path / "milvus-import", milvus_uri)
+    use(monkeypatch, pack, tmp_path / "unused", **target)
+    assert main(["gallery", "import", str(exported), "--no-progress"]) == 0
+    assert "7 new identities, 18 new faces, 0 already there" in capsys.readouterr().out
+    assert main(["gallery", "import", str(exported), "--no-progress"]) == 0
+    assert "0 new identities, 0 new faces, 18 already there" in capsys.readouterr().out
+    store = MilvusStore(milvus_uri, prefix=target["milvus_collection_prefix"])
+    try:
+        assert store.counts() == (7, 18)
+        assert [len(store.faces_of(i)) for i in ids] == [3] * 6 + [0]
+    finally:
+        store.close()
+
+
+def test_a_batch_that_fails_part_way_leaves_neither_its_identities_nor_its_faces(
+    tmp_path, monkeypatch, pack, capsys
+):
+    """Without root (no tmpfs): the disk fills at the third face of the only batch."""
+    model_id = load_pack(pack).model_id
+    lines = [
+        {"external_id": f"p{n}", "name": f"p{n}", "model": model_id, "embedding": [0.1 + n] * DIM}
+        for n in range(5)
+    ]
+    file = tmp_path / "five.jsonl"
+    file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    insert = SqliteStore._insert_face
+    calls = []
+
+    def fill_up(self, db, face):
+        calls.append(face.identity_id)
+        if len(calls) == 3:
+            raise sqlite3.OperationalError("database or disk is full")
+        return insert(self, db, face)
+
+    monkeypatch.setattr(SqliteStore, "_insert_face", fill_up)
+    use(monkeypatch, pack, tmp_path / "target")
+    assert main(["gallery", "import", str(file), "--no-progress"]) == 2
+    [error] = [row for row in capsys.readouterr().err.splitlines() if row.strip()]
+    assert error.startswith("faceverify: disk full while importing") and "lines 1 onwards" in error
+    store = SqliteStore.in_directory(tmp_path / "target")
+    try:
+        assert store.counts() == (0, 0)
     finally:
         store.close()
