@@ -4,7 +4,11 @@ running workers without a restart."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from synthetic_models import SyntheticFace, make_manifest_pack
@@ -291,3 +295,28 @@ def test_open_metrics_scrape_hides_gallery_counts_when_keys_are_on(app_client, p
         assert "faceverify_gallery_identities 1.0" in client.get("/metrics").text
     with app_client(pack) as client:  # without keys /status is open too: nothing to hide
         assert "faceverify_gallery_identities 1.0" in client.get("/metrics").text
+
+
+def test_the_multi_worker_scrape_hides_gallery_counts_too(tmp_path):
+    """With PROMETHEUS_MULTIPROC_DIR (several workers) the aggregated scrape is filtered the
+    same way; prometheus_client picks its mode at import, hence a fresh interpreter."""
+    script = (
+        "from service.metrics import Metrics\n"
+        "m = Metrics.create(); m.gallery_identities.set(3); m.gallery_faces.set(5)\n"
+        "m.gallery_changes.labels('face_add').inc(); m.gallery_counts_exported = False\n"
+        "print(m.render()[0].decode())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.glob("*.db"))  # the multi-process collector was in use
+    assert 'faceverify_gallery_changes_total{action="face_add"} 1.0' in done.stdout
+    assert "faceverify_gallery_identities" not in done.stdout
+    assert "faceverify_gallery_faces" not in done.stdout
