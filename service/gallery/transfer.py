@@ -397,6 +397,22 @@ def open_private(path: Path) -> TextIO:
         raise
 
 
+def _export_to(store: GalleryStore, path: Path, *, progress: bool) -> Counts:
+    """Export into `path`; a write that fails (a full disk) removes the partial file, which
+    would otherwise hold part of the gallery's embeddings, and says so in one line."""
+    try:
+        with open_private(path) as out:
+            return export_gallery(store, out, progress=progress)
+    except OSError as error:
+        if path.is_file():
+            path.unlink()
+        cause = "disk full" if error.errno == errno.ENOSPC else error.strerror or str(error)
+        raise TransferError(
+            f"{cause} while writing the export {path}: nothing was exported (the partial file "
+            "was removed); free space or choose another --out and re-run"
+        ) from None
+
+
 def open_store(settings: Settings, backend: str | None = None) -> GalleryStore:
     """The store of `backend` (default: the configured one) for the settings."""
     from service.gallery import open_milvus_store
@@ -414,8 +430,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "export":
             store = open_store(settings)
             try:
-                with open_private(args.out) as out:
-                    counts = export_gallery(store, out, progress=progress)
+                counts = _export_to(store, args.out, progress=progress)
             finally:
                 store.close()
             print(f"exported {counts.identities} identities, faces {counts.faces_per_model}")

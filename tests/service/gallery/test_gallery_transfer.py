@@ -384,3 +384,19 @@ def test_a_batch_that_fails_part_way_leaves_neither_its_identities_nor_its_faces
         assert store.counts() == (0, 0)
     finally:
         store.close()
+
+
+def test_export_to_a_full_disk_says_so_and_leaves_no_partial_file(
+    tmp_path, monkeypatch, pack, source, capsys, small_disk
+):
+    source_dir, _, _ = source
+    filler = small_disk / "filler"
+    with filler.open("wb", buffering=0) as fill, pytest.raises(OSError):
+        while True:
+            fill.write(b"\0" * 65536)
+    use(monkeypatch, pack, source_dir)
+    out = small_disk / "gallery.jsonl"
+    assert main(["gallery", "export", "--out", str(out), "--no-progress"]) == 2
+    [error] = [row for row in capsys.readouterr().err.splitlines() if row.strip()]
+    assert error.startswith(f"faceverify: disk full while writing the export {out}")
+    assert not out.exists()
