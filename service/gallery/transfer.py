@@ -400,16 +400,19 @@ def open_private(path: Path) -> TextIO:
 def _export_to(store: GalleryStore, path: Path, *, progress: bool) -> Counts:
     """Export into `path`; a write that fails (a full disk) removes the partial file, which
     would otherwise hold part of the gallery's embeddings, and says so in one line."""
+    opened = False
     try:
         with open_private(path) as out:
+            opened = True
             return export_gallery(store, out, progress=progress)
     except OSError as error:
-        if path.is_file():
-            path.unlink()
+        if opened:  # never a file this command could not open
+            path.unlink(missing_ok=True)
         cause = "disk full" if error.errno == errno.ENOSPC else error.strerror or str(error)
         raise TransferError(
-            f"{cause} while writing the export {path}: nothing was exported (the partial file "
-            "was removed); free space or choose another --out and re-run"
+            f"{cause} while writing the export {path}: nothing was exported"
+            + (" (the partial file was removed)" if opened else "")
+            + "; free space or choose another --out and re-run"
         ) from None
 
 
