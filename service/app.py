@@ -215,6 +215,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.metrics = metrics
+    metrics.gallery_counts_exported = settings.metrics_gallery_counts_exported()
     app.state.services = None
     app.state.startup_error = None
     app.state.worker_readiness = worker_readiness

@@ -8,6 +8,7 @@ list them), so they are defined here once. With several uvicorn workers, set
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -19,11 +20,36 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
 
 # Latency buckets (seconds): CPU inference of one face is 5-100 ms, a 1M-face search ~50 ms.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FACES_PER_IMAGE_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
 SIMILARITY_BUCKETS = tuple(round(-0.2 + 0.1 * i, 1) for i in range(13))  # -0.2 … 1.0
+# How big the gallery is: GET /status shows it only to `gallery:read` keys, so with API keys on
+# the open scrape leaves these out (unless FACEVERIFY_METRICS_GALLERY_COUNTS says otherwise).
+GALLERY_COUNT_METRICS = frozenset(
+    {
+        "faceverify_gallery_identities",
+        "faceverify_gallery_faces",
+        "faceverify_identify_fpir_probes",  # min(identities, probes): a size too
+    }
+)
+
+
+class _Without:
+    """A collector that yields another one's metric families but those named."""
+
+    def __init__(
+        self, source: CollectorRegistry | multiprocess.MultiProcessCollector, names: Iterable[str]
+    ) -> None:
+        self.source = source
+        self.names = frozenset(names)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            if family.name not in self.names:
+                yield family
 
 
 @dataclass
@@ -46,6 +72,8 @@ class Metrics:
     gallery_changes: Counter
     identify_fpir_threshold: Gauge
     identify_fpir_probes: Gauge
+    # False: /metrics leaves out GALLERY_COUNT_METRICS (set from the settings by the app).
+    gallery_counts_exported: bool = True
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -125,10 +153,11 @@ class Metrics:
                 buckets=SIMILARITY_BUCKETS,
                 registry=reg,
             ),
+            # No key label: /metrics is open to any scraper, key names stay in the audit log.
             gallery_changes=Counter(
                 "faceverify_gallery_changes",
-                "Gallery changes (audit trail) by action and API key name.",
-                ["action", "key"],
+                "Gallery changes (audit trail) by action; the audit log names the key.",
+                ["action"],
                 registry=reg,
             ),
             identify_fpir_threshold=Gauge(
@@ -149,8 +178,9 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text; aggregates all workers when PROMETHEUS_MULTIPROC_DIR is set."""
+        hidden = () if self.gallery_counts_exported else GALLERY_COUNT_METRICS
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             merged = CollectorRegistry()
             multiprocess.MultiProcessCollector(merged)
-            return generate_latest(merged), CONTENT_TYPE_LATEST
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+            return generate_latest(_Without(merged, hidden)), CONTENT_TYPE_LATEST
+        return generate_latest(_Without(self.registry, hidden)), CONTENT_TYPE_LATEST

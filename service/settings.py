@@ -172,6 +172,18 @@ class Settings(BaseSettings):
         "keys), per worker; 0 = no limit.",
     )
     rate_burst: int = Field(10, ge=1, description="Requests a client may send at once.")
+    identify_candidate_floor: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="Lowest similarity of a candidate /identify lists to a key without "
+        "`gallery:read`; default: the decision threshold (FACEVERIFY_THRESHOLD, else the pack's).",
+    )
+    metrics_gallery_counts: bool | None = Field(
+        None,
+        description="Export the gallery's identity and face counts on the open /metrics; "
+        "default: only when API keys are off (/status keeps them behind `gallery:read`).",
+    )
 
     @field_validator("api_keys")
     @classmethod
@@ -192,6 +204,12 @@ class Settings(BaseSettings):
     def keys_enabled(self) -> bool:
         """Whether requests need a key (FACEVERIFY_API_KEYS or FACEVERIFY_API_KEYS_FILE)."""
         return self.api_keys is not None or self.api_keys_file is not None
+
+    def metrics_gallery_counts_exported(self) -> bool:
+        """Whether /metrics shows the gallery's counts: as set, else only without keys."""
+        if self.metrics_gallery_counts is None:
+            return not self.keys_enabled()
+        return self.metrics_gallery_counts
 
     def api_key_list(self) -> tuple[str, ...]:
         """The API keys, or () when none are set."""

@@ -1,9 +1,10 @@
 """The audit trail of gallery changes: who (key name) did what (action) to which identity.
 
 Each change is one structured log line on the `service.audit` logger (a JSON object: time, key,
-action, identity_id, face_id) and one increment of `faceverify_gallery_changes_total{action,
-key}`. Never an embedding, a photo or a name: the log says who touched which record, not what
-the record holds. Without keys the key name is `anonymous`.
+action, identity_id, face_id) and one increment of `faceverify_gallery_changes_total{action}`
+(no key name: /metrics is open to any scraper). Never an embedding, a photo or a name: the log
+says who touched which record, not what the record holds. Without keys the key name is
+`anonymous`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class AuditTrail:
             entry["face_id"] = face_id
         log.info("audit %s", json.dumps(entry, sort_keys=True))
         if self.metrics is not None:
-            self.metrics.gallery_changes.labels(action.value, self.key_name).inc()
+            self.metrics.gallery_changes.labels(action.value).inc()
 
 
 def get_audit(request: Request) -> AuditTrail:

@@ -33,8 +33,9 @@ OPEN_PATHS = frozenset(
 # data; the console asks for a key and sends it with each API call).
 OPEN_PREFIXES = ("/docs/", "/console/")
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="faceverify"'}
-# Where the authenticated key's name is kept in the ASGI scope's `state`.
+# Where the authenticated key's name and scopes are kept in the ASGI scope's `state`.
 STATE_KEY_NAME = "api_key_name"
+STATE_KEY_SCOPES = "api_key_scopes"
 
 # The scope each route needs, by method and path template. Anything missing here needs
 # `admin` (fail closed); tests/service/test_scopes.py checks that every route is listed.
@@ -117,8 +118,20 @@ class ApiKeyAuth:
             response = error_response(request, ErrorCode.FORBIDDEN, message)
             await response(scope, receive, send)
             return
-        scope.setdefault("state", {})[STATE_KEY_NAME] = key.name
+        state = scope.setdefault("state", {})
+        state[STATE_KEY_NAME] = key.name
+        state[STATE_KEY_SCOPES] = key.scopes
         await self.app(scope, receive, send)
+
+
+def key_allows(request: Request, needed: str, *, keys_enabled: bool) -> bool:
+    """Whether the request may see what `needed` guards inside an answer (a route open to a
+    narrower scope that would otherwise show it gallery data). Without keys, everything is
+    open; with keys, a request that carries no authenticated scopes is refused (closed)."""
+    if not keys_enabled:
+        return True
+    scopes = request.scope.get("state", {}).get(STATE_KEY_SCOPES, ())
+    return ADMIN_SCOPE in scopes or needed in scopes
 
 
 def document_api_keys(schema: dict) -> dict:

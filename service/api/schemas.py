@@ -143,8 +143,14 @@ class VerifyResponse(BaseModel):
     model: str = Field(description="Model pack (name@recognizer-sha256-prefix).")
     faces: list[FaceOut] = Field(description="The face used from each image.")
     timings_ms: dict[str, float]
-    identity: IdentityRef | None = Field(None, description="Set when verifying against one.")
-    face_id: str | None = Field(None, description="Enrolled face that matched best.")
+    identity: IdentityRef | None = Field(
+        None,
+        description="Set when verifying against one, for a key with `gallery:read` (or "
+        "without keys).",
+    )
+    face_id: str | None = Field(
+        None, description="Enrolled face that matched best (same condition as `identity`)."
+    )
 
 
 class EmbedResponse(BaseModel):

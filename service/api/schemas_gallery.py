@@ -242,7 +242,10 @@ class IdentifyResult(BaseModel):
     identity: IdentityRef | None = Field(
         description="Best candidate if its similarity reaches the threshold; null = unknown."
     )
-    candidates: list[CandidateOut] = Field(description="Best face of each identity, ranked.")
+    candidates: list[CandidateOut] = Field(
+        description="Best face of each identity, ranked; for a key without `gallery:read`, "
+        "only those at or above FACEVERIFY_IDENTIFY_CANDIDATE_FLOOR."
+    )
 
 
 class FpirOut(BaseModel):

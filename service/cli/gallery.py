@@ -9,7 +9,7 @@ from pathlib import Path
 from service.cli.common import CommandError, load_settings
 from service.errors import PackError
 from service.gallery.interface import GalleryStore
-from service.gallery.transfer import TransferError, export_gallery, import_gallery, migrate
+from service.gallery.transfer import TransferError, export_to_file, import_gallery, migrate
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -47,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "export":
             store = open_store(settings)
             try:
-                with args.out.open("w", encoding="utf-8") as out:
-                    counts = export_gallery(store, out, progress=progress)
+                counts = export_to_file(store, args.out, progress=progress)
             finally:
                 store.close()
             print(f"exported {counts.identities} identities, faces {counts.faces_per_model}")

@@ -205,6 +205,16 @@ class GalleryStore(Protocol):
         does not, are skipped. Returns how many were stored."""
         ...
 
+    def import_batch(
+        self,
+        identities: Sequence[tuple[str, str, dict[str, Any]]],
+        faces: Sequence[NewFace],
+    ) -> tuple[int, int]:
+        """`create_identities` then `add_faces` as one write where the backend can (SQLite: one
+        transaction, so a failure leaves no identity without its faces). Returns (identities
+        created, faces stored)."""
+        ...
+
     def delete_face(self, identity_id: str, face_id: str) -> int | None:
         """Delete one face of an identity; its index id, or None if there is no such face."""
         ...

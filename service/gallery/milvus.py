@@ -69,6 +69,7 @@ ID_LENGTH = 128
 NAME_LENGTH = 4_096
 METADATA_LENGTH = 65_535
 MODEL_LENGTH = 256
+SHA256_LENGTH = 64  # hex digits
 UNUSED_VECTOR_DIM = 2
 # gRPC keepalive of the connection. pymilvus pings every 10 s even while idle; a server with
 # gRPC's default ping policy (milvus-lite: at most one ping per 5 min without calls) answers an
@@ -159,7 +160,7 @@ class MilvusStore:
         schema.add_field("face_id", DataType.VARCHAR, max_length=ID_LENGTH)
         schema.add_field("identity_id", DataType.VARCHAR, max_length=ID_LENGTH)
         schema.add_field("model_id", DataType.VARCHAR, max_length=MODEL_LENGTH)
-        schema.add_field("image_sha256", DataType.VARCHAR, max_length=64)
+        schema.add_field("image_sha256", DataType.VARCHAR, max_length=SHA256_LENGTH)
         schema.add_field("created_at", DataType.VARCHAR, max_length=64)
         schema.add_field("quality", DataType.FLOAT)
         schema.add_field("det_score", DataType.FLOAT)
@@ -345,6 +346,15 @@ class MilvusStore:
 
     def add_faces(self, faces: Sequence[NewFace]) -> int:
         return len(self._add(faces))
+
+    def import_batch(
+        self,
+        identities: Sequence[tuple[str, str, dict[str, Any]]],
+        faces: Sequence[NewFace],
+    ) -> tuple[int, int]:
+        """Identities, then their faces (Milvus has no transactions across collections: after
+        a failure in between, a re-run of the idempotent import adds the missing faces)."""
+        return self.create_identities(identities), self.add_faces(faces)
 
     def _add(self, faces: Sequence[NewFace]) -> list[FaceRecord]:
         """Insert the faces whose identity exists and whose `face_id` is not stored yet, with

@@ -347,6 +347,24 @@ class SqliteStore:
         with self._write() as db:
             return sum(self._insert_face(db, face) is not None for face in faces)
 
+    def import_batch(
+        self,
+        identities: Sequence[tuple[str, str, dict[str, Any]]],
+        faces: Sequence[NewFace],
+    ) -> tuple[int, int]:
+        """Identities and their faces in one transaction: all of it is stored, or none."""
+        now = utc_now()
+        with self._write() as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO identities(id, name, metadata, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(i, name, json.dumps(metadata), now, now) for i, name, metadata in identities],
+            )
+            created = db.total_changes - before
+            stored = sum(self._insert_face(db, face) is not None for face in faces)
+        return created, stored
+
     def _insert_face(self, db: sqlite3.Connection, face: NewFace) -> FaceRecord | None:
         """Insert a face inside the caller's write transaction; None if its identity is gone
         or its given `face_id` is already stored."""

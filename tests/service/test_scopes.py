@@ -4,7 +4,11 @@ running workers without a restart."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from synthetic_models import SyntheticFace, make_manifest_pack
@@ -177,3 +181,142 @@ def test_openapi_names_the_scope_of_each_operation(app_client, pack, keys_file):
         spec = client.get("/openapi.json").json()
     assert spec["paths"]["/identify"]["post"]["x-required-scope"] == "identify"
     assert "403" in spec["paths"]["/identities"]["post"]["responses"]
+
+
+# --- what each scope may learn from answers ----------------------------------------------
+
+THRESHOLD = 0.5
+
+
+@pytest.fixture
+def gallery_pack(tmp_path):
+    """32-d embeddings: photos of different seeds are strangers, mostly far below 0.5."""
+    return make_manifest_pack(
+        tmp_path / "gallery-pack",
+        [SyntheticFace.from_box((100.0, 120.0, 340.0, 400.0), score=0.9)],
+        embedding_size=32,
+        threshold=THRESHOLD,
+    )
+
+
+def _photo(seed: int) -> dict:
+    return {"image": ("a.png", encode(noise_image(640, seed=seed), ".png"), "image/png")}
+
+
+def _enrol_people(client, admin: dict, seeds: range) -> dict[int, str]:
+    ids = {}
+    for seed in seeds:
+        identity = client.post("/identities", json={"name": f"person {seed}"}, headers=admin)
+        ids[seed] = identity.json()["id"]
+        enrolled = client.post(f"/identities/{ids[seed]}/faces", files=_photo(seed), headers=admin)
+        assert enrolled.status_code == 201, enrolled.text
+    return ids
+
+
+def test_identify_key_sees_candidates_only_from_the_floor_and_a_reader_sees_them_all(
+    app_client, gallery_pack, keys_file
+):
+    path, secrets = keys_file
+    _, reader_secret = create_key(path, "identify-and-read", ["identify", "gallery:read"])
+    admin, narrow = {"X-API-Key": secrets["admin"]}, {"X-API-Key": secrets["identify"]}
+    reader = {"X-API-Key": reader_secret}
+    with app_client(gallery_pack, api_keys_file=path) as client:
+        ids = _enrol_people(client, admin, range(1, 11))
+        stranger = {"top_k": "100", "threshold": "-1"}  # a client's own threshold: no effect
+        seen_by = {
+            name: client.post("/identify", files=_photo(99), data=stranger, headers=headers)
+            for name, headers in (("narrow", narrow), ("reader", reader), ("admin", admin))
+        }
+        known = client.post("/identify", files=_photo(3), data={"top_k": "100"}, headers=narrow)
+    everyone = seen_by["reader"].json()["results"][0]["candidates"]
+    assert len(everyone) == 10  # the premise: the gallery answers with every identity
+    assert any(c["similarity"] < THRESHOLD for c in everyone)
+    assert seen_by["admin"].json()["results"][0]["candidates"] == everyone
+    [result] = seen_by["narrow"].json()["results"]
+    above = [c for c in everyone if c["similarity"] >= THRESHOLD]
+    assert result["candidates"] == above
+    assert result["identity"] == (
+        {"id": above[0]["identity_id"], "name": above[0]["name"]} if above else None
+    )
+    [found] = known.json()["results"]
+    assert found["identity"] == {"id": ids[3], "name": "person 3"}
+    assert all(c["similarity"] >= THRESHOLD for c in found["candidates"])
+
+
+def test_identify_candidate_floor_is_a_setting(app_client, gallery_pack, keys_file):
+    path, secrets = keys_file
+    admin, narrow = {"X-API-Key": secrets["admin"]}, {"X-API-Key": secrets["identify"]}
+    with app_client(gallery_pack, api_keys_file=path, identify_candidate_floor=-1.0) as client:
+        _enrol_people(client, admin, range(1, 6))
+        body = client.post("/identify", files=_photo(99), data={"top_k": "100"}, headers=narrow)
+    assert len(body.json()["results"][0]["candidates"]) == 5
+
+
+def test_verify_key_gets_the_similarity_but_not_the_name_or_face_id(
+    app_client, gallery_pack, keys_file
+):
+    path, secrets = keys_file
+    admin, narrow = {"X-API-Key": secrets["admin"]}, {"X-API-Key": secrets["verify"]}
+    with app_client(gallery_pack, api_keys_file=path) as client:
+        ids = _enrol_people(client, admin, range(1, 2))
+        form = {"identity_id": ids[1]}
+        hidden = client.post("/verify", files=_photo(1), data=form, headers=narrow)
+        shown = client.post("/verify", files=_photo(1), data=form, headers=admin)
+        assert client.get(f"/identities/{ids[1]}", headers=narrow).status_code == 403
+    assert hidden.status_code == 200 and hidden.json()["match"] is True
+    assert hidden.json()["identity"] is None and hidden.json()["face_id"] is None
+    assert "person 1" not in hidden.text
+    assert shown.json()["identity"] == {"id": ids[1], "name": "person 1"}
+    assert shown.json()["face_id"]
+
+
+def test_status_says_keys_are_on_when_only_a_keys_file_enforces_them(app_client, pack, keys_file):
+    path, secrets = keys_file
+    with app_client(pack, api_keys_file=path) as client:
+        body = client.get("/status", headers={"X-API-Key": secrets["gallery:read"]}).json()
+    assert body["api_keys"] is True
+    with app_client(pack) as client:
+        assert client.get("/status").json()["api_keys"] is False
+
+
+def test_open_metrics_scrape_hides_gallery_counts_when_keys_are_on(app_client, pack, keys_file):
+    path, secrets = keys_file
+    admin = {"X-API-Key": secrets["admin"]}
+    with app_client(pack, api_keys_file=path) as client:
+        client.post("/identities", json={"name": "a"}, headers=admin)
+        hidden = client.get("/metrics").text
+        counted = client.get("/status", headers=admin).json()["gallery"]
+    assert "faceverify_gallery_identities" not in hidden
+    assert "faceverify_gallery_faces" not in hidden
+    assert "admin" not in hidden  # no key name either
+    assert 'faceverify_gallery_changes_total{action="identity_create"} 1.0' in hidden
+    assert counted["identities"] == 1  # still there for a gallery:read key
+    with app_client(pack, api_keys_file=path, metrics_gallery_counts=True) as client:
+        assert "faceverify_gallery_identities 1.0" in client.get("/metrics").text
+    with app_client(pack) as client:  # without keys /status is open too: nothing to hide
+        assert "faceverify_gallery_identities 1.0" in client.get("/metrics").text
+
+
+def test_the_multi_worker_scrape_hides_gallery_counts_too(tmp_path):
+    """With PROMETHEUS_MULTIPROC_DIR (several workers) the aggregated scrape is filtered the
+    same way; prometheus_client picks its mode at import, hence a fresh interpreter."""
+    script = (
+        "from service.metrics import Metrics\n"
+        "m = Metrics.create(); m.gallery_identities.set(3); m.gallery_faces.set(5)\n"
+        "m.gallery_changes.labels('face_add').inc(); m.gallery_counts_exported = False\n"
+        "print(m.render()[0].decode())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.glob("*.db"))  # the multi-process collector was in use
+    assert 'faceverify_gallery_changes_total{action="face_add"} 1.0' in done.stdout
+    assert "faceverify_gallery_identities" not in done.stdout
+    assert "faceverify_gallery_faces" not in done.stdout

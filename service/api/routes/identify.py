@@ -1,4 +1,12 @@
-"""POST /identify: who is this? Each face's best-matching enrolled identities, or "unknown"."""
+"""POST /identify: who is this? Each face's best-matching enrolled identities, or "unknown".
+
+A key without `gallery:read` (an `identify` key) sees only candidates at or above a floor
+(FACEVERIFY_IDENTIFY_CANDIDATE_FLOOR, default the server's decision threshold): below it a
+candidate is, at the service's operating point, not the person in the photo, so listing it would
+only give away who is enrolled (a name directory and a similarity oracle for any face). Keys
+with `gallery:read`, which may list the gallery anyway, and requests without keys configured
+see every candidate.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,10 @@ import time
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from service.api.auth import key_allows
 from service.api.deps import Services, get_gallery, get_services
 from service.api.errors import INFERENCE_ERRORS, documented
 from service.api.schemas import FaceOut, IdentityRef
@@ -26,6 +35,15 @@ DEFAULT_TOP_K = 5
 # Candidates per face an answer may list: beyond this a client wants a search engine, and
 # each extra identity costs a wider index search.
 MAX_TOP_K = 100
+
+
+def candidate_floor(services: Services, request: Request) -> float | None:
+    """The lowest similarity of a candidate this request may see; None: every candidate."""
+    settings = services.settings
+    if key_allows(request, "gallery:read", keys_enabled=settings.keys_enabled()):
+        return None
+    configured = settings.identify_candidate_floor
+    return services.threshold if configured is None else configured
 
 
 def _first(*values):
@@ -48,6 +66,7 @@ def _first(*values):
     ),
 )
 async def identify(
+    request: Request,
     services: Annotated[Services, Depends(get_services)],
     gallery: Annotated[Gallery, Depends(get_gallery)],
     image: Annotated[UploadFile, File(description="Photo to identify.")],
@@ -87,7 +106,9 @@ async def identify(
 ) -> IdentifyResponse:
     """Search the gallery for the largest face (or every face with `all_faces`). Each result
     lists up to `top_k` identities (the best face of each, with its similarity); `identity` is
-    the first of them when its similarity reaches the threshold, else null: unknown."""
+    the first of them when its similarity reaches the threshold, else null: unknown. A key
+    without `gallery:read` sees only candidates at or above FACEVERIFY_IDENTIFY_CANDIDATE_FLOOR
+    (default: the server's threshold), whatever `threshold` the request sends."""
     start = time.perf_counter()
     wanted = _first(top_k, top_k_query) or DEFAULT_TOP_K
     given_threshold = _first(threshold, threshold_query)
@@ -116,8 +137,10 @@ async def identify(
     )
     timings = {stage: round(ms, 3) for stage, ms in analyzed.timings_ms.items()}
     timings["search"] = round((time.perf_counter() - search_start) * 1000.0, 3)
+    floor = candidate_floor(services, request)
     results = []
-    for face, candidates in zip(faces, ranked, strict=True):
+    for face, ranked_candidates in zip(faces, ranked, strict=True):
+        candidates = [c for c in ranked_candidates if floor is None or decide(c.similarity, floor)]
         best = candidates[0] if candidates else None
         known = best is not None and decide(best.similarity, used_threshold)
         results.append(

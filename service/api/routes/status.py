@@ -40,7 +40,7 @@ async def status(
         index=IndexStatus(type=index.kind, device=index.device, size=index.size),
         gallery=GalleryCounts(identities=identities, faces=faces),
         max_upload_bytes=services.settings.max_upload_bytes,
-        api_keys=bool(services.settings.api_key_list()),
+        api_keys=services.settings.keys_enabled(),
         identify_fpir=_fpir_status(services),
     )
 

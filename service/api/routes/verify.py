@@ -6,9 +6,10 @@ import asyncio
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from service.api.auth import key_allows
 from service.api.deps import Services, get_services
 from service.api.errors import INFERENCE_ERRORS, documented
 from service.api.schemas import FaceOut, IdentityRef, VerifyResponse
@@ -44,6 +45,7 @@ def _sum_timings(*images: AnalyzedImage) -> dict[str, float]:
 
 @router.post("/verify", response_model=VerifyResponse, responses=ERROR_RESPONSES)
 async def verify(
+    request: Request,
     services: Annotated[Services, Depends(get_services)],
     image1: Annotated[UploadFile | None, File(description="First photo.")] = None,
     image2: Annotated[UploadFile | None, File(description="Second photo.")] = None,
@@ -69,7 +71,8 @@ async def verify(
     ] = None,
 ) -> VerifyResponse:
     """Compare the chosen face of `image1` with that of `image2`, or the face of `image` with
-    the enrolled identity `identity_id`; `match` is `similarity >= threshold`."""
+    the enrolled identity `identity_id`; `match` is `similarity >= threshold`. `identity` (its
+    name) and `face_id` are given only to keys with `gallery:read` (or without keys)."""
     start = time.perf_counter()
     used_threshold, threshold_source = resolve_threshold(services, threshold, target_fmr)
     pipeline = services.pipeline
@@ -105,6 +108,9 @@ async def verify(
         timings = _sum_timings(probe_image)
         faces = [FaceOut.of(probe)]
         identity, face_id = IdentityRef(id=match.identity_id, name=match.name), match.face_id
+        if not key_allows(request, "gallery:read", keys_enabled=services.settings.keys_enabled()):
+            # GET /identities/{id} is refused to such a key: /verify does not show it either.
+            identity, face_id = None, None
     else:
         raise ServiceError(
             ErrorCode.MISSING_FIELD,
