@@ -181,6 +181,8 @@ def create_app(
             if ready is not None:
                 ready.pipeline.close()
             app.state.services = None
+            if ready is not None:
+                ready.gallery_calls.close()
             if ready is not None and ready.gallery is not None:
                 ready.gallery.close()
 

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
-from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Services, get_gallery, get_services
 from service.api.errors import INFERENCE_ERRORS, documented
@@ -94,7 +93,7 @@ async def identify(
             require_quality(largest.quality, min_quality, "this request (min_quality)")
         faces = kept or faces
     search_start = time.perf_counter()
-    ranked = await run_in_threadpool(
+    ranked = await services.gallery_calls.run(
         gallery.identify, np.stack([face.embedding for face in faces]), wanted
     )
     timings = {stage: round(ms, 3) for stage, ms in analyzed.timings_ms.items()}

@@ -7,7 +7,6 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
-from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Services, get_services
 from service.api.errors import INFERENCE_ERRORS, documented
@@ -17,6 +16,7 @@ from service.api.uploads import read_upload
 from service.errors import ErrorCode, ServiceError
 from service.faces.pipeline import AnalyzedImage, FaceRule, select_face
 from service.faces.quality import QualityLevel, require_quality
+from service.gallery.interface import ID_MAX_LENGTH, ID_PATTERN
 from service.matching import cosine_similarity, decide
 
 router = APIRouter(tags=["verification"])
@@ -51,7 +51,12 @@ async def verify(
         UploadFile | None, File(description="Photo to check against identity_id.")
     ] = None,
     identity_id: Annotated[
-        str | None, Form(description="Enrolled identity to compare with.")
+        str | None,
+        Form(
+            pattern=ID_PATTERN,
+            max_length=ID_MAX_LENGTH,
+            description="Enrolled identity to compare with.",
+        ),
     ] = None,
     threshold: Annotated[
         float | None, Form(ge=-1.0, le=1.0, description="Cosine threshold.")
@@ -100,7 +105,9 @@ async def verify(
         probe_image = await services.scheduler.run(pipeline.analyze, data, flip=flip, faces=face)
         probe = select_face(probe_image, face)
         require_quality(probe.quality, min_quality, "this request (min_quality)")
-        match = await run_in_threadpool(services.gallery.compare, identity_id, probe.embedding)
+        match = await services.gallery_calls.run(
+            services.gallery.compare, identity_id, probe.embedding
+        )
         similarity = match.similarity
         timings = _sum_timings(probe_image)
         faces = [FaceOut.of(probe)]
