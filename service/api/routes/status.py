@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from starlette.concurrency import run_in_threadpool
 
 from service import __version__
 from service.api.deps import Services, get_gallery, get_services
@@ -23,7 +22,7 @@ async def status(
     gallery: Annotated[Gallery, Depends(get_gallery)],
 ) -> ServiceStatus:
     """What is loaded and how big the gallery is. Needs an API key when keys are on."""
-    identities, faces = await run_in_threadpool(gallery.store.counts)
+    identities, faces = await services.gallery_calls.run(gallery.store.counts)
     index = gallery.index_state
     pack = services.pack
     return ServiceStatus(
