@@ -246,6 +246,7 @@ class MilvusStore:
         self._token = token
         self._known_faces: set[str] = set()
         self._raw: Any = None  # the connected MilvusClient
+        self._closed = False
         self._connecting = threading.Lock()
         self._next_attempt = 0.0
         self._pause_s = RECONNECT_FIRST_S
@@ -282,6 +283,8 @@ class MilvusStore:
         with self._connecting:
             if self._raw is not None:
                 return self._raw
+            if self._closed:
+                raise self._unavailable("the gallery is closed")
             wait = self._next_attempt - time.monotonic()
             if wait > 0:
                 raise self._unavailable(f"not connected; next attempt in {wait:.1f} s")
@@ -746,9 +749,13 @@ class MilvusStore:
         return True
 
     def close(self) -> None:
-        if self._raw is not None:
-            self._raw.close()
-            self._raw = None
+        """Close the connection; a call still running in a thread afterwards (one that timed
+        out for its client) fails instead of connecting again."""
+        with self._connecting:
+            self._closed = True
+            if self._raw is not None:
+                self._raw.close()
+                self._raw = None
 
 
 class MilvusSearch:

@@ -193,6 +193,7 @@ def test_frozen_milvus_gives_bounded_answers_and_does_not_hold_up_probes_or_veri
                     pool.submit(timed, client, "GET", f"/identities/{identity}")
                     for _ in range(FLOOD)
                 ]
+                probing = pool.submit(timed, client, "GET", "/readyz")
                 time.sleep(0.2)  # the flood is in: every gallery thread waits on Milvus
                 health = timed(client, "GET", "/healthz")
                 pair = timed(client, "POST", "/verify", files=two_photos())
@@ -204,6 +205,7 @@ def test_frozen_milvus_gives_bounded_answers_and_does_not_hold_up_probes_or_veri
                 assert_unavailable(answer)
             assert health.response.status_code == 200 and health.seconds < PROBE_LIMIT_S
             assert ready.response.status_code == 503 and ready.seconds < GALLERY_TIMEOUT_S
+            assert probing.result().seconds < GALLERY_TIMEOUT_S
             assert pair.response.status_code == 200, pair.response.text
             assert pair.seconds < BOUNDED_S
         finally:
