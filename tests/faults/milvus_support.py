@@ -19,10 +19,10 @@ import httpx
 # pytest only puts on the path when it collects a test of that folder.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service" / "gallery"))
 
-from gallery_support import Server, backend_settings, noise_photo
+from gallery_support import Server, backend_settings, milvus_prefix, noise_photo
 from milvus_server import MilvusLiteServer
 
-__all__ = ["MilvusLiteServer", "Server", "backend_settings", "noise_photo"]
+__all__ = ["MilvusLiteServer", "Server", "backend_settings", "milvus_prefix", "noise_photo"]
 
 # Short bounds keep each scenario to seconds: each Milvus request and each gallery call of a
 # request waits at most this long, and a few gallery calls run at once.

@@ -26,6 +26,7 @@ from milvus_support import (
     PROBE_LIMIT_S,
     MilvusLiteServer,
     backend_settings,
+    milvus_prefix,
     photo,
     service_on,
     status_of,
@@ -329,3 +330,23 @@ def test_gallery_calls_beyond_the_limit_are_refused_at_once_and_admitted_again_a
         assert asyncio.run(flood()) == [True] * (1 + GALLERY_WAITING_PER_THREAD) + ["again"]
     finally:
         calls.close()
+
+
+def test_milvus_store_looks_up_any_printable_id_and_refuses_control_characters(
+    tmp_path, milvus_uri
+):
+    from service.gallery.milvus import MilvusStore
+
+    store = MilvusStore(milvus_uri, prefix=milvus_prefix(tmp_path))
+    try:
+        store.create_identity("Ada", {}, identity_id="emp-1001")
+        for unknown in ["é", "caf\u00e9", "\U0001f600", 'a"b', "a\\b", "\ufffd"]:
+            assert store.get_identity(unknown) is None
+            assert store.faces_of(unknown) == []
+            assert store.delete_identity(unknown) is None
+        assert store.get_identity("emp-1001").name == "Ada"
+        with pytest.raises(ServiceError) as refused:
+            store.get_identity("a\x00b")
+        assert refused.value.code is ErrorCode.VALIDATION_ERROR
+    finally:
+        store.close()
