@@ -211,7 +211,7 @@ def _quote(value: str) -> str:
     """A string literal for a Milvus filter expression. Milvus's parser takes UTF-8 text and
     the escapes `\\` and `\"` but refuses `\\uXXXX` (which `json.dumps` writes for every
     non-ASCII character), so only those two are escaped; control characters have no literal at
-    all and are refused here (ids never hold them: `IDENTITY_ID_PATTERN`)."""
+    all and are refused here (ids never hold them: `ID_PATTERN` in interface.py)."""
     if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) < 0xE000 for c in value):
         raise ServiceError(
             ErrorCode.VALIDATION_ERROR, f"{value!r} holds characters no id or model name may hold"
@@ -257,15 +257,21 @@ class MilvusStore:
     # --- connection ----------------------------------------------------------------------
 
     def _unavailable(self, what: str, exc: BaseException | None = None) -> ServiceError:
-        """`gallery_unavailable` for a call that failed, logged once in one line."""
-        reason = _one_line(exc) if exc is not None else what
-        if exc is not None and not _unreachable(exc):
+        """`gallery_unavailable` for a call that failed (`exc`), or that was not sent (not
+        connected yet: `what` says why), logged once in one line."""
+        if exc is None:  # the failed connection attempt was logged as a warning already
+            reason = what
+            logger.info("Milvus at %s unavailable: %s", self.uri, reason)
+        elif not _unreachable(exc):
+            reason = _one_line(exc)
             logger.warning("Milvus refused %s: %s", what, reason)
             return ServiceError(
                 ErrorCode.GALLERY_UNAVAILABLE,
                 f"the gallery database refused the request ({reason})",
             )
-        logger.warning("Milvus at %s unavailable (%s): %s", self.uri, what, reason)
+        else:
+            reason = _one_line(exc)
+            logger.warning("Milvus at %s unavailable (%s): %s", self.uri, what, reason)
         retry_after = max(1, math.ceil(min(self.timeout_s, RECONNECT_MAX_S)))
         return ServiceError(
             ErrorCode.GALLERY_UNAVAILABLE,
