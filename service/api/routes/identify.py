@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 
 from service.api.deps import Services, get_gallery, get_services
-from service.api.errors import INFERENCE_ERRORS, documented
+from service.api.errors import GALLERY_INFERENCE_ERRORS, documented
 from service.api.schemas import FaceOut, IdentityRef
 from service.api.schemas_gallery import CandidateOut, IdentifyResponse, IdentifyResult
 from service.api.thresholds import resolve_threshold
@@ -42,7 +42,7 @@ def _first(*values):
             413: "payload_too_large, image_too_large",
             415: "unsupported_format",
             422: "no_face, face_too_small, low_quality, missing_field, validation_error",
-            **INFERENCE_ERRORS,
+            **GALLERY_INFERENCE_ERRORS,
         }
     ),
 )

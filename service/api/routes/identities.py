@@ -17,7 +17,7 @@ from service.api.deps import (
     get_services,
     require_json_body,
 )
-from service.api.errors import INFERENCE_ERRORS, documented
+from service.api.errors import GALLERY_ERRORS, GALLERY_INFERENCE_ERRORS, documented
 from service.api.schemas_gallery import (
     EmbeddingEnrol,
     EnrolledFace,
@@ -43,7 +43,9 @@ MAX_PAGE_SIZE = 1000
 MAX_PAGE_OFFSET = 2**63 - 1
 
 
-NOT_FOUND = documented({404: "not_found (unknown identity)", 422: "validation_error"})
+NOT_FOUND = documented(
+    {404: "not_found (unknown identity)", 422: "validation_error", **GALLERY_ERRORS}
+)
 
 GalleryDep = Annotated[Gallery, Depends(get_gallery)]
 CallsDep = Annotated[GalleryCalls, Depends(get_gallery_calls)]
@@ -70,7 +72,7 @@ AuditDep = Annotated[AuditTrail, Depends(get_audit)]
     status_code=201,
     response_model=IdentityOut,
     dependencies=JSON_BODY,
-    responses=documented({**JSON_ERRORS, 422: "missing_field, validation_error"}),
+    responses=documented({**JSON_ERRORS, 422: "missing_field, validation_error", **GALLERY_ERRORS}),
 )
 async def create_identity(
     body: IdentityCreate,
@@ -89,7 +91,9 @@ async def create_identity(
 
 
 @router.get(
-    "/identities", response_model=IdentityPage, responses=documented({422: "validation_error"})
+    "/identities",
+    response_model=IdentityPage,
+    responses=documented({422: "validation_error", **GALLERY_ERRORS}),
 )
 async def list_identities(
     gallery: GalleryDep,
@@ -159,7 +163,7 @@ async def delete_identity(
             415: "unsupported_format",
             422: "no_face, face_too_small, low_quality, multiple_faces, missing_field, "
             "validation_error",
-            **INFERENCE_ERRORS,
+            **GALLERY_INFERENCE_ERRORS,
         }
     ),
 )
@@ -211,7 +215,9 @@ async def add_face(
 @router.get(
     "/identities/{identity_id}/faces/{face_id}",
     response_model=EnrolledFaceRecord,
-    responses=documented({404: "not_found (unknown identity or face)", 422: "validation_error"}),
+    responses=documented(
+        {404: "not_found (unknown identity or face)", 422: "validation_error", **GALLERY_ERRORS}
+    ),
 )
 async def get_face(
     identity_id: IdentityId, face_id: FaceId, gallery: GalleryDep, calls: CallsDep
@@ -228,7 +234,9 @@ async def get_face(
     "/identities/{identity_id}/faces/{face_id}",
     status_code=204,
     response_class=Response,
-    responses=documented({404: "not_found (unknown identity or face)", 422: "validation_error"}),
+    responses=documented(
+        {404: "not_found (unknown identity or face)", 422: "validation_error", **GALLERY_ERRORS}
+    ),
 )
 async def delete_face(
     identity_id: IdentityId, face_id: FaceId, gallery: GalleryDep, calls: CallsDep, audit: AuditDep
@@ -250,6 +258,7 @@ async def delete_face(
             404: "not_found (unknown identity)",
             409: "model_mismatch (the embedding was made by another model)",
             422: "missing_field, validation_error (wrong size, values not finite)",
+            **GALLERY_ERRORS,
         }
     ),
 )

@@ -9,14 +9,14 @@ from fastapi import APIRouter, Depends
 
 from service import __version__
 from service.api.deps import Services, get_gallery, get_services
-from service.api.errors import documented
+from service.api.errors import GALLERY_ERRORS, documented
 from service.api.schemas_status import GalleryCounts, IndexStatus, ServiceStatus
 from service.gallery import Gallery
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/status", response_model=ServiceStatus, responses=documented({}))
+@router.get("/status", response_model=ServiceStatus, responses=documented(GALLERY_ERRORS))
 async def status(
     services: Annotated[Services, Depends(get_services)],
     gallery: Annotated[Gallery, Depends(get_gallery)],

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from service.api.deps import Services, get_services
-from service.api.errors import INFERENCE_ERRORS, documented
+from service.api.errors import GALLERY_INFERENCE_ERRORS, documented
 from service.api.schemas import FaceOut, IdentityRef, VerifyResponse
 from service.api.thresholds import resolve_threshold
 from service.api.uploads import read_upload
@@ -29,7 +29,7 @@ ERROR_RESPONSES = documented(
         413: "payload_too_large, image_too_large",
         415: "unsupported_format",
         422: "no_face, face_too_small, low_quality, missing_field, validation_error",
-        **INFERENCE_ERRORS,
+        **GALLERY_INFERENCE_ERRORS,
     }
 )
 
