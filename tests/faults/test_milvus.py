@@ -350,3 +350,37 @@ def test_milvus_store_looks_up_any_printable_id_and_refuses_control_characters(
         assert refused.value.code is ErrorCode.VALIDATION_ERROR
     finally:
         store.close()
+
+
+def test_stalled_sqlite_gallery_answers_503_in_bounded_time_and_leaves_verify_its_threads(
+    tmp_path, app_client, monkeypatch
+):
+    """The same bounded calls serve the embedded backend: 50 requests stuck on the store get
+    503 `gallery_unavailable` within the timeout, and `/verify` of two photos meanwhile is
+    answered at once (before, they held every thread of the pool inference uses)."""
+    from service.gallery.store import SqliteStore
+
+    pack = make_manifest_pack(tmp_path / "pack", [FACE], embedding_size=EMBEDDING_SIZE)
+    stall = threading.Event()
+
+    def stalled(self, identity_id):
+        stall.wait(10.0)
+        return None
+
+    with app_client(pack, gallery_timeout_s=1.0, gallery_concurrency=2) as client:
+        identity = client.post("/identities", json={"name": "Ada"}).json()["id"]
+        monkeypatch.setattr(SqliteStore, "get_identity", stalled)
+        try:
+            with ThreadPoolExecutor(51) as pool:
+                stuck = [
+                    pool.submit(timed, client, "GET", f"/identities/{identity}") for _ in range(50)
+                ]
+                time.sleep(0.3)
+                pair = timed(client, "POST", "/verify", files=two_photos())
+                answers = [future.result() for future in stuck]
+        finally:
+            stall.set()
+        assert pair.response.status_code == 200, pair.response.text
+        assert pair.seconds < 1.0, f"/verify waited {pair.seconds:.1f} s behind the gallery"
+        for answer in answers:
+            assert_unavailable(answer, within_s=1.0 + MARGIN_S)
