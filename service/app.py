@@ -203,6 +203,8 @@ def create_app(
             app.state.services = None
             if ready is not None and ready.fpir is not None:
                 ready.fpir.stop()
+            if ready is not None:
+                ready.gallery_calls.close()
             if ready is not None and ready.gallery is not None:
                 ready.gallery.close()
 

@@ -130,6 +130,20 @@ class Settings(BaseSettings):
         "server).",
     )
 
+    gallery_timeout_s: float = Field(
+        5.0,
+        gt=0.0,
+        le=300.0,
+        description="Longest wait for the gallery (each Milvus request, and each gallery call "
+        "of a request); beyond, 503 `gallery_unavailable` with Retry-After.",
+    )
+    gallery_concurrency: int = Field(
+        16,
+        ge=1,
+        description="Gallery calls run at once per worker, in their own threads (apart from "
+        "inference); four times as many may wait, beyond that 503 `gallery_unavailable`.",
+    )
+
     # --- quality (service/faces/quality.py, docs/quality.md) -------------------------------
     enrol_quality: Literal["off", "low", "medium", "high"] = Field(
         "medium",

@@ -28,13 +28,24 @@ def _free_port() -> int:
 
 
 class MilvusLiteServer:
-    """Started on 127.0.0.1 on a free port with its data in `data_dir`; `stop()` ends it."""
+    """Started on 127.0.0.1 on a free port with its data in `data_dir`; `stop()` ends it.
 
-    def __init__(self, data_dir: Path) -> None:
+    Fault tests break it by pid: `kill()` (SIGKILL), `freeze()`/`thaw()` (SIGSTOP/SIGCONT),
+    `restart()` (a new process on the same port and data folder), and `start=False` gives an
+    address before the server runs (`start()` later)."""
+
+    def __init__(self, data_dir: Path, *, start: bool = True) -> None:
         self.port = _free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop())
-        where = ["--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(self.port)]
+        self.process: subprocess.Popen | None = None
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the server (again) on its port and data folder, and wait until it answers."""
+        where = ["--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port)]
         self.process = subprocess.Popen(
             [*MILVUS_LITE, *where],
             stdout=self.log,
@@ -42,6 +53,29 @@ class MilvusLiteServer:
             start_new_session=True,
         )
         self._wait_ready()
+
+    def _signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, open connections are reset."""
+        self._signal(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(timeout=20)
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open and requests get no answer, as from a hung server."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        """Kill it and start a new server on the same port and data folder."""
+        self.kill()
+        self.start()
 
     def output(self) -> str:
         self.log.seek(0)
@@ -68,13 +102,12 @@ class MilvusLiteServer:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
+        process = self.process
+        if process is not None and process.poll() is None:
+            self.thaw()  # a frozen server cannot act on SIGTERM
+            self._signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=20)
+                process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=20)
+                self.kill()
         self.log.close()

@@ -89,6 +89,14 @@ def documented(errors: dict[int, str]) -> dict[int | str, dict]:
 
 # The 503s of a route that runs the pipeline through the inference scheduler.
 INFERENCE_ERRORS = {503: "not_ready, overloaded (queue full; see Retry-After)"}
+# The 503s of a route that reads or writes the gallery (`GalleryCalls`), and of one that also
+# runs the pipeline.
+GALLERY_ERRORS = {
+    503: "not_ready, gallery_unavailable (the gallery did not answer; see Retry-After)"
+}
+GALLERY_INFERENCE_ERRORS = {
+    503: "not_ready, overloaded (queue full), gallery_unavailable (see Retry-After)"
+}
 
 
 def error_response(

@@ -44,18 +44,27 @@ def open_gallery(settings: Settings, pack: ModelPack, metrics: Metrics | None = 
         raise
 
 
-def open_milvus_store(settings: Settings) -> MilvusStore:
+def open_milvus_store(settings: Settings, *, connect: bool = True) -> MilvusStore:
     """The Milvus store named by the settings (also used by the gallery CLI)."""
     from service.gallery.milvus import MilvusStore
 
     token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
-    return MilvusStore(settings.milvus_uri, token=token, prefix=settings.milvus_collection_prefix)
+    return MilvusStore(
+        settings.milvus_uri,
+        token=token,
+        prefix=settings.milvus_collection_prefix,
+        timeout_s=settings.gallery_timeout_s,
+        connect=connect,
+    )
 
 
 def _open_milvus_gallery(settings: Settings, pack: ModelPack, metrics: Metrics | None) -> Gallery:
+    """Opens without waiting for Milvus: the service starts while Milvus is down, answers
+    `gallery_unavailable` meanwhile, and connects (then loads its collections) at the first
+    call or readiness check after Milvus is up."""
     from service.gallery.milvus import MilvusSearch
 
-    store = open_milvus_store(settings)
+    store = open_milvus_store(settings, connect=False)
     model_id, dim = pack.model_id, pack.manifest.recognizer.embedding_size
     try:
         search = MilvusSearch(store, model_id=model_id, dim=dim)

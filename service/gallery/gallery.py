@@ -144,7 +144,15 @@ class Gallery:
     def _update_counts(self) -> None:
         if self._metrics is None:
             return
-        identities, faces = self.store.counts()
+        try:
+            identities, faces = self.store.counts()
+        except ServiceError as exc:
+            # The gauges wait for the next change: a write that succeeded is not failed for
+            # them, and a gallery unreachable at start-up does not stop the service starting.
+            if exc.code is not ErrorCode.GALLERY_UNAVAILABLE:
+                raise
+            logger.info("gallery counts not updated: %s", exc.message)
+            return
         self._metrics.gallery_identities.set(identities)
         self._metrics.gallery_faces.set(faces)
 

@@ -14,6 +14,7 @@ backend is in use.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,19 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 ChangeOp = Literal["add", "remove"]
+
+
+# What an identity or face id may hold, on both backends: the ids the service makes (uuid4 hex)
+# and those an import brings (employee numbers, e-mail-like keys). ASCII letters, digits and
+# `_.:@-`, starting with a letter or digit, at most 128 characters: every id fits Milvus's
+# VARCHAR(128) column and a filter literal as it is, and a URL path without escaping.
+ID_MAX_LENGTH = 128
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
+
+
+def valid_id(value: str) -> bool:
+    """Whether `value` may be an identity or face id (`ID_PATTERN`)."""
+    return re.fullmatch(ID_PATTERN, value) is not None
 
 
 def utc_now() -> str:

@@ -33,12 +33,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from service.errors import ErrorCode, ServiceError
 from service.gallery.interface import (
     ExportedIdentity,
     FaceLabel,
@@ -53,9 +56,23 @@ from service.gallery.interface import (
 )
 
 logger = logging.getLogger(__name__)
-# pymilvus warns at every query iterator that a milvus-lite server does not report an MVCC
-# timestamp (it then uses the client's clock, which Strong consistency makes harmless).
-logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
+
+
+def _quiet_pymilvus() -> None:
+    """Log levels of pymilvus's loggers; set after pymilvus is imported, since its import
+    configures its loggers (and resets those set before).
+
+    pymilvus warns at every query iterator that a milvus-lite server does not report an MVCC
+    timestamp (it then uses the client's clock, which Strong consistency makes harmless). And
+    it logs every failed call at ERROR with its full traceback (about 15 KB, more when it also
+    tried to reconnect): this module logs each failure once, in one line, and answers it with
+    `gallery_unavailable`."""
+    import pymilvus  # noqa: F401  (configures its loggers)
+
+    logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
+    for noisy in ("pymilvus.decorators", "pymilvus.client.connection_manager"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+
 
 # Milvus's limits on one request: `topk` of a search and `offset + limit` of a query
 # (proxy.maxResultWindow / the 16384 cap of Milvus 2.x).
@@ -94,6 +111,96 @@ FACE_FIELDS = (
 )
 
 
+# Bounds of one call to Milvus: each request (the default of `FACEVERIFY_GALLERY_TIMEOUT_S`), and
+# the pause between two attempts to connect after a failed one (doubling from the first to the
+# last, so that a Milvus that is back is found within seconds, and one that stays down is not
+# hammered).
+DEFAULT_TIMEOUT_S = 5.0
+RECONNECT_FIRST_S = 0.5
+RECONNECT_MAX_S = 5.0
+# Milvus's status codes (milvus-proto common.ErrorCode / pymilvus ErrorCode) this backend acts
+# on: it could not reach the server (2); the collection is not loaded (101: a restarted Milvus
+# leaves every collection released until someone loads it again).
+CONNECT_FAILED = 2
+COLLECTION_NOT_LOADED = 101
+# The MilvusClient methods that send requests: each one gets the timeout and the error mapping.
+RPC_METHODS = frozenset(
+    {
+        "compact",
+        "create_collection",
+        "delete",
+        "flush",
+        "get_load_state",
+        "has_collection",
+        "insert",
+        "list_collections",
+        "load_collection",
+        "query",
+        "query_iterator",
+        "search",
+        "upsert",
+    }
+)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether a failed call means Milvus could not be reached or did not answer in time (try
+    again later), rather than a request it refused."""
+    import grpc
+    from pymilvus.exceptions import MilvusException
+
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        return code in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.CANCELLED,
+        )
+    if isinstance(exc, MilvusException):
+        text = str(exc.message).lower()
+        return exc.code == CONNECT_FAILED or "timeout" in text or "deadline" in text
+    return isinstance(exc, TimeoutError | ConnectionError)
+
+
+def _not_loaded(exc: BaseException) -> bool:
+    from pymilvus.exceptions import MilvusException
+
+    return isinstance(exc, MilvusException) and (
+        exc.code == COLLECTION_NOT_LOADED or "call load()" in str(exc.message)
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    """A failure in one short line: gRPC errors carry a multi-line debug string."""
+    import grpc
+
+    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+        text = f"{exc.code().name}: {exc.details()}"
+    else:
+        text = str(getattr(exc, "message", None) or exc)
+    return " ".join(text.split())[:300]
+
+
+class _BoundedClient:
+    """The `MilvusClient` as the store uses it: every request through `MilvusStore._call`."""
+
+    def __init__(self, store: MilvusStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        if name in RPC_METHODS:
+            return lambda *args, **kwargs: self._store._call(name, *args, **kwargs)
+        return getattr(self._store._connected(), name)
+
+
+def _is_backend_error(exc: BaseException) -> bool:
+    """An error raised by pymilvus or gRPC (as opposed to a bug of ours)."""
+    import grpc
+    from pymilvus.exceptions import MilvusException
+
+    return isinstance(exc, MilvusException | grpc.RpcError | TimeoutError | ConnectionError)
+
+
 def face_key(face_id: str) -> int:
     """A face's primary key: 63 bits of the sha256 of its id. Unique in practice (ids are
     random uuids, or unique per import file), and the same for the same id, so checking
@@ -102,33 +209,177 @@ def face_key(face_id: str) -> int:
 
 
 def _quote(value: str) -> str:
-    """A string literal for a Milvus filter expression."""
-    return json.dumps(value)
+    """A string literal for a Milvus filter expression. Milvus's parser takes UTF-8 text and
+    the escapes `\\` and `\"` but refuses `\\uXXXX` (which `json.dumps` writes for every
+    non-ASCII character), so only those two are escaped; control characters have no literal at
+    all and are refused here (ids never hold them: `ID_PATTERN` in interface.py)."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) < 0xE000 for c in value):
+        raise ServiceError(
+            ErrorCode.VALIDATION_ERROR, f"{value!r} holds characters no id or model name may hold"
+        )
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _in(field: str, values: Sequence[Any]) -> str:
-    return f"{field} in {json.dumps(list(values))}"
+    literals = [_quote(v) if isinstance(v, str) else str(int(v)) for v in values]
+    return f"{field} in [{', '.join(literals)}]"
 
 
 class MilvusStore:
     """`GalleryStore` in Milvus collections (see the module docstring for the schema)."""
 
-    def __init__(self, uri: str, *, token: str = "", prefix: str = "faceverify") -> None:
-        from pymilvus import MilvusClient
-
+    def __init__(
+        self,
+        uri: str,
+        *,
+        token: str = "",
+        prefix: str = "faceverify",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        connect: bool = True,
+    ) -> None:
+        """With `connect=False` nothing is sent yet: the first call (or `ping`) connects, so a
+        service can start while Milvus is down and become ready when it is up."""
+        _quiet_pymilvus()
         self.uri = uri
         self.prefix = prefix
-        self.client = MilvusClient(
-            uri=uri, token=token, dedicated=True, grpc_options=dict(GRPC_KEEPALIVE)
-        )
+        self.timeout_s = timeout_s
         self.identities = f"{prefix}_identities"
+        self._token = token
         self._known_faces: set[str] = set()
-        if not self.client.has_collection(self.identities):
-            self._create_identities()
+        self._raw: Any = None  # the connected MilvusClient
+        self._closed = False
+        self._connecting = threading.Lock()
+        self._next_attempt = 0.0
+        self._pause_s = RECONNECT_FIRST_S
+        self.client = _BoundedClient(self)
+        if connect:
+            self._connected()
+
+    # --- connection ----------------------------------------------------------------------
+
+    def _unavailable(self, what: str, exc: BaseException | None = None) -> ServiceError:
+        """`gallery_unavailable` for a call that failed (`exc`), or that was not sent (not
+        connected yet: `what` says why), logged once in one line."""
+        if exc is None:  # the failed connection attempt was logged as a warning already
+            reason = what
+            logger.info("Milvus at %s unavailable: %s", self.uri, reason)
+        elif not _unreachable(exc):
+            reason = _one_line(exc)
+            logger.warning("Milvus refused %s: %s", what, reason)
+            return ServiceError(
+                ErrorCode.GALLERY_UNAVAILABLE,
+                f"the gallery database refused the request ({reason})",
+            )
+        else:
+            reason = _one_line(exc)
+            logger.warning("Milvus at %s unavailable (%s): %s", self.uri, what, reason)
+        retry_after = max(1, math.ceil(min(self.timeout_s, RECONNECT_MAX_S)))
+        return ServiceError(
+            ErrorCode.GALLERY_UNAVAILABLE,
+            f"the gallery database is unavailable ({reason}); retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    def _connected(self) -> Any:
+        """The connected client; connects first if needed, at most once per pause (doubling
+        after each failure) so that calls during an outage fail at once instead of each one
+        waiting for a connection timeout. pymilvus reconnects a client that was connected by
+        itself (a restarted server at the same address is found at the next call)."""
+        if self._raw is not None:
+            return self._raw
+        with self._connecting:
+            if self._raw is not None:
+                return self._raw
+            if self._closed:
+                raise self._unavailable("the gallery is closed")
+            wait = self._next_attempt - time.monotonic()
+            if wait > 0:
+                raise self._unavailable(f"not connected; next attempt in {wait:.1f} s")
+            try:
+                self._raw = self._connect()
+            except Exception as exc:
+                self._next_attempt = time.monotonic() + self._pause_s
+                self._pause_s = min(self._pause_s * 2, RECONNECT_MAX_S)
+                if _is_backend_error(exc):
+                    raise self._unavailable("connect", exc) from None
+                raise
+            self._pause_s = RECONNECT_FIRST_S
+            logger.info("connected to Milvus at %s", self.uri)
+            return self._raw
+
+    def _connect(self) -> Any:
+        """A new client, with the identities collection created and the gallery's collections
+        loaded (a restarted Milvus leaves them released)."""
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(
+            uri=self.uri,
+            token=self._token,
+            dedicated=True,
+            timeout=self.timeout_s,
+            grpc_options=dict(GRPC_KEEPALIVE),
+        )
+        try:
+            bounded = {"timeout": self.timeout_s}
+            if not client.has_collection(self.identities, **bounded):
+                self._create_identities(client)
+            start = f"{self.prefix}_faces_"
+            names = [c for c in client.list_collections(**bounded) if c.startswith(start)]
+            for name in [self.identities, *names]:
+                self._load(client, name)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def _load(self, client: Any, collection: str) -> None:
+        from pymilvus.client.types import LoadState
+
+        state = client.get_load_state(collection, timeout=self.timeout_s)["state"]
+        if state != LoadState.Loaded:
+            logger.info("loading Milvus collection %s (it was %s)", collection, state.name)
+            client.load_collection(collection, timeout=self.timeout_s)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One request to Milvus, bounded by `timeout_s`; a collection found released (Milvus
+        restarted) is loaded and the request sent once more. Failures become
+        `gallery_unavailable` (see `_unavailable`)."""
+        kwargs.setdefault("timeout", self.timeout_s)
+        client = self._connected()
+        try:
+            try:
+                return getattr(client, method)(*args, **kwargs)
+            except Exception as exc:
+                collection = args[0] if args else kwargs.get("collection_name")
+                if not (_not_loaded(exc) and isinstance(collection, str)):
+                    raise
+                self._load(client, collection)
+                return getattr(client, method)(*args, **kwargs)
+        except Exception as exc:
+            if _is_backend_error(exc):
+                raise self._unavailable(method, exc) from None
+            raise
+
+    def ping(self) -> None:
+        """A readiness check in a few small requests whatever the gallery's size: connected,
+        and the identities collection loaded (loaded again, with the faces collections, if
+        Milvus restarted). Raises `gallery_unavailable` otherwise."""
+        client = self._connected()
+        try:
+            from pymilvus.client.types import LoadState
+
+            state = client.get_load_state(self.identities, timeout=self.timeout_s)["state"]
+            if state != LoadState.Loaded:
+                for name in [self.identities, *self._known_faces]:
+                    self._load(client, name)
+        except Exception as exc:
+            if _is_backend_error(exc):
+                raise self._unavailable("ping", exc) from None
+            raise
 
     # --- collections ---------------------------------------------------------------------
 
-    def _create_identities(self) -> None:
+    def _create_identities(self, client: Any) -> None:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -139,10 +390,14 @@ class MilvusStore:
         schema.add_field("updated_at", DataType.VARCHAR, max_length=64)
         schema.add_field("created_ns", DataType.INT64)
         schema.add_field("unused", DataType.FLOAT_VECTOR, dim=UNUSED_VECTOR_DIM)
-        index = self.client.prepare_index_params()
+        index = client.prepare_index_params()
         index.add_index(field_name="unused", index_type="FLAT", metric_type="IP")
-        self.client.create_collection(
-            self.identities, schema=schema, index_params=index, consistency_level="Strong"
+        client.create_collection(
+            self.identities,
+            schema=schema,
+            index_params=index,
+            consistency_level="Strong",
+            timeout=self.timeout_s,
         )
 
     def faces_collection(self, dim: int) -> str:
@@ -189,6 +444,10 @@ class MilvusStore:
         try:
             while batch := iterator.next():
                 rows.extend(batch)
+        except Exception as exc:
+            if _is_backend_error(exc):
+                raise self._unavailable("query_iterator", exc) from None
+            raise
         finally:
             iterator.close()
         return rows
@@ -524,7 +783,13 @@ class MilvusStore:
         return True
 
     def close(self) -> None:
-        self.client.close()
+        """Close the connection; a call still running in a thread afterwards (one that timed
+        out for its client) fails instead of connecting again."""
+        with self._connecting:
+            self._closed = True
+            if self._raw is not None:
+                self._raw.close()
+                self._raw = None
 
 
 class MilvusSearch:
@@ -538,7 +803,13 @@ class MilvusSearch:
         self._store = store
         self.model_id = model_id
         self.dim = dim
-        self._other_model_faces = int(store.has_faces_of_other_models(model_id))
+        # Known after the first search (each search refreshes it); read now when Milvus
+        # answers, so that start-up can warn about other models' faces.
+        self._other_model_faces = 0
+        try:
+            self._other_model_faces = int(store.has_faces_of_other_models(model_id))
+        except ServiceError as exc:
+            logger.warning("the gallery is not reachable yet: %s", exc.message)
 
     @property
     def state(self) -> IndexState:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from fastapi import APIRouter, Request, Response
 
 from service.api.deps import get_services, startup_failure
@@ -28,15 +26,16 @@ async def healthz(request: Request) -> Health:
 @router.head("/readyz", include_in_schema=False)
 @router.get("/readyz", response_model=Readiness, responses=documented({}))
 async def readyz(request: Request) -> Readiness:
-    """Models are loaded and the gallery is open, in every worker: ready for traffic (503
-    otherwise)."""
+    """Models are loaded and the gallery answers, in every worker: ready for traffic (503
+    otherwise, with the reason). The gallery's answer is a small check made at most once a
+    second in a thread of its own (never a count over the gallery) and waited for at most a
+    second, so probes stay cheap and never hold up other requests."""
     services = get_services(request)
     if services.gallery is None:
         raise ServiceError(ErrorCode.NOT_READY, "the gallery is not open")
-    try:
-        services.gallery.list_identities(limit=1, offset=0)
-    except sqlite3.Error as exc:
-        raise ServiceError(ErrorCode.NOT_READY, f"the gallery store cannot be read: {exc}") from exc
+    problem = await services.gallery_calls.readiness(services.gallery)
+    if problem is not None:
+        raise ServiceError(ErrorCode.NOT_READY, problem)
     workers = request.app.state.worker_readiness
     if workers is not None and not workers.all_ready():
         raise ServiceError(

@@ -15,11 +15,10 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
-from starlette.concurrency import run_in_threadpool
 
 from service.api.auth import key_allows
 from service.api.deps import Services, get_gallery, get_services
-from service.api.errors import INFERENCE_ERRORS, documented
+from service.api.errors import GALLERY_INFERENCE_ERRORS, documented
 from service.api.schemas import FaceOut, IdentityRef
 from service.api.schemas_gallery import CandidateOut, FpirOut, IdentifyResponse, IdentifyResult
 from service.api.thresholds import resolve_identify_threshold
@@ -61,7 +60,7 @@ def _first(*values):
             413: "payload_too_large, image_too_large",
             415: "unsupported_format",
             422: "no_face, face_too_small, low_quality, missing_field, validation_error",
-            **INFERENCE_ERRORS,
+            **GALLERY_INFERENCE_ERRORS,
         }
     ),
 )
@@ -112,7 +111,8 @@ async def identify(
     start = time.perf_counter()
     wanted = _first(top_k, top_k_query) or DEFAULT_TOP_K
     given_threshold = _first(threshold, threshold_query)
-    used_threshold, threshold_source, fpir = await run_in_threadpool(
+    # An FPIR threshold may read the gallery (its first measurement): a gallery call.
+    used_threshold, threshold_source, fpir = await services.gallery_calls.run(
         resolve_identify_threshold,
         services,
         given_threshold,
@@ -132,7 +132,7 @@ async def identify(
             require_quality(largest.quality, min_quality, "this request (min_quality)")
         faces = kept or faces
     search_start = time.perf_counter()
-    ranked = await run_in_threadpool(
+    ranked = await services.gallery_calls.run(
         gallery.identify, np.stack([face.embedding for face in faces]), wanted
     )
     timings = {stage: round(ms, 3) for stage, ms in analyzed.timings_ms.items()}

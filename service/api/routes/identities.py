@@ -6,12 +6,18 @@ import hashlib
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 
 from service.api.audit import AuditAction, AuditTrail, get_audit
-from service.api.deps import Services, get_gallery, get_services, require_json_body
-from service.api.errors import INFERENCE_ERRORS, documented
+from service.api.deps import (
+    GalleryCalls,
+    Services,
+    get_gallery,
+    get_gallery_calls,
+    get_services,
+    require_json_body,
+)
+from service.api.errors import GALLERY_ERRORS, GALLERY_INFERENCE_ERRORS, documented
 from service.api.schemas_gallery import (
     EmbeddingEnrol,
     EnrolledFace,
@@ -26,6 +32,7 @@ from service.api.uploads import read_upload
 from service.errors import ErrorCode, ServiceError
 from service.gallery import Gallery
 from service.gallery.enrolment import choose_enrolment_face, enrolment_level
+from service.gallery.interface import ID_MAX_LENGTH, ID_PATTERN
 
 router = APIRouter(tags=["gallery"])
 
@@ -36,9 +43,17 @@ MAX_PAGE_SIZE = 1000
 MAX_PAGE_OFFSET = 2**63 - 1
 
 
-NOT_FOUND = documented({404: "not_found (unknown identity)", 422: "validation_error"})
+NOT_FOUND = documented(
+    {404: "not_found (unknown identity)", 422: "validation_error", **GALLERY_ERRORS}
+)
 
 GalleryDep = Annotated[Gallery, Depends(get_gallery)]
+CallsDep = Annotated[GalleryCalls, Depends(get_gallery_calls)]
+# Ids in paths: what an id may hold (one rule for both backends); anything else is a 422.
+IdentityId = Annotated[
+    str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH, description="Identity id.")
+]
+FaceId = Annotated[str, Path(pattern=ID_PATTERN, max_length=ID_MAX_LENGTH, description="Face id.")]
 JSON_BODY = [Depends(require_json_body)]
 JSON_ERRORS = {413: "payload_too_large", 415: "unsupported_media_type"}
 
@@ -57,42 +72,49 @@ AuditDep = Annotated[AuditTrail, Depends(get_audit)]
     status_code=201,
     response_model=IdentityOut,
     dependencies=JSON_BODY,
-    responses=documented({**JSON_ERRORS, 422: "missing_field, validation_error"}),
+    responses=documented({**JSON_ERRORS, 422: "missing_field, validation_error", **GALLERY_ERRORS}),
 )
-def create_identity(
+async def create_identity(
     body: IdentityCreate,
     gallery: GalleryDep,
+    calls: CallsDep,
     audit: AuditDep,
     request: Request,
     response: Response,
 ) -> IdentityOut:
     """Create an identity with no faces yet; enrol photos with POST /identities/{id}/faces.
     `Location` gives the new identity's URL."""
-    identity = gallery.create_identity(body.name, body.metadata)
+    identity = await calls.run(gallery.create_identity, body.name, body.metadata)
     audit.record(AuditAction.IDENTITY_CREATE, identity.id)
     response.headers["Location"] = resource_url(request, "identities", identity.id)
     return IdentityOut(**IdentitySummary.of(identity).model_dump(), faces=[])
 
 
 @router.get(
-    "/identities", response_model=IdentityPage, responses=documented({422: "validation_error"})
+    "/identities",
+    response_model=IdentityPage,
+    responses=documented({422: "validation_error", **GALLERY_ERRORS}),
 )
-def list_identities(
+async def list_identities(
     gallery: GalleryDep,
+    calls: CallsDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     offset: Annotated[int, Query(ge=0, le=MAX_PAGE_OFFSET)] = 0,
 ) -> IdentityPage:
     """Identities in creation order, one page at a time (`total` counts them all)."""
-    identities, total = gallery.list_identities(limit, offset)
+    identities, total = await calls.run(gallery.list_identities, limit, offset)
     return IdentityPage(
         items=[IdentitySummary.of(i) for i in identities], total=total, limit=limit, offset=offset
     )
 
 
 @router.get("/identities/{identity_id}", response_model=IdentityOut, responses=NOT_FOUND)
-def get_identity(identity_id: str, gallery: GalleryDep) -> IdentityOut:
+async def get_identity(
+    identity_id: IdentityId, gallery: GalleryDep, calls: CallsDep
+) -> IdentityOut:
     """One identity with its enrolled faces (ids, model, quality; never the photos)."""
-    return IdentityOut.of_details(gallery.get_identity(identity_id), gallery.model_id)
+    details = await calls.run(gallery.get_identity, identity_id)
+    return IdentityOut.of_details(details, gallery.model_id)
 
 
 @router.patch(
@@ -101,11 +123,17 @@ def get_identity(identity_id: str, gallery: GalleryDep) -> IdentityOut:
     dependencies=JSON_BODY,
     responses={**NOT_FOUND, **documented(JSON_ERRORS)},
 )
-def update_identity(
-    identity_id: str, body: IdentityUpdate, gallery: GalleryDep, audit: AuditDep
+async def update_identity(
+    identity_id: IdentityId,
+    body: IdentityUpdate,
+    gallery: GalleryDep,
+    calls: CallsDep,
+    audit: AuditDep,
 ) -> IdentityOut:
     """Rename an identity or replace its metadata; searches show the new name at once."""
-    details = gallery.update_identity(identity_id, name=body.name, metadata=body.metadata)
+    details = await calls.run(
+        partial(gallery.update_identity, identity_id, name=body.name, metadata=body.metadata)
+    )
     audit.record(AuditAction.IDENTITY_UPDATE, identity_id)
     return IdentityOut.of_details(details, gallery.model_id)
 
@@ -113,10 +141,12 @@ def update_identity(
 @router.delete(
     "/identities/{identity_id}", status_code=204, response_class=Response, responses=NOT_FOUND
 )
-def delete_identity(identity_id: str, gallery: GalleryDep, audit: AuditDep) -> Response:
+async def delete_identity(
+    identity_id: IdentityId, gallery: GalleryDep, calls: CallsDep, audit: AuditDep
+) -> Response:
     """Delete an identity and erase its faces: rows deleted, freed pages zeroed, journal
     truncated; every worker stops returning it at its next request."""
-    gallery.delete_identity(identity_id)
+    await calls.run(gallery.delete_identity, identity_id)
     audit.record(AuditAction.IDENTITY_DELETE, identity_id)
     return Response(status_code=204)
 
@@ -133,14 +163,15 @@ def delete_identity(identity_id: str, gallery: GalleryDep, audit: AuditDep) -> R
             415: "unsupported_format",
             422: "no_face, face_too_small, low_quality, multiple_faces, missing_field, "
             "validation_error",
-            **INFERENCE_ERRORS,
+            **GALLERY_INFERENCE_ERRORS,
         }
     ),
 )
 async def add_face(
-    identity_id: str,
+    identity_id: IdentityId,
     services: Annotated[Services, Depends(get_services)],
     gallery: GalleryDep,
+    calls: CallsDep,
     request: Request,
     response: Response,
     audit: AuditDep,
@@ -150,7 +181,7 @@ async def add_face(
     """Enrol the largest face of the photo. The photo itself is not stored: only the
     embedding, its model, quality, detection score and the photo's sha256. `Location` gives
     the new face's URL."""
-    await run_in_threadpool(gallery.require_identity, identity_id)  # 404 before inference
+    await calls.run(gallery.require_identity, identity_id)  # 404 before inference
     data = await read_upload(image, services.settings)
     settings = services.settings
     # Only the largest face is enrolled; all are embedded only when they must be counted.
@@ -164,7 +195,7 @@ async def add_face(
         min_quality=settings.min_enrol_quality,
         min_level=enrolment_level(settings.enrol_quality),
     )
-    record = await run_in_threadpool(
+    record = await calls.run(
         partial(
             gallery.add_face,
             identity_id,
@@ -184,11 +215,15 @@ async def add_face(
 @router.get(
     "/identities/{identity_id}/faces/{face_id}",
     response_model=EnrolledFaceRecord,
-    responses=documented({404: "not_found (unknown identity or face)", 422: "validation_error"}),
+    responses=documented(
+        {404: "not_found (unknown identity or face)", 422: "validation_error", **GALLERY_ERRORS}
+    ),
 )
-def get_face(identity_id: str, face_id: str, gallery: GalleryDep) -> EnrolledFaceRecord:
+async def get_face(
+    identity_id: IdentityId, face_id: FaceId, gallery: GalleryDep, calls: CallsDep
+) -> EnrolledFaceRecord:
     """One enrolled face of an identity (model, quality, origin; never the photo)."""
-    details = gallery.get_identity(identity_id)
+    details = await calls.run(gallery.get_identity, identity_id)
     for face in details.faces:
         if face.face_id == face_id:
             return EnrolledFaceRecord.of(face, gallery.model_id)
@@ -199,11 +234,15 @@ def get_face(identity_id: str, face_id: str, gallery: GalleryDep) -> EnrolledFac
     "/identities/{identity_id}/faces/{face_id}",
     status_code=204,
     response_class=Response,
-    responses=documented({404: "not_found (unknown identity or face)", 422: "validation_error"}),
+    responses=documented(
+        {404: "not_found (unknown identity or face)", 422: "validation_error", **GALLERY_ERRORS}
+    ),
 )
-def delete_face(identity_id: str, face_id: str, gallery: GalleryDep, audit: AuditDep) -> Response:
+async def delete_face(
+    identity_id: IdentityId, face_id: FaceId, gallery: GalleryDep, calls: CallsDep, audit: AuditDep
+) -> Response:
     """Delete one enrolled face (erased like DELETE /identities/{id})."""
-    gallery.delete_face(identity_id, face_id)
+    await calls.run(gallery.delete_face, identity_id, face_id)
     audit.record(AuditAction.FACE_DELETE, identity_id, face_id)
     return Response(status_code=204)
 
@@ -219,13 +258,15 @@ def delete_face(identity_id: str, face_id: str, gallery: GalleryDep, audit: Audi
             404: "not_found (unknown identity)",
             409: "model_mismatch (the embedding was made by another model)",
             422: "missing_field, validation_error (wrong size, values not finite)",
+            **GALLERY_ERRORS,
         }
     ),
 )
-def add_embedding(
-    identity_id: str,
+async def add_embedding(
+    identity_id: IdentityId,
     body: EmbeddingEnrol,
     gallery: GalleryDep,
+    calls: CallsDep,
     audit: AuditDep,
     request: Request,
     response: Response,
@@ -233,7 +274,7 @@ def add_embedding(
     """Enrol a face from an embedding computed elsewhere with the loaded model (`model` must be
     its id, as GET /readyz shows). For systems that run the models themselves, or migrate
     embeddings without the photos. `Location` gives the new face's URL."""
-    record = gallery.add_embedding(identity_id, body.embedding, body.model)
+    record = await calls.run(gallery.add_embedding, identity_id, body.embedding, body.model)
     audit.record(AuditAction.FACE_ADD, identity_id, record.face_id)
     response.headers["Location"] = resource_url(
         request, "identities", identity_id, "faces", record.face_id

@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from starlette.concurrency import run_in_threadpool
 
 from service import __version__
 from service.api.deps import Services, get_gallery, get_services
-from service.api.errors import documented
+from service.api.errors import GALLERY_ERRORS, documented
 from service.api.schemas_status import FpirStatus, GalleryCounts, IndexStatus, ServiceStatus
 from service.gallery import Gallery
 from service.gallery.fpir import REPORTED_FPIRS
@@ -18,13 +17,13 @@ from service.gallery.fpir import REPORTED_FPIRS
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/status", response_model=ServiceStatus, responses=documented({}))
+@router.get("/status", response_model=ServiceStatus, responses=documented(GALLERY_ERRORS))
 async def status(
     services: Annotated[Services, Depends(get_services)],
     gallery: Annotated[Gallery, Depends(get_gallery)],
 ) -> ServiceStatus:
     """What is loaded and how big the gallery is. Needs an API key when keys are on."""
-    identities, faces = await run_in_threadpool(gallery.store.counts)
+    identities, faces = await services.gallery_calls.run(gallery.store.counts)
     index = gallery.index_state
     pack = services.pack
     return ServiceStatus(

@@ -7,17 +7,17 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from starlette.concurrency import run_in_threadpool
 
 from service.api.auth import key_allows
-from service.api.deps import Services, get_services
-from service.api.errors import INFERENCE_ERRORS, documented
+from service.api.deps import Services, gallery_of, get_services
+from service.api.errors import GALLERY_INFERENCE_ERRORS, documented
 from service.api.schemas import FaceOut, IdentityRef, VerifyResponse
 from service.api.thresholds import resolve_threshold
 from service.api.uploads import read_upload
 from service.errors import ErrorCode, ServiceError
 from service.faces.pipeline import AnalyzedImage, FaceRule, select_face
 from service.faces.quality import QualityLevel, require_quality
+from service.gallery.interface import ID_MAX_LENGTH, ID_PATTERN
 from service.matching import cosine_similarity, decide
 
 router = APIRouter(tags=["verification"])
@@ -30,7 +30,7 @@ ERROR_RESPONSES = documented(
         413: "payload_too_large, image_too_large",
         415: "unsupported_format",
         422: "no_face, face_too_small, low_quality, missing_field, validation_error",
-        **INFERENCE_ERRORS,
+        **GALLERY_INFERENCE_ERRORS,
     }
 )
 
@@ -53,7 +53,12 @@ async def verify(
         UploadFile | None, File(description="Photo to check against identity_id.")
     ] = None,
     identity_id: Annotated[
-        str | None, Form(description="Enrolled identity to compare with.")
+        str | None,
+        Form(
+            pattern=ID_PATTERN,
+            max_length=ID_MAX_LENGTH,
+            description="Enrolled identity to compare with.",
+        ),
     ] = None,
     threshold: Annotated[
         float | None, Form(ge=-1.0, le=1.0, description="Cosine threshold.")
@@ -97,13 +102,12 @@ async def verify(
         faces = [FaceOut.of(face1), FaceOut.of(face2)]
         identity, face_id = None, None
     elif image is not None and identity_id is not None:
-        if services.gallery is None:
-            raise ServiceError(ErrorCode.NOT_READY, "the gallery is not open")
+        gallery = gallery_of(services)
         data = await read_upload(image, services.settings)
         probe_image = await services.scheduler.run(pipeline.analyze, data, flip=flip, faces=face)
         probe = select_face(probe_image, face)
         require_quality(probe.quality, min_quality, "this request (min_quality)")
-        match = await run_in_threadpool(services.gallery.compare, identity_id, probe.embedding)
+        match = await services.gallery_calls.run(gallery.compare, identity_id, probe.embedding)
         similarity = match.similarity
         timings = _sum_timings(probe_image)
         faces = [FaceOut.of(probe)]
