@@ -47,6 +47,13 @@ def serve(settings: Settings) -> int:
             read_keys_file(settings.api_keys_file)
         except KeysFileError as exc:
             return _fail(str(exc))
+    if settings.gallery_backend == "sqlite":
+        from service.gallery.store import GalleryStoreError, check_data_dir
+
+        try:  # read-only folder, or data a previous run stored gone: exit for the operator
+            check_data_dir(settings.data_dir, allow_empty=settings.gallery_allow_empty)
+        except GalleryStoreError as exc:
+            return _fail(str(exc))
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="faceverify-metrics-")
     with shared_ready_dir(settings.workers):

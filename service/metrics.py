@@ -44,6 +44,7 @@ class Metrics:
     search_duration: Histogram
     best_match_similarity: Histogram
     gallery_changes: Counter
+    storage_errors: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -127,6 +128,12 @@ class Metrics:
                 "faceverify_gallery_changes",
                 "Gallery changes (audit trail) by action and API key name.",
                 ["action", "key"],
+                registry=reg,
+            ),
+            storage_errors=Counter(
+                "faceverify_storage_errors",
+                "Gallery storage failures by kind (full, busy, readonly, gone, io, corrupt).",
+                ["kind"],
                 registry=reg,
             ),
         )

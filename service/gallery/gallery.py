@@ -366,6 +366,12 @@ class Gallery:
             face_id=faces[best].face_id,
         )
 
+    def store_health(self) -> str | None:
+        """Why the store cannot take writes now (its file gone, replaced, full, locked), or
+        None; a store without a `health()` check is taken as healthy."""
+        check = getattr(self.store, "health", None)
+        return None if check is None else check()
+
     def close(self) -> None:
         self._sync.stop()
         self.store.close()

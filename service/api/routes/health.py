@@ -37,6 +37,11 @@ async def readyz(request: Request) -> Readiness:
         services.gallery.list_identities(limit=1, offset=0)
     except sqlite3.Error as exc:
         raise ServiceError(ErrorCode.NOT_READY, f"the gallery store cannot be read: {exc}") from exc
+    except ServiceError as exc:  # the store's own storage codes (gone, busy, unreadable)
+        raise ServiceError(ErrorCode.NOT_READY, exc.message) from exc
+    store_problem = services.gallery.store_health()
+    if store_problem is not None:
+        raise ServiceError(ErrorCode.NOT_READY, store_problem)
     workers = request.app.state.worker_readiness
     if workers is not None and not workers.all_ready():
         raise ServiceError(

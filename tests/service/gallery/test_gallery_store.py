@@ -287,7 +287,8 @@ def test_bursts_from_threads_that_are_retired_do_not_grow_open_handles(store):
         burst(BURST_WIDTH)
         handles.append(_open_handles_on(database))
     # Bounded by the widest burst: the pool keeps POOL_IDLE_CONNECTIONS, and SQLite holds the
-    # descriptors of connections closed while others lock the file for reuse by the next open.
+    # descriptors of connections closed while others lock the file for reuse by the next open;
+    # one more is the store's anchor on the file it opened.
     assert POOL_IDLE_CONNECTIONS < BURST_WIDTH
-    assert 1 <= max(handles) <= BURST_WIDTH, handles
+    assert 1 <= max(handles) <= BURST_WIDTH + 1, handles
     assert store.counts() == (1, 80)
