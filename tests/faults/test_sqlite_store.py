@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from store_support import (
     IS_ROOT,
     Server,
@@ -30,7 +31,9 @@ from store_support import (
 )
 from synthetic_models import SyntheticFace, make_manifest_pack
 
-from service.gallery.store import DATABASE_NAME, MARKER_NAME
+from service.app import create_app
+from service.gallery.store import DATABASE_NAME, MARKER_NAME, SqliteStore
+from service.settings import Settings
 
 FACE = SyntheticFace.from_box((100.0, 120.0, 340.0, 400.0), score=0.8)
 EMBEDDING_SIZE = 32
@@ -230,12 +233,10 @@ def test_disk_full_answers_insufficient_storage_and_recovers_when_space_is_freed
 def test_read_only_data_dir_at_start_up_exits_non_zero_saying_read_only(tmp_path, pack):
     # Before: the service started and answered 503 forever, "unable to open database file".
     with small_tmpfs("4m", tmp_path) as disk:
-        data_dir, saved = disk / "data", Acknowledged()
-        with (
-            running_server(pack, data_dir) as server,
-            httpx.Client(base_url=server.url, timeout=30) as client,
-        ):
-            saved.face(client, saved.identity(client, "Ada"), 0)
+        data_dir = disk / "data"
+        store = SqliteStore.in_directory(data_dir)
+        ada = store.create_identity("Ada", {})
+        store.close()
         remount(disk, "ro")
         try:
             refused = Server(pack, data_dir)
@@ -248,4 +249,26 @@ def test_read_only_data_dir_at_start_up_exits_non_zero_saying_read_only(tmp_path
             remount(disk, "rw")
         [line] = [line for line in output.splitlines() if line.startswith("faceverify:")]
         assert "read-only" in line and str(data_dir) in line, output
-        saved.assert_all_stored(pack, data_dir)
+        store = SqliteStore.in_directory(data_dir)
+        assert store.get_identity(ada.id) is not None
+        store.close()
+
+
+def test_readyz_says_why_the_gallery_was_not_opened(tmp_path, pack):
+    # An app started without `python -m service` (e.g. uvicorn directly) stays up and says why.
+    store = SqliteStore.in_directory(tmp_path / "data")
+    store.create_identity("Ada", {})
+    store.close()
+    os.truncate(tmp_path / "data" / DATABASE_NAME, 0)
+    settings = Settings(
+        pack_dir=pack, data_dir=tmp_path / "data", enrol_quality="off", _env_file=None
+    )
+    with TestClient(create_app(settings, load_in_background=True)) as client:
+        deadline = time.monotonic() + 30
+        while (answer := client.get("/readyz")).json()["error"]["code"] == "not_ready" and (
+            "start-up failed" not in answer.text
+        ):
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.05)
+        assert answer.status_code == 503
+        assert "empty (0 bytes)" in answer.json()["error"]["message"]
