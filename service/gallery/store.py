@@ -448,6 +448,12 @@ class SqliteStore:
         """Borrow a pooled connection for one operation (outside any open transaction).
 
         SQLite's storage errors leave as `ServiceError`s with stable codes (`_storage_error`)."""
+        with self._lease() as (db, _):
+            yield db
+
+    @contextmanager
+    def _lease(self) -> Iterator[tuple[sqlite3.Connection, int]]:
+        """`_connection`, with the generation of the file the connection is open on."""
         with self._pool_lock:
             if self._closed:
                 raise RuntimeError("the gallery store is closed")
@@ -459,7 +465,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise self._storage_error(exc) from exc
         try:
-            yield db
+            yield db, generation
         except sqlite3.Error as exc:
             raise self._storage_error(exc) from exc
         finally:
@@ -486,11 +492,11 @@ class SqliteStore:
         commit and again after it (so a write is acknowledged only when it is in the file the
         next start opens), a change bumps the `writes` counter, and the first change writes the
         marker."""
-        with self._connection() as db:
+        with self._lease() as (db, generation):
             db.execute("BEGIN IMMEDIATE")
             try:
                 if record:
-                    self._require_file()
+                    self._require_file(generation)
                 before = db.total_changes
                 yield db
                 changed = db.total_changes != before
@@ -505,7 +511,7 @@ class SqliteStore:
                 raise
             db.execute("COMMIT")
         if record:
-            self._require_file()
+            self._require_file(generation)
             self._failure = None
             if changed and not self._marked:
                 self._mark()
@@ -563,9 +569,11 @@ class SqliteStore:
         st = os.stat(self.path)
         return st.st_dev, st.st_ino
 
-    def _require_file(self, *, count: bool = True) -> None:
+    def _require_file(self, generation: int | None = None, *, count: bool = True) -> None:
         """Raise 503 `gallery_unavailable` unless the path still names the file this store
-        writes to, or a restored copy of it (adopted then). One stat; more only on a change."""
+        writes to, or a restored copy of it (adopted then). One stat; more only on a change.
+        With `generation`, also unless a connection of that generation is open on that file
+        (one borrowed before an adoption writes to the replaced file)."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -588,14 +596,20 @@ class SqliteStore:
                     "service; writes are refused: restore it from a backup and restart",
                     count=count,
                 )
-            return
-        with self._file_lock:
-            reason = None if identity == self._file_id else self._adopt(identity)
+            reason = None
+        else:
+            with self._file_lock:
+                reason = None if identity == self._file_id else self._adopt(identity)
         if reason is not None:
             raise self._unavailable(
                 f"the gallery database {self.path} was replaced by another file ({reason}); "
                 "writes are refused until this gallery's file is put back or the service "
                 "restarts",
+                count=count,
+            )
+        if generation is not None and generation != self._generation:
+            raise self._unavailable(
+                f"the gallery database {self.path} was put back while this write ran; retry",
                 count=count,
             )
 

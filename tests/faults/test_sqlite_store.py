@@ -141,12 +141,10 @@ def test_a_stale_copy_put_back_is_not_adopted(tmp_path, pack):
 
 def test_database_emptied_while_stopped_refuses_start_up_unless_told_to_start_fresh(tmp_path, pack):
     # Before: a database truncated to 0 bytes while stopped started as an empty gallery.
-    data_dir, saved = tmp_path / "data", Acknowledged()
-    with (
-        running_server(pack, data_dir) as server,
-        httpx.Client(base_url=server.url, timeout=30) as client,
-    ):
-        saved.face(client, saved.identity(client, "Ada"), 0)
+    data_dir = tmp_path / "data"
+    store = SqliteStore.in_directory(data_dir)  # a previous run's data
+    store.create_identity("Ada", {})
+    store.close()
     os.truncate(data_dir / DATABASE_NAME, 0)
 
     refused = Server(pack, data_dir)

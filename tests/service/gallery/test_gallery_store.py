@@ -431,3 +431,26 @@ def test_a_restored_copy_of_this_gallery_is_adopted_and_a_stale_one_is_not(tmp_p
     assert store.create_identity("Cy", {}) is not None
     assert store.counts() == (3, 0)
     store.close()
+
+
+def test_a_connection_borrowed_before_an_adoption_cannot_acknowledge_a_write(tmp_path):
+    # It is open on the replaced file: its write would be lost with that file.
+    store = SqliteStore.in_directory(tmp_path / "data")
+    database = store.path
+    store.create_identity("Ada", {})
+    copy_path = tmp_path / "copy.sqlite3"
+    with sqlite3.connect(database) as source, sqlite3.connect(copy_path) as copy:
+        source.backup(copy)
+    with store._lease() as (old, generation):
+        for path in database.parent.glob(f"{DATABASE_NAME}*"):
+            path.unlink()
+        os.replace(copy_path, database)
+        assert store.health() is None  # adopted
+        old.execute("BEGIN IMMEDIATE")
+        with pytest.raises(ServiceError) as refused:
+            store._require_file(generation)
+        old.execute("ROLLBACK")
+    assert refused.value.code is ErrorCode.GALLERY_UNAVAILABLE
+    assert store.create_identity("Bo", {}) is not None
+    assert store.counts() == (2, 0)
+    store.close()
