@@ -256,12 +256,18 @@ def _prepare(path: Path, *, allow_empty: bool) -> str | None:
     if recorded is None:
         return None
     size = path.stat().st_size if path.exists() else None
-    if size:
+    found = _database_id_of(path) if size else None
+    if found == recorded:
         return recorded
-    state = "missing" if size is None else "empty (0 bytes)"
+    if size is None:
+        state = "missing"
+    elif not size:
+        state = "empty (0 bytes)"
+    else:
+        state = f"another gallery ({found or 'no gallery id'})"
     if allow_empty:
         log.warning(
-            "%s is %s where %s records data (gallery %s); starting an empty gallery as "
+            "%s is %s where %s records data (gallery %s); opening it as it is, as "
             "FACEVERIFY_GALLERY_ALLOW_EMPTY says",
             path,
             state,
@@ -275,6 +281,19 @@ def _prepare(path: Path, *, allow_empty: bool) -> str | None:
         f"{recorded}; restore the database from a backup, or set "
         "FACEVERIFY_GALLERY_ALLOW_EMPTY=true to start an empty gallery"
     )
+
+
+def _database_id_of(path: Path) -> str | None:
+    """The `database_id` in the database at `path` (None: none, or not a gallery database)."""
+    try:
+        db = sqlite3.connect(Path(os.path.abspath(path)).as_uri() + "?mode=rw", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return None if row is None else str(row[0])
 
 
 _SCHEMA = """
@@ -401,16 +420,12 @@ class SqliteStore:
                 f"{self.path} has gallery schema {version}, this service reads {SCHEMA_VERSION}; "
                 "use a matching release or migrate the database"
             )
-        if recorded is not None and recorded != self.database_id:
-            if not allow_empty:
-                self.close()
-                raise GalleryStoreError(
-                    f"{self.path} holds gallery {self.database_id} but {MARKER_NAME} records "
-                    f"gallery {recorded}; put the right database back, or set "
-                    "FACEVERIFY_GALLERY_ALLOW_EMPTY=true to use this one"
-                )
-            log.warning(
-                "%s now records gallery %s (was %s)", MARKER_NAME, self.database_id, recorded
+        if recorded is not None and recorded != self.database_id:  # changed since `_prepare`
+            self.close()
+            raise GalleryStoreError(
+                f"{self.path} holds gallery {self.database_id} but {MARKER_NAME} records "
+                f"gallery {recorded}; put the right database back, or set "
+                "FACEVERIFY_GALLERY_ALLOW_EMPTY=true to use this one"
             )
         self._marked = recorded == self.database_id
         if holds_data:

@@ -370,8 +370,14 @@ def test_start_up_refuses_another_gallerys_database(tmp_path):
         store.create_identity(folder, {})
         store.close()
     os.replace(tmp_path / "b" / DATABASE_NAME, tmp_path / "a" / DATABASE_NAME)
-    with pytest.raises(GalleryStoreError, match="records gallery"):
+    with pytest.raises(GalleryStoreError, match="is another gallery"):
+        check_data_dir(tmp_path / "a")
+    with pytest.raises(GalleryStoreError, match="is another gallery"):
         SqliteStore.in_directory(tmp_path / "a")
+    chosen = SqliteStore.in_directory(tmp_path / "a", allow_empty=True)
+    assert [i.name for i in chosen.list_identities(10, 0)] == ["b"]
+    chosen.close()
+    SqliteStore.in_directory(tmp_path / "a").close()  # the marker now follows it
 
 
 def test_writes_into_a_deleted_database_are_refused_and_no_new_file_is_made(tmp_path):
