@@ -48,7 +48,7 @@ def serve(settings: Settings) -> int:
         except KeysFileError as exc:
             return _fail(str(exc))
     if settings.gallery_backend == "sqlite":
-        from service.gallery.store import GalleryStoreError, check_data_dir
+        from service.gallery.store_files import GalleryStoreError, check_data_dir
 
         try:  # read-only folder, or data a previous run stored gone: exit for the operator
             check_data_dir(settings.data_dir, allow_empty=settings.gallery_allow_empty)

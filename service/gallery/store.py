@@ -27,10 +27,11 @@ Failing loudly (docs/deployment.md, "When the gallery's storage fails"):
   in the file at the path. A different file at the path is adopted only when it is this gallery
   (same `database_id`) with at least as many writes as the one it replaces (a backup taken after
   the last write, put back); anything else keeps writes refused until a restart.
-- A marker file beside the database (`MARKER_NAME`) records the database's id once it holds
-  data; at start-up a missing or empty database where the marker says there was one is refused
-  (`GalleryStoreError`) unless `allow_empty` (FACEVERIFY_GALLERY_ALLOW_EMPTY) says to start fresh.
-- The data folder is kept 0700 and the database files 0600 (faces are biometric data).
+- Before the first connection, service/gallery/store_files.py checks the folder (writable,
+  0700) and the marker that records the database's id once it holds data: a missing, empty or
+  other database where the marker says there was one is refused (`GalleryStoreError`) unless
+  `allow_empty` (FACEVERIFY_GALLERY_ALLOW_EMPTY). The store writes the marker on the first
+  change it commits.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ import json
 import logging
 import os
 import sqlite3
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -64,14 +64,28 @@ from service.gallery.interface import (
     new_id,
     utc_now,
 )
+from service.gallery.store_files import (
+    DATABASE_MODE,
+    DATABASE_NAME,
+    MARKER_NAME,
+    GalleryStoreError,
+    check_data_dir,
+    marker_path,
+    prepare,
+    tighten,
+    write_marker,
+)
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# Names of the interface re-exported where they were first defined (older imports keep working).
+# Names of the interface and of store_files re-exported where they were first defined (older
+# imports keep working).
 __all__ = [
+    "DATABASE_NAME",
+    "MARKER_NAME",
     "Change",
     "ChangesSince",
     "ExportedIdentity",
@@ -84,12 +98,9 @@ __all__ = [
     "NewFace",
     "Snapshot",
     "SqliteStore",
+    "check_data_dir",
 ]
 
-DATABASE_NAME = "gallery.sqlite3"
-# Written beside the database once it holds data; not named `gallery.sqlite3*` so that removing
-# the database and its -wal/-shm files leaves it, and the next start-up notices the loss.
-MARKER_NAME = "gallery-marker.json"
 SCHEMA_VERSION = 1
 
 # How long a connection waits for another process's write lock before answering 503
@@ -109,10 +120,6 @@ FULL_DISK_HEADROOM_BYTES = 1 << 20
 # How long `health()`'s probe write waits for the write lock: long enough for a normal write
 # (one fsync) to finish, short enough for a readiness probe.
 HEALTH_PROBE_BUSY_MS = 200
-
-# Modes of the data folder and the database files: faces are biometric data.
-DATA_DIR_MODE = 0o700
-DATABASE_MODE = 0o600
 
 # How long a deletion waits for other connections' reads to end so that it can truncate the
 # journal. Past it, the deletion still answers (the data is already zeroed in the database
@@ -137,12 +144,6 @@ def embedding_to_blob(embedding: np.ndarray) -> bytes:
 
 def blob_to_embedding(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=EMBEDDING_DTYPE).astype(np.float32)
-
-
-class GalleryStoreError(Exception):
-    """The gallery database cannot be opened as it is: read-only, or missing or empty where a
-    previous run stored data. Raised at start-up; `python -m service` prints it as one line and
-    exits non-zero, and /readyz answers 503 with it."""
 
 
 # SQLite primary result codes (https://sqlite.org/rescode.html) and what each means here:
@@ -170,130 +171,6 @@ _FAILURE_ADVICE = {
 
 def _retry_after(seconds: int | None) -> dict[str, str] | None:
     return None if seconds is None else {"Retry-After": str(seconds)}
-
-
-def _marker_path(path: Path) -> Path:
-    return path.parent / MARKER_NAME
-
-
-def _read_marker(path: Path) -> str | None:
-    """The database id the marker beside `path` records, or None when there is no marker."""
-    try:
-        return str(json.loads(_marker_path(path).read_text())["database_id"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise GalleryStoreError(
-            f"{_marker_path(path)} is unreadable ({exc}); it records that {path} held data. "
-            "Restore it, or set FACEVERIFY_GALLERY_ALLOW_EMPTY=true to start an empty gallery"
-        ) from exc
-
-
-def _write_marker(path: Path, database_id: str) -> None:
-    """Atomically (temporary file + rename), mode 0600."""
-    marker = _marker_path(path)
-    fd, temporary = tempfile.mkstemp(dir=marker.parent, prefix=f".{MARKER_NAME}.")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump({"database": path.name, "database_id": database_id}, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, marker)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-def _tighten(path: Path, mode: int) -> None:
-    """chmod `path` to `mode` when it allows more; logged, never fatal (another owner, a
-    read-only mount: the check for writability says what matters)."""
-    try:
-        current = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        return
-    if current & ~mode:
-        try:
-            path.chmod(mode)
-        except OSError as exc:
-            log.warning("could not tighten %s from %o to %o: %s", path, current, mode, exc)
-        else:
-            log.warning("tightened %s from mode %o to %o (gallery data)", path, current, mode)
-
-
-def check_data_dir(data_dir: Path, *, allow_empty: bool = False) -> None:
-    """What `python -m service` checks before serving an embedded gallery (and the store when
-    it opens): the folder exists (0700) and is writable, and the database is not missing or
-    empty where the marker says a previous run stored data. Raises `GalleryStoreError`."""
-    _prepare(Path(data_dir) / DATABASE_NAME, allow_empty=allow_empty)
-
-
-def _prepare(path: Path, *, allow_empty: bool) -> str | None:
-    """Create and tighten the folder, check it is writable and the database is where the
-    marker says; returns the marker's database id (None: no marker, or starting fresh)."""
-    folder = path.parent
-    try:
-        folder.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GalleryStoreError(
-            f"cannot create the gallery data folder {folder} ({exc.strerror}); "
-            "check FACEVERIFY_DATA_DIR and its parent's permissions"
-        ) from exc
-    _tighten(folder, DATA_DIR_MODE)
-    try:  # a real write: os.access says yes to root on a read-only mount
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
-        os.close(fd)
-        os.unlink(probe)
-        if path.exists() and not os.access(path, os.W_OK):
-            raise PermissionError(13, "Permission denied", str(path))
-    except OSError as exc:
-        raise GalleryStoreError(
-            f"the gallery data folder {folder} is read-only ({exc.strerror}); the service "
-            "must write its database there: mount it writable or point FACEVERIFY_DATA_DIR "
-            "elsewhere"
-        ) from exc
-    recorded = _read_marker(path)
-    if recorded is None:
-        return None
-    size = path.stat().st_size if path.exists() else None
-    found = _database_id_of(path) if size else None
-    if found == recorded:
-        return recorded
-    if size is None:
-        state = "missing"
-    elif not size:
-        state = "empty (0 bytes)"
-    else:
-        state = f"another gallery ({found or 'no gallery id'})"
-    if allow_empty:
-        log.warning(
-            "%s is %s where %s records data (gallery %s); opening it as it is, as "
-            "FACEVERIFY_GALLERY_ALLOW_EMPTY says",
-            path,
-            state,
-            MARKER_NAME,
-            recorded,
-        )
-        _marker_path(path).unlink(missing_ok=True)
-        return None
-    raise GalleryStoreError(
-        f"{path} is {state} but {_marker_path(path).name} records that it held gallery "
-        f"{recorded}; restore the database from a backup, or set "
-        "FACEVERIFY_GALLERY_ALLOW_EMPTY=true to start an empty gallery"
-    )
-
-
-def _database_id_of(path: Path) -> str | None:
-    """The `database_id` in the database at `path` (None: none, or not a gallery database)."""
-    try:
-        db = sqlite3.connect(Path(os.path.abspath(path)).as_uri() + "?mode=rw", uri=True)
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return None
-    return None if row is None else str(row[0])
 
 
 _SCHEMA = """
@@ -389,11 +266,11 @@ class SqliteStore:
         # The last storage error (kind, error) until a write succeeds: `health()` reports it
         # meanwhile, unless its check finds it cleared.
         self._failure: tuple[str, ServiceError] | None = None
-        recorded = _prepare(self.path, allow_empty=allow_empty)
+        recorded = prepare(self.path, allow_empty=allow_empty)
         with suppress(FileExistsError):  # created here with its mode; SQLite's -wal/-shm copy it
             os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, DATABASE_MODE))
         for suffix in ("", "-wal", "-shm"):
-            _tighten(Path(f"{self.path}{suffix}"), DATABASE_MODE)
+            tighten(Path(f"{self.path}{suffix}"), DATABASE_MODE)
         self._file_id = self._path_identity()
         try:
             with self._write(record=False) as db:
@@ -673,9 +550,9 @@ class SqliteStore:
     def _mark(self) -> None:
         """Record beside the database that it holds data (see `MARKER_NAME`)."""
         try:
-            _write_marker(self.path, self.database_id)
+            write_marker(self.path, self.database_id)
         except OSError as exc:  # the data is safe; only the start-up check is weaker
-            log.warning("could not write %s: %s", _marker_path(self.path), exc)
+            log.warning("could not write %s: %s", marker_path(self.path), exc)
         else:
             self._marked = True
 
