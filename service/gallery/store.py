@@ -23,10 +23,11 @@ Failing loudly (docs/deployment.md, "When the gallery's storage fails"):
   `faceverify_storage_errors_total{kind}` and reported by `health()` until it clears.
 - A database deleted or replaced under the running service would take writes into the unlinked
   file and lose them at the next start. Every write compares the path's (st_dev, st_ino) with the
-  file the store opened, before and after its commit, so a write is acknowledged only when it is
-  in the file at the path. A different file at the path is adopted only when it is this gallery
-  (same `database_id`) with at least as many writes as the one it replaces (a backup taken after
-  the last write, put back); anything else keeps writes refused until a restart.
+  file the store opened, before its transaction and after its commit (one stat each), so a
+  write is acknowledged only when it is in the file at the path. A different file at the path
+  is adopted only when it is this gallery (same `database_id`) with at least as many writes as
+  the one it replaces (a backup taken after the last write, put back); anything else keeps
+  writes refused until a restart.
 - Before the first connection, service/gallery/store_files.py checks the folder (writable,
   0700) and the marker that records the database's id once it holds data: a missing, empty or
   other database where the marker says there was one is refused (`GalleryStoreError`) unless
@@ -380,15 +381,17 @@ class SqliteStore:
         """A write transaction; BEGIN IMMEDIATE takes the write lock up front, so two writers
         never deadlock upgrading read locks.
 
-        With `record`, the file is checked to be the one at the path under the lock before the
-        commit and again after it (so a write is acknowledged only when it is in the file the
-        next start opens), a change bumps the `writes` counter, and the first change writes the
-        marker."""
+        With `record`, the path is checked to name the store's file before the transaction
+        (adopting a file put back there) and again after the commit, so a write is
+        acknowledged only when it is in the file the next start opens; a change bumps the
+        `writes` counter, and the first change writes the marker."""
+        if record:
+            self._require_file()
         with self._lease() as (db, generation):
             db.execute("BEGIN IMMEDIATE")
             try:
-                if record:
-                    self._require_file(generation)
+                if record and generation != self._generation:
+                    self._require_file(generation)  # adopted meanwhile: refuse, nothing written
                 before = db.total_changes
                 yield db
                 changed = db.total_changes != before

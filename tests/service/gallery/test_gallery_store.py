@@ -460,3 +460,21 @@ def test_a_connection_borrowed_before_an_adoption_cannot_acknowledge_a_write(tmp
     assert store.create_identity("Bo", {}) is not None
     assert store.counts() == (2, 0)
     store.close()
+
+
+def test_the_first_write_after_a_copy_is_put_back_is_acknowledged_into_it(tmp_path):
+    store = SqliteStore.in_directory(tmp_path / "data")
+    database = store.path
+    store.create_identity("Ada", {})
+    copy_path = tmp_path / "copy.sqlite3"
+    with sqlite3.connect(database) as source, sqlite3.connect(copy_path) as copy:
+        source.backup(copy)
+    for path in database.parent.glob(f"{DATABASE_NAME}*"):
+        path.unlink()
+    os.replace(copy_path, database)
+    bo = store.create_identity("Bo", {})  # no readiness check saw the copy first
+    store.close()
+    reopened = SqliteStore.in_directory(tmp_path / "data")
+    assert reopened.get_identity(bo.id) is not None
+    assert reopened.counts() == (2, 0)
+    reopened.close()
