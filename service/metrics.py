@@ -72,6 +72,7 @@ class Metrics:
     gallery_changes: Counter
     identify_fpir_threshold: Gauge
     identify_fpir_probes: Gauge
+    storage_errors: Counter
     # False: /metrics leaves out GALLERY_COUNT_METRICS (set from the settings by the app).
     gallery_counts_exported: bool = True
 
@@ -173,6 +174,12 @@ class Metrics:
                 "Enrolled identities searched as strangers in the last FPIR measurement.",
                 registry=reg,
                 multiprocess_mode="mostrecent",
+            ),
+            storage_errors=Counter(
+                "faceverify_storage_errors",
+                "Gallery storage failures by kind (full, busy, readonly, gone, io, corrupt).",
+                ["kind"],
+                registry=reg,
             ),
         )
 

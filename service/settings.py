@@ -95,6 +95,19 @@ class Settings(BaseSettings):
     min_enrol_quality: float = Field(
         0.0, ge=0.0, description="Min embedding norm (quality) to enrol; 0 disables the check."
     )
+    gallery_busy_timeout_s: float = Field(
+        5.0,
+        gt=0.0,
+        le=60.0,
+        description="How long a gallery write waits for another process's lock on the SQLite "
+        "database before answering 503 `storage_busy`.",
+    )
+    gallery_allow_empty: bool = Field(
+        False,
+        description="Start with an empty gallery although the SQLite database is missing or "
+        "empty where a previous run stored data (`gallery-marker.json`); otherwise start-up "
+        "refuses.",
+    )
 
     identify_fpir: float | None = Field(
         None,

@@ -49,8 +49,8 @@ class GalleryCalls:
     backend answers or its own timeout ends it (Milvus requests carry the same timeout), and
     keeps its place in the limit until then.
 
-    Readiness of the gallery is cached here too (`readiness`): a cheap check (`ping` of the
-    store, else a one-row read) runs in a thread of its own at most once per
+    Readiness of the gallery is cached here too (`readiness`): the store's cheap `health()`
+    check runs in a thread of its own at most once per
     `READINESS_MAX_AGE_S`, and /readyz never waits for it more than `READINESS_WAIT_S`.
     """
 
@@ -94,11 +94,7 @@ class GalleryCalls:
     def _check(self, gallery: Gallery) -> None:
         reason: str | None = None
         try:
-            ping = getattr(gallery.store, "ping", None)
-            if ping is not None:
-                ping()
-            else:
-                gallery.store.list_identities(1, 0)
+            reason = gallery.store_health()
         except ServiceError as exc:
             reason = exc.message
         except Exception as exc:  # any failure of the store means "not ready", with its reason

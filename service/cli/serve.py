@@ -42,6 +42,13 @@ def serve(settings: Settings) -> int:
             read_keys_file(settings.api_keys_file)
         except KeysFileError as exc:
             raise CommandError(str(exc)) from exc
+    if settings.gallery_backend == "sqlite":
+        from service.gallery.store_files import GalleryStoreError, check_data_dir
+
+        try:  # read-only folder, or data a previous run stored gone: exit for the operator
+            check_data_dir(settings.data_dir, allow_empty=settings.gallery_allow_empty)
+        except GalleryStoreError as exc:
+            raise CommandError(str(exc)) from exc
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="faceverify-metrics-")
     with shared_ready_dir(settings.workers):

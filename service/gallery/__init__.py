@@ -27,7 +27,12 @@ def open_gallery(settings: Settings, pack: ModelPack, metrics: Metrics | None = 
     """Open (or create) the gallery of `settings.gallery_backend` for the loaded pack's model."""
     if settings.gallery_backend == "milvus":
         return _open_milvus_gallery(settings, pack, metrics)
-    store = SqliteStore.in_directory(settings.data_dir)
+    store = SqliteStore.in_directory(
+        settings.data_dir,
+        busy_timeout_s=settings.gallery_busy_timeout_s,
+        allow_empty=settings.gallery_allow_empty,
+        metrics=metrics,
+    )
     try:
         store.prune_changes(CHANGE_LOG_KEEP)
         return Gallery(

@@ -417,6 +417,11 @@ class Gallery:
             face_id=faces[best].face_id,
         )
 
+    def store_health(self) -> str | None:
+        """Why the store cannot serve now (its file gone, replaced, full or locked; Milvus
+        unreachable), or None."""
+        return self.store.health()
+
     def close(self) -> None:
         self._sync.stop()
         self.store.close()

@@ -268,6 +268,11 @@ class GalleryStore(Protocol):
         """Make deleted content unreadable on disk; True when nothing of it is left."""
         ...
 
+    def health(self) -> str | None:
+        """Why the store cannot serve now, in one line, or None; cheap enough for a probe
+        (never a count over the gallery)."""
+        ...
+
     def close(self) -> None: ...
 
 

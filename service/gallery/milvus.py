@@ -360,6 +360,14 @@ class MilvusStore:
                 raise self._unavailable(method, exc) from None
             raise
 
+    def health(self) -> str | None:
+        """Why Milvus cannot serve now, in one line (`ping`); None when it can."""
+        try:
+            self.ping()
+        except ServiceError as exc:
+            return exc.message
+        return None
+
     def ping(self) -> None:
         """A readiness check in a few small requests whatever the gallery's size: connected,
         and the identities collection loaded (loaded again, with the faces collections, if

@@ -15,20 +15,42 @@ Durability and multi-process rules (SQLite specifics):
   never reused, so a stale index entry can never point at a different face.
 - `secure_delete=ON` zeroes the pages freed by a deletion, and `erase` checkpoints the WAL
   into the main file and truncates it, so a deleted embedding's bytes are gone from disk.
+
+Failing loudly (docs/deployment.md, "When the gallery's storage fails"):
+- Storage errors become `ServiceError`s here, not in routes: a full disk is 507
+  `insufficient_storage`, a lock held past the busy timeout 503 `storage_busy`, a read-only,
+  missing or unreadable file 503 `gallery_unavailable`; each is counted in
+  `faceverify_storage_errors_total{kind}` and reported by `health()` until it clears.
+- A database deleted or replaced under the running service would take writes into the unlinked
+  file and lose them at the next start. Every write compares the path's (st_dev, st_ino) with the
+  file the store opened, before its transaction and after its commit (one stat each), so a
+  write is acknowledged only when it is in the file at the path. A different file at the path
+  is adopted only when it is this gallery (same `database_id`) with at least as many writes as
+  the one it replaces (a backup taken after the last write, put back); anything else keeps
+  writes refused until a restart.
+- Before the first connection, service/gallery/store_files.py checks the folder (writable,
+  0700) and the marker that records the database's id once it holds data: a missing, empty or
+  other database where the marker says there was one is refused (`GalleryStoreError`) unless
+  `allow_empty` (FACEVERIFY_GALLERY_ALLOW_EMPTY). The store writes the marker on the first
+  change it commits.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from service.errors import ErrorCode, ServiceError
 from service.gallery.interface import (
     Change,
     ChangesSince,
@@ -43,28 +65,62 @@ from service.gallery.interface import (
     new_id,
     utc_now,
 )
+from service.gallery.store_files import (
+    DATABASE_MODE,
+    DATABASE_NAME,
+    MARKER_NAME,
+    GalleryStoreError,
+    check_data_dir,
+    marker_path,
+    prepare,
+    tighten,
+    write_marker,
+)
 
-# Names of the interface re-exported where they were first defined (older imports keep working).
+if TYPE_CHECKING:
+    from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# Names of the interface and of store_files re-exported where they were first defined (older
+# imports keep working).
 __all__ = [
+    "DATABASE_NAME",
+    "MARKER_NAME",
     "Change",
     "ChangesSince",
     "ExportedIdentity",
     "FaceLabel",
     "FaceRecord",
     "GalleryStore",
+    "GalleryStoreError",
     "Identity",
     "IdentityEmbeddings",
     "NewFace",
     "Snapshot",
     "SqliteStore",
+    "check_data_dir",
 ]
 
-DATABASE_NAME = "gallery.sqlite3"
 SCHEMA_VERSION = 1
 
-# How long a connection waits for another process's write lock before failing. A write holds
-# it for one fsync (~1-20 ms on SSDs); 30 s only matters under pathological contention.
-BUSY_TIMEOUT_MS = 30_000
+# How long a connection waits for another process's write lock before answering 503
+# `storage_busy` (FACEVERIFY_GALLERY_BUSY_TIMEOUT_S). A write holds it for one fsync (~1-20 ms
+# on SSDs); 5 s is far beyond normal contention and shorter than a client's own timeout.
+BUSY_TIMEOUT_S = 5.0
+
+# Retry-After (seconds) of a busy database, and of a database that is gone or unreadable (an
+# operator has to act; clients should not hammer it meanwhile).
+RETRY_AFTER_BUSY_S = 1
+RETRY_AFTER_UNAVAILABLE_S = 10
+
+# Free space under which a disk that answered "full" is still reported full by `health()`:
+# about fifty enrolments' journal pages (each writes ~5 pages of 4 KiB).
+FULL_DISK_HEADROOM_BYTES = 1 << 20
+
+# How long `health()`'s probe write waits for the write lock: long enough for a normal write
+# (one fsync) to finish, short enough for a readiness probe.
+HEALTH_PROBE_BUSY_MS = 200
 
 # How long a deletion waits for other connections' reads to end so that it can truncate the
 # journal. Past it, the deletion still answers (the data is already zeroed in the database
@@ -89,6 +145,33 @@ def embedding_to_blob(embedding: np.ndarray) -> bytes:
 
 def blob_to_embedding(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=EMBEDDING_DTYPE).astype(np.float32)
+
+
+# SQLite primary result codes (https://sqlite.org/rescode.html) and what each means here:
+# (kind counted in faceverify_storage_errors_total, error code, Retry-After or None).
+_SQLITE_FAILURES: dict[int, tuple[str, ErrorCode, int | None]] = {
+    5: ("busy", ErrorCode.STORAGE_BUSY, RETRY_AFTER_BUSY_S),  # SQLITE_BUSY
+    6: ("busy", ErrorCode.STORAGE_BUSY, RETRY_AFTER_BUSY_S),  # SQLITE_LOCKED
+    8: ("readonly", ErrorCode.GALLERY_UNAVAILABLE, RETRY_AFTER_UNAVAILABLE_S),  # SQLITE_READONLY
+    10: ("io", ErrorCode.GALLERY_UNAVAILABLE, RETRY_AFTER_UNAVAILABLE_S),  # SQLITE_IOERR
+    11: ("corrupt", ErrorCode.GALLERY_UNAVAILABLE, RETRY_AFTER_UNAVAILABLE_S),  # SQLITE_CORRUPT
+    13: ("full", ErrorCode.INSUFFICIENT_STORAGE, None),  # SQLITE_FULL
+    14: ("gone", ErrorCode.GALLERY_UNAVAILABLE, RETRY_AFTER_UNAVAILABLE_S),  # SQLITE_CANTOPEN
+    26: ("corrupt", ErrorCode.GALLERY_UNAVAILABLE, RETRY_AFTER_UNAVAILABLE_S),  # SQLITE_NOTADB
+}
+
+_FAILURE_ADVICE = {
+    "busy": "another process holds the gallery database's write lock; retry shortly",
+    "readonly": "the gallery database is read-only; make its folder writable",
+    "io": "the gallery database's disk reported an I/O error",
+    "corrupt": "the gallery database is damaged; restore it from a backup",
+    "full": "the disk holding the gallery is full; nothing was written. Free space and retry",
+    "gone": "the gallery database is gone or cannot be opened",
+}
+
+
+def _retry_after(seconds: int | None) -> dict[str, str] | None:
+    return None if seconds is None else {"Retry-After": str(seconds)}
 
 
 _SCHEMA = """
@@ -157,86 +240,176 @@ class SqliteStore:
     the store, not by how many threads the server has created over its life (anyio retires idle
     worker threads and makes new ones, which leaked one connection each when they were
     per-thread). All are closed by `close`.
+
+    Connections are opened with `mode=rw`: after the store has created its file, a missing file
+    is an error (503 `gallery_unavailable`), never a new empty database. One more connection,
+    the anchor, stays on the file the store opened, to compare it with a file put back at the
+    path (`_adopt`).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+        allow_empty: bool = False,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._uri = Path(os.path.abspath(self.path)).as_uri() + "?mode=rw"
+        self._busy_ms = int(busy_timeout_s * 1000)
+        self._metrics = metrics
         self._idle: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
+        self._generation = 0  # bumped when a restored file is adopted: older connections close
+        self._file_lock = threading.Lock()  # serialises adoption and the anchor's use
         self._closed = False
-        with self._write() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-            db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('pruned_through', '0')")
-        version = int(self._scalar("SELECT value FROM meta WHERE key = 'schema_version'"))
+        # The last storage error (kind, error) until a write succeeds: `health()` reports it
+        # meanwhile, unless its check finds it cleared.
+        self._failure: tuple[str, ServiceError] | None = None
+        recorded = prepare(self.path, allow_empty=allow_empty)
+        with suppress(FileExistsError):  # created here with its mode; SQLite's -wal/-shm copy it
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, DATABASE_MODE))
+        for suffix in ("", "-wal", "-shm"):
+            tighten(Path(f"{self.path}{suffix}"), DATABASE_MODE)
+        self._file_id = self._path_identity()
+        try:
+            with self._write(record=False) as db:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                for key, value in (
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("pruned_through", "0"),
+                    ("database_id", uuid.uuid4().hex),
+                    ("writes", "0"),
+                ):
+                    db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            version = int(self._scalar("SELECT value FROM meta WHERE key = 'schema_version'"))
+            self.database_id = str(self._scalar("SELECT value FROM meta WHERE key = 'database_id'"))
+            holds_data = self._scalar("SELECT 1 FROM identities LIMIT 1") is not None
+            self._anchor = self._open_connection()
+        except ServiceError as exc:
+            self.close()
+            raise GalleryStoreError(f"cannot open {self.path}: {exc.message}") from exc
         if version != SCHEMA_VERSION:
+            self.close()
             raise RuntimeError(
                 f"{self.path} has gallery schema {version}, this service reads {SCHEMA_VERSION}; "
                 "use a matching release or migrate the database"
             )
+        if recorded is not None and recorded != self.database_id:  # changed since `_prepare`
+            self.close()
+            raise GalleryStoreError(
+                f"{self.path} holds gallery {self.database_id} but {MARKER_NAME} records "
+                f"gallery {recorded}; put the right database back, or set "
+                "FACEVERIFY_GALLERY_ALLOW_EMPTY=true to use this one"
+            )
+        self._marked = recorded == self.database_id
+        if holds_data:
+            self._mark()
 
     @classmethod
-    def in_directory(cls, data_dir: Path) -> SqliteStore:
-        return cls(Path(data_dir) / DATABASE_NAME)
+    def in_directory(cls, data_dir: Path, **options: Any) -> SqliteStore:
+        return cls(Path(data_dir) / DATABASE_NAME, **options)
 
     # --- connections and transactions ----------------------------------------------------
 
     def _open_connection(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; every one is explicit below.
         db = sqlite3.connect(
-            self.path,
-            timeout=BUSY_TIMEOUT_MS / 1000,
+            self._uri,
+            uri=True,
+            timeout=self._busy_ms / 1000,
             isolation_level=None,
             check_same_thread=False,
         )
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA secure_delete=ON")
-        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA secure_delete=ON")
+            db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        except BaseException:
+            db.close()
+            raise
         return db
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        """Borrow a pooled connection for one operation (outside any open transaction)."""
+        """Borrow a pooled connection for one operation (outside any open transaction).
+
+        SQLite's storage errors leave as `ServiceError`s with stable codes (`_storage_error`)."""
+        with self._lease() as (db, _):
+            yield db
+
+    @contextmanager
+    def _lease(self) -> Iterator[tuple[sqlite3.Connection, int]]:
+        """`_connection`, with the generation of the file the connection is open on."""
         with self._pool_lock:
             if self._closed:
                 raise RuntimeError("the gallery store is closed")
+            generation = self._generation
             db = self._idle.pop() if self._idle else None
-        if db is None:
-            db = self._open_connection()
         try:
-            yield db
+            if db is None:
+                db = self._open_connection()
+        except sqlite3.Error as exc:
+            raise self._storage_error(exc) from exc
+        try:
+            yield db, generation
+        except sqlite3.Error as exc:
+            raise self._storage_error(exc) from exc
         finally:
             if db.in_transaction:  # an interrupted statement: never hand on an open transaction
                 with suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
             with self._pool_lock:
-                keep = not self._closed and len(self._idle) < POOL_IDLE_CONNECTIONS
+                keep = (
+                    not self._closed
+                    and generation == self._generation
+                    and len(self._idle) < POOL_IDLE_CONNECTIONS
+                )
                 if keep:
                     self._idle.append(db)
             if not keep:
                 db.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, record: bool = True) -> Iterator[sqlite3.Connection]:
         """A write transaction; BEGIN IMMEDIATE takes the write lock up front, so two writers
-        never deadlock upgrading read locks."""
-        with self._connection() as db:
+        never deadlock upgrading read locks.
+
+        With `record`, the path is checked to name the store's file before the transaction
+        (adopting a file put back there) and again after the commit, so a write is
+        acknowledged only when it is in the file the next start opens; a change bumps the
+        `writes` counter, and the first change writes the marker."""
+        if record:
+            self._require_file()
+        with self._lease() as (db, generation):
             db.execute("BEGIN IMMEDIATE")
             try:
+                if record and generation != self._generation:
+                    self._require_file(generation)  # adopted meanwhile: refuse, nothing written
+                before = db.total_changes
                 yield db
+                changed = db.total_changes != before
+                if record and changed:
+                    db.execute(
+                        "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'writes'"
+                    )
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite rolls back by itself after some errors (full)
+                    with suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+        if record:
+            self._require_file(generation)
+            self._failure = None
+            if changed and not self._marked:
+                self._mark()
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -246,12 +419,187 @@ class SqliteStore:
             try:
                 yield db
             finally:
-                db.execute("COMMIT")
+                if db.in_transaction:
+                    db.execute("COMMIT")
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         with self._connection() as db:
             row = db.execute(sql, params).fetchone()
         return None if row is None else row[0]
+
+    # --- failing loudly ------------------------------------------------------------------
+
+    def _storage_error(self, exc: sqlite3.Error, *, count: bool = True) -> Exception:
+        """`exc` as a ServiceError with a stable code when it is a storage failure (full, busy,
+        read-only, missing, damaged); any other SQLite error is returned unchanged (a bug)."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        failure = _SQLITE_FAILURES.get(code & 0xFF) if isinstance(code, int) else None
+        if failure is None:
+            return exc
+        kind, error_code, retry_after = failure
+        error = ServiceError(
+            error_code,
+            f"{_FAILURE_ADVICE[kind]} ({self.path.name}: {exc})",
+            headers=_retry_after(retry_after),
+        )
+        if count:
+            self._count(kind)
+            self._failure = (kind, error)
+        return error
+
+    def _count(self, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.storage_errors.labels(kind).inc()
+
+    def _unavailable(self, message: str, *, count: bool) -> ServiceError:
+        if count:
+            self._count("gone")
+        return ServiceError(
+            ErrorCode.GALLERY_UNAVAILABLE,
+            message,
+            headers=_retry_after(RETRY_AFTER_UNAVAILABLE_S),
+        )
+
+    def _path_identity(self) -> tuple[int, int]:
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino
+
+    def _require_file(self, generation: int | None = None, *, count: bool = True) -> None:
+        """Raise 503 `gallery_unavailable` unless the path still names the file this store
+        writes to, or a restored copy of it (adopted then). One stat; more only on a change.
+        With `generation`, also unless a connection of that generation is open on that file
+        (one borrowed before an adoption writes to the replaced file)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise self._unavailable(
+                f"the gallery database {self.path} is gone (deleted or moved) under the "
+                "running service; writes are refused until it is put back (a copy of this "
+                "gallery taken after its last write) or the service restarts",
+                count=count,
+            ) from None
+        except OSError as exc:
+            raise self._unavailable(
+                f"the gallery database {self.path} cannot be checked ({exc.strerror})",
+                count=count,
+            ) from exc
+        identity = (st.st_dev, st.st_ino)
+        if identity == self._file_id:
+            if st.st_size == 0:
+                raise self._unavailable(
+                    f"the gallery database {self.path} was emptied (0 bytes) under the running "
+                    "service; writes are refused: restore it from a backup and restart",
+                    count=count,
+                )
+            reason = None
+        else:
+            with self._file_lock:
+                reason = None if identity == self._file_id else self._adopt(identity)
+        if reason is not None:
+            raise self._unavailable(
+                f"the gallery database {self.path} was replaced by another file ({reason}); "
+                "writes are refused until this gallery's file is put back or the service "
+                "restarts",
+                count=count,
+            )
+        if generation is not None and generation != self._generation:
+            raise self._unavailable(
+                f"the gallery database {self.path} was put back while this write ran; retry",
+                count=count,
+            )
+
+    def _adopt(self, identity: tuple[int, int]) -> str | None:
+        """Switch to the file now at the path when it is this gallery with at least every
+        write of the file the store had open; else say why not. Caller holds `_file_lock`."""
+        try:
+            mine = int(
+                self._anchor.execute("SELECT value FROM meta WHERE key = 'writes'").fetchone()[0]
+            )
+            candidate = sqlite3.connect(self._uri, uri=True, timeout=self._busy_ms / 1000)
+            try:
+                found = dict(
+                    candidate.execute(
+                        "SELECT key, value FROM meta WHERE key IN ('database_id', 'writes')"
+                    ).fetchall()
+                )
+            finally:
+                candidate.close()
+        except sqlite3.Error as exc:
+            return f"not a readable gallery database: {exc}"
+        if found.get("database_id") != self.database_id:
+            return f"it is not gallery {self.database_id}"
+        theirs = int(found.get("writes", -1))
+        if theirs < mine:
+            return f"a copy that lacks the last {mine - theirs} of its writes"
+        try:
+            anchor = self._open_connection()
+        except sqlite3.Error as exc:
+            return f"it cannot be opened: {exc}"
+        with self._pool_lock:
+            self._generation += 1
+            stale, self._idle = self._idle, []
+        # Connections on the replaced file: SQLite sees it moved and leaves the new -wal alone.
+        for db in [*stale, self._anchor]:
+            db.close()
+        self._anchor, self._file_id = anchor, identity
+        log.warning(
+            "the gallery database %s was put back (gallery %s, %d writes); writes resume",
+            self.path,
+            self.database_id,
+            theirs,
+        )
+        return None
+
+    def _mark(self) -> None:
+        """Record beside the database that it holds data (see `MARKER_NAME`)."""
+        try:
+            write_marker(self.path, self.database_id)
+        except OSError as exc:  # the data is safe; only the start-up check is weaker
+            log.warning("could not write %s: %s", marker_path(self.path), exc)
+        else:
+            self._marked = True
+
+    def health(self) -> str | None:
+        """Why this store cannot take writes now, in one line; None when it can. Cheap: one
+        stat of the database file; while a storage error is open, a look at the free space
+        (full disk) or a probe write (anything else) to see whether it has cleared."""
+        try:
+            self._require_file(count=False)
+            failure = self._failure
+            if failure is not None and failure[0] == "full":
+                self._require_space(failure[1])
+            elif failure is not None:
+                self._probe_write()
+        except ServiceError as exc:
+            return exc.message
+        except sqlite3.Error as exc:
+            return f"the gallery database {self.path} fails: {exc}"
+        return None
+
+    def _require_space(self, error: ServiceError) -> None:
+        """Raise `error` again while the disk is still short of space. (A probe write can fit
+        in journal pages a failed write left allocated, and pass on a full disk.)"""
+        try:
+            stats = os.statvfs(self.path.parent)
+        except OSError:
+            raise error from None
+        if stats.f_bavail * stats.f_frsize < FULL_DISK_HEADROOM_BYTES:
+            raise error
+        self._failure = None
+
+    def _probe_write(self) -> None:
+        """Commit a write that changes nothing (it still appends to the journal and syncs)."""
+        try:
+            db = sqlite3.connect(self._uri, uri=True, timeout=HEALTH_PROBE_BUSY_MS / 1000)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+                db.execute("COMMIT")
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise self._storage_error(exc, count=False) from exc
+        self._failure = None
 
     # --- identities ----------------------------------------------------------------------
 
@@ -621,18 +969,19 @@ class SqliteStore:
             try:
                 busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             finally:
-                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
         return busy == 0
 
     def close(self) -> None:
         with self._pool_lock:
             connections, self._idle = self._idle, []
             self._closed = True
-        if not connections:
-            with suppress(sqlite3.Error):
-                connections = [self._open_connection()]
+        anchor = getattr(self, "_anchor", None)
+        if anchor is not None:
+            connections.append(anchor)
         if connections:
             # Fold the WAL into the database so that a stopped service leaves one tidy file.
+            # (On a file deleted or replaced meanwhile SQLite writes only into the old file.)
             with suppress(sqlite3.Error):
                 connections[0].execute("PRAGMA wal_checkpoint(TRUNCATE)")
         for db in connections:

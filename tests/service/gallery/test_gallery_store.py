@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 from gallery_support import MODEL, OTHER_MODEL, open_test_gallery, unit
 
-from service.gallery.store import DATABASE_NAME, POOL_IDLE_CONNECTIONS, NewFace, SqliteStore
+from service.errors import ErrorCode, ServiceError
+from service.gallery.store import (
+    DATABASE_NAME,
+    MARKER_NAME,
+    POOL_IDLE_CONNECTIONS,
+    GalleryStoreError,
+    NewFace,
+    SqliteStore,
+    check_data_dir,
+)
+from service.metrics import Metrics
 
 
 @pytest.fixture
@@ -287,7 +297,184 @@ def test_bursts_from_threads_that_are_retired_do_not_grow_open_handles(store):
         burst(BURST_WIDTH)
         handles.append(_open_handles_on(database))
     # Bounded by the widest burst: the pool keeps POOL_IDLE_CONNECTIONS, and SQLite holds the
-    # descriptors of connections closed while others lock the file for reuse by the next open.
+    # descriptors of connections closed while others lock the file for reuse by the next open;
+    # one more is the store's anchor on the file it opened.
     assert POOL_IDLE_CONNECTIONS < BURST_WIDTH
-    assert 1 <= max(handles) <= BURST_WIDTH, handles
+    assert 1 <= max(handles) <= BURST_WIDTH + 1, handles
     assert store.counts() == (1, 80)
+
+
+# --- failing loudly: file modes, a lost database, storage errors ----------------------------
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_new_gallery_files_are_private(tmp_path):
+    data_dir = tmp_path / "data"
+    store = SqliteStore.in_directory(data_dir)
+    store.create_identity("Ada", {})
+    try:
+        assert _mode(data_dir) == 0o700
+        for name in (DATABASE_NAME, f"{DATABASE_NAME}-wal", f"{DATABASE_NAME}-shm", MARKER_NAME):
+            assert _mode(data_dir / name) == 0o600, name
+    finally:
+        store.close()
+
+
+def test_existing_open_folder_and_database_are_tightened(tmp_path, caplog):
+    data_dir = tmp_path / "data"
+    SqliteStore.in_directory(data_dir).close()
+    data_dir.chmod(0o755)
+    (data_dir / DATABASE_NAME).chmod(0o644)
+    SqliteStore.in_directory(data_dir).close()
+    assert _mode(data_dir) == 0o700
+    assert _mode(data_dir / DATABASE_NAME) == 0o600
+    assert sum("tightened" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_marker_is_written_only_once_the_gallery_holds_data(tmp_path):
+    store = SqliteStore.in_directory(tmp_path)
+    store.prune_changes(10)  # the start-up write of every service: no data
+    assert not (tmp_path / MARKER_NAME).exists()
+    store.create_identity("Ada", {})
+    assert (tmp_path / MARKER_NAME).exists()
+    store.close()
+
+
+@pytest.mark.parametrize("loss", ["deleted", "emptied"])
+def test_start_up_refuses_a_lost_database_where_the_marker_records_data(tmp_path, loss):
+    store = SqliteStore.in_directory(tmp_path)
+    store.create_identity("Ada", {})
+    store.close()
+    if loss == "deleted":
+        for path in tmp_path.glob(f"{DATABASE_NAME}*"):
+            path.unlink()
+    else:
+        os.truncate(tmp_path / DATABASE_NAME, 0)
+    with pytest.raises(GalleryStoreError, match="FACEVERIFY_GALLERY_ALLOW_EMPTY"):
+        check_data_dir(tmp_path)
+    with pytest.raises(GalleryStoreError, match=MARKER_NAME):
+        SqliteStore.in_directory(tmp_path)
+    fresh = SqliteStore.in_directory(tmp_path, allow_empty=True)
+    assert fresh.counts() == (0, 0)
+    fresh.create_identity("Bo", {})
+    fresh.close()
+    SqliteStore.in_directory(tmp_path).close()  # the marker now follows the new database
+
+
+def test_start_up_refuses_another_gallerys_database(tmp_path):
+    for folder in ("a", "b"):
+        store = SqliteStore.in_directory(tmp_path / folder)
+        store.create_identity(folder, {})
+        store.close()
+    os.replace(tmp_path / "b" / DATABASE_NAME, tmp_path / "a" / DATABASE_NAME)
+    with pytest.raises(GalleryStoreError, match="is another gallery"):
+        check_data_dir(tmp_path / "a")
+    with pytest.raises(GalleryStoreError, match="is another gallery"):
+        SqliteStore.in_directory(tmp_path / "a")
+    chosen = SqliteStore.in_directory(tmp_path / "a", allow_empty=True)
+    assert [i.name for i in chosen.list_identities(10, 0)] == ["b"]
+    chosen.close()
+    SqliteStore.in_directory(tmp_path / "a").close()  # the marker now follows it
+
+
+def test_writes_into_a_deleted_database_are_refused_and_no_new_file_is_made(tmp_path):
+    metrics = Metrics.create()
+    store = SqliteStore.in_directory(tmp_path, metrics=metrics)
+    ada = store.create_identity("Ada", {})
+    for path in tmp_path.glob(f"{DATABASE_NAME}*"):
+        path.unlink()
+    for write in (
+        lambda: store.create_identity("Bo", {}),
+        lambda: store.add_face(_face(ada.id, 1)),
+        lambda: store.delete_identity(ada.id),
+    ):
+        with pytest.raises(ServiceError) as refused:
+            write()
+        assert refused.value.code is ErrorCode.GALLERY_UNAVAILABLE
+        assert refused.value.headers == {"Retry-After": "10"}
+    assert "is gone" in store.health()
+    assert metrics.storage_errors.labels("gone")._value.get() == 3
+    store.close()
+    assert not (tmp_path / DATABASE_NAME).exists()
+
+
+def test_a_write_lock_held_past_the_busy_timeout_is_storage_busy(tmp_path):
+    store = SqliteStore.in_directory(tmp_path, busy_timeout_s=0.2)
+    holder = sqlite3.connect(tmp_path / DATABASE_NAME, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(ServiceError) as refused:
+        store.create_identity("Ada", {})
+    assert refused.value.code is ErrorCode.STORAGE_BUSY
+    assert refused.value.headers == {"Retry-After": "1"}
+    assert "write lock" in store.health()
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert store.health() is None
+    assert store.create_identity("Ada", {}) is not None
+    store.close()
+
+
+def test_a_restored_copy_of_this_gallery_is_adopted_and_a_stale_one_is_not(tmp_path):
+    store = SqliteStore.in_directory(tmp_path / "data")
+    database = store.path
+    store.create_identity("Ada", {})
+    stale = tmp_path / "stale.sqlite3"
+    with sqlite3.connect(database) as source, sqlite3.connect(stale) as copy:
+        source.backup(copy)
+    store.create_identity("Bo", {})
+    current = tmp_path / "current.sqlite3"
+    with sqlite3.connect(database) as source, sqlite3.connect(current) as copy:
+        source.backup(copy)
+    for path in database.parent.glob(f"{DATABASE_NAME}*"):
+        path.unlink()
+    os.replace(stale, database)
+    assert "lacks the last 1" in store.health()
+    os.replace(current, database)
+    assert store.health() is None
+    assert store.create_identity("Cy", {}) is not None
+    assert store.counts() == (3, 0)
+    store.close()
+
+
+def test_a_connection_borrowed_before_an_adoption_cannot_acknowledge_a_write(tmp_path):
+    # It is open on the replaced file: its write would be lost with that file.
+    store = SqliteStore.in_directory(tmp_path / "data")
+    database = store.path
+    store.create_identity("Ada", {})
+    copy_path = tmp_path / "copy.sqlite3"
+    with sqlite3.connect(database) as source, sqlite3.connect(copy_path) as copy:
+        source.backup(copy)
+    with store._lease() as (old, generation):
+        for path in database.parent.glob(f"{DATABASE_NAME}*"):
+            path.unlink()
+        os.replace(copy_path, database)
+        assert store.health() is None  # adopted
+        old.execute("BEGIN IMMEDIATE")
+        with pytest.raises(ServiceError) as refused:
+            store._require_file(generation)
+        old.execute("ROLLBACK")
+    assert refused.value.code is ErrorCode.GALLERY_UNAVAILABLE
+    assert store.create_identity("Bo", {}) is not None
+    assert store.counts() == (2, 0)
+    store.close()
+
+
+def test_the_first_write_after_a_copy_is_put_back_is_acknowledged_into_it(tmp_path):
+    store = SqliteStore.in_directory(tmp_path / "data")
+    database = store.path
+    store.create_identity("Ada", {})
+    copy_path = tmp_path / "copy.sqlite3"
+    with sqlite3.connect(database) as source, sqlite3.connect(copy_path) as copy:
+        source.backup(copy)
+    for path in database.parent.glob(f"{DATABASE_NAME}*"):
+        path.unlink()
+    os.replace(copy_path, database)
+    bo = store.create_identity("Bo", {})  # no readiness check saw the copy first
+    store.close()
+    reopened = SqliteStore.in_directory(tmp_path / "data")
+    assert reopened.get_identity(bo.id) is not None
+    assert reopened.counts() == (2, 0)
+    reopened.close()
