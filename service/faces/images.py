@@ -445,6 +445,10 @@ def _check_jpeg_work(data: bytes, img: Image.Image, limits: DecodeLimits) -> Jpe
 # four for every other mode (several bands are always stored four bytes apart: RGB as RGBX).
 _PILLOW_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 _BGR_PIXEL_BYTES = 3
+# Bytes a pixel a decoder holds beside Pillow's image while it loads: libwebp's animation
+# decoder (which Pillow uses for every WebP) keeps two RGBA canvases and hands over a third
+# copy as bytes (measured: a 39 MP WebP of 1.5 KB peaks at +604 MiB, 16 bytes a pixel).
+_DECODER_PIXEL_BYTES = {"WEBP": 12}
 # The conversion to BGR works a band of _BAND_PIXELS at a time; its temporaries (a cropped
 # band, its RGBA copy, the white background, the composite, its RGB copy and array) peak at
 # about 24 bytes a band pixel.
@@ -465,12 +469,14 @@ def _opencv_decode_bytes(stored: tuple[int, int], scale: int, scans: JpegScans) 
 
 
 def _pillow_decode_bytes(img: Image.Image, scans: JpegScans | None, turned: bool) -> int:
-    """Memory a Pillow decode holds at its peak: Pillow's pixels beside libjpeg's coefficient
-    buffer (JPEG), then beside the BGR result and a band's temporaries, then (Pillow's pixels
-    freed) the result and its turned copy."""
+    """Memory a Pillow decode holds at its peak: Pillow's pixels beside the decoder's own
+    (libjpeg's coefficient buffer, libwebp's canvases), then beside the BGR result and a
+    band's temporaries, then (Pillow's pixels freed) the result and its turned copy."""
     pixels = img.size[0] * img.size[1]
     decoded = _PILLOW_PIXEL_BYTES.get(img.mode, 4) * pixels
-    decoding = decoded + (scans.coefficient_bytes if scans is not None else 0)
+    decoding = decoded + _DECODER_PIXEL_BYTES.get(img.format or "", 0) * pixels
+    if scans is not None:
+        decoding += scans.coefficient_bytes
     converting = decoded + _BGR_PIXEL_BYTES * pixels + _BAND_BYTES
     turning = 2 * _BGR_PIXEL_BYTES * pixels if turned else 0
     return _DECODER_WORKSPACE + max(decoding, converting, turning)

@@ -520,6 +520,19 @@ def peak_rss():
 """
 
 
+def forty_megapixel_upload(tmp_path: Path, picture: str) -> Path:
+    upload = tmp_path / picture
+    if picture == "la.png":
+        upload.write_bytes(flat_png(4, 2))
+    elif picture == "rgb.webp":  # 19.6 MP, 1.5 KB: WebP is measured at half the size
+        upload.write_bytes(encode(Image.new("RGB", (4000, 4900), (10, 200, 30)), "WEBP"))
+    else:
+        gradient = np.linspace(0, 255, 7744, dtype=np.uint8)
+        image = np.ascontiguousarray(np.broadcast_to(gradient[None, :, None], (5164, 7744, 3)))
+        upload.write_bytes(cv2.imencode(upload.suffix, image)[1].tobytes())
+    return upload
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
 @pytest.mark.parametrize(
     ("picture", "peak_limit"),
@@ -530,32 +543,33 @@ def peak_rss():
         pytest.param("rgb.png", 2.7, id="png-through-pillow"),
         # The same, composited on white band by band (whole-image conversions: 5.4).
         pytest.param("la.png", 2.7, id="grey-alpha-png-through-pillow"),
+        # libwebp's canvases and the frame it hands to Pillow: 16 bytes a pixel.
+        pytest.param("rgb.webp", 5.6, id="webp-through-pillow"),
     ],
 )
-def test_forty_megapixel_image_decodes_without_extra_full_copies(
+def test_decode_peak_memory_is_bounded_and_within_its_estimate(
     tmp_path: Path, picture: str, peak_limit: float
 ) -> None:
-    """Peak memory of one decode, in a fresh process, in units of the result's size.
-    Converting through `tobytes` and a swapped copy peaked at 4.7x."""
-    upload = tmp_path / picture
-    if picture == "la.png":
-        upload.write_bytes(flat_png(4, 2))
-    else:
-        gradient = np.linspace(0, 255, 7744, dtype=np.uint8)
-        image = np.ascontiguousarray(np.broadcast_to(gradient[None, :, None], (5164, 7744, 3)))
-        upload.write_bytes(cv2.imencode(upload.suffix, image)[1].tobytes())
-        del image
-    # The JPEG decodes within the default memory budget; the PNGs need more than it.
+    """Peak memory of one decode, in a fresh process, in units of the result's size, and
+    against the estimate the memory budget is checked with. Converting through `tobytes` and
+    a swapped copy peaked at 4.7x."""
+    upload = forty_megapixel_upload(tmp_path, picture)
+    # The JPEG decodes within the default memory budget; the others need more than it.
     budget = "" if picture.endswith(".jpg") else ", max_decode_bytes=1 << 40"
     script = (
         PEAK_RSS
         + f"""
 from pathlib import Path
-from service.faces.images import DecodeLimits, decode_image
+from service.faces import images
+estimates = []
+check = images._check_decode_bytes
+images._check_decode_bytes = lambda img, needed, limits: (
+    estimates.append(needed), check(img, needed, limits))
 data = Path({str(upload)!r}).read_bytes()
 before = peak_rss()
-out = decode_image(data, DecodeLimits(max_bytes=len(data){budget}))
-print((peak_rss() - before) / out.nbytes)
+out = images.decode_image(data, images.DecodeLimits(max_bytes=len(data){budget}))
+grown = peak_rss() - before
+print(grown / out.nbytes, grown <= max(estimates))
 """
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
@@ -563,7 +577,27 @@ print((peak_rss() - before) / out.nbytes)
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert 0.9 < float(done.stdout) < peak_limit  # the result itself, at least
+    ratio, within_estimate = done.stdout.split()
+    assert 0.9 < float(ratio) < peak_limit  # the result itself, at least
+    assert within_estimate == "True"
+
+
+def test_small_large_webp_over_the_memory_budget_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 39 MP in 1.5 KB: decoding it through Pillow held 604 MiB.
+    data = encode(Image.new("RGB", (8000, 4900), (10, 200, 30)), "WEBP", lossless=True)
+    assert len(data) < 5_000
+    loads = spy_on_pixel_decoding(monkeypatch)
+    error = decode_error(data)
+    assert error.code == ErrorCode.IMAGE_TOO_LARGE
+    assert "8000x4900 WEBP image" in error.message
+    assert loads == []
+
+
+def test_webp_photo_of_twelve_megapixels_fits_the_memory_budget() -> None:
+    picture = Image.fromarray(gradient_rgb(4000, 3000))
+    assert decode_image(encode(picture, "WEBP", quality=80)).shape == (3000, 4000, 3)
 
 
 # ---- decode work budget: JPEG scans ---------------------------------------------------------
