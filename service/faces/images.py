@@ -2,9 +2,14 @@
 
 Uploads are hostile until proven otherwise, so every check that can run before pixels are
 decoded does: the byte count, then (from the header alone, which Pillow reads lazily) the
-format against an allow-list and width x height against a pixel budget. Only then are the
-pixels decoded, the EXIF orientation applied, and every colour mode reduced to 3 channels.
-Any failure becomes a `ServiceError` with a stable code; nothing here can surface as a 500.
+format against an allow-list and width x height against a pixel budget; for a JPEG, the
+scans its marker stream holds and the 8x8 blocks they would make libjpeg walk (a few bytes
+of end-of-block runs per scan can keep a decoder busy for seconds); and the memory the
+decode path will hold at its peak, in bytes, not pixels (a 77 KB PNG of 40 MP grey+alpha held
+613 MiB). Only then are the pixels decoded, the EXIF orientation applied, and every colour
+mode reduced to 3 channels, a band of rows at a time. Any failure becomes a `ServiceError`
+with a stable code; nothing here can surface as a 500. The limits, and the measurements
+behind them, are described in docs/security.md ("Image decoding limits").
 
 Pillow reads every header and decodes every format; the pixels of a whole YCbCr or grey JPEG
 (nearly every photo) come from OpenCV instead, which decodes straight into BGR with the same
@@ -128,8 +133,10 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
 
     Raises `ServiceError` with PAYLOAD_TOO_LARGE (more than `limits.max_bytes`),
     INVALID_IMAGE (empty, not an image, truncated or corrupt), UNSUPPORTED_FORMAT (an image
-    in a format outside `ALLOWED_FORMATS`) or IMAGE_TOO_LARGE (more than `limits.max_pixels`,
-    refused before the pixels are decoded).
+    in a format outside `ALLOWED_FORMATS`), IMAGE_TOO_LARGE (more than `limits.max_pixels`,
+    or a decode needing more than `limits.max_decode_bytes`) or IMAGE_TOO_COMPLEX (a JPEG
+    with more than `MAX_JPEG_SCANS` scans or too many block walks), all refused before the
+    pixels are decoded.
     """
     return decode_reduced(data, limits, fit_into=None).pixels
 
