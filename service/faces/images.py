@@ -157,6 +157,7 @@ def decode_reduced(
             f"The image is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes. "
             "Send a smaller or more compressed image.",
         )
+    _check_png_chunks(data)
     try:
         with Image.open(io.BytesIO(data)) as img:
             try:
@@ -192,6 +193,7 @@ def _decode_stored(
         # Pixels first: reading a PNG's EXIF loads them, and a decode error must not be
         # taken for unreadable EXIF (which only costs the rotation). Its turn is not known
         # yet, so the budget assumes one.
+        _check_python_decoding(data, img)
         _check_decode_bytes(img, _pillow_decode_bytes(img, None, turned=True), limits)
         img.load()
         return _to_bgr_array(img), _orientation(img)
@@ -446,6 +448,53 @@ def _check_jpeg_work(data: bytes, img: Image.Image, limits: DecodeLimits) -> Jpe
             "Save it again as a baseline JPEG, or with fewer pixels.",
         )
     return found
+
+
+# Pillow reads a PNG chunk by chunk in Python, about 2 us a chunk: 10 MB of empty chunks took
+# 1.5 s of CPU. Encoders write image data in chunks of 8-64 KB (libpng, Pillow), so a 10 MB
+# PNG has a few thousand at most; counting up to the limit takes a few milliseconds.
+MAX_PNG_CHUNKS = 20_000
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHUNK_FRAME_BYTES = 12  # length, type and CRC around each chunk's data
+
+# Formats Pillow decodes in Python (`Image.DECODERS`: run-length-encoded BMP) cost about
+# 0.12 us of CPU a byte, ten times libjpeg's: a 10 MB RLE8 BMP of 1-pixel runs took 1.2 s.
+MAX_PYTHON_DECODED_BYTES = 1_000_000
+
+
+def png_chunks(data: bytes, stop_after: int = MAX_PNG_CHUNKS) -> int:
+    """The chunks of a PNG up to its IEND (at most `stop_after` + 1), by their lengths."""
+    count, position = 0, len(_PNG_SIGNATURE)
+    while count <= stop_after and position + 8 <= len(data):
+        count += 1
+        if data[position + 4 : position + 8] == b"IEND":
+            break
+        length = int.from_bytes(data[position : position + 4], "big")
+        position += _PNG_CHUNK_FRAME_BYTES + length
+    return count
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Refuse a PNG of more chunks than encoders write, before Pillow parses any of them
+    (it reads every chunk before the image data while opening the file)."""
+    if data.startswith(_PNG_SIGNATURE) and png_chunks(data) > MAX_PNG_CHUNKS:
+        raise ServiceError(
+            ErrorCode.IMAGE_TOO_COMPLEX,
+            f"The PNG has more than {MAX_PNG_CHUNKS:,} chunks (ordinary PNGs have at most a "
+            "few thousand). Save it again with any image editor.",
+        )
+
+
+def _check_python_decoding(data: bytes, img: Image.Image) -> None:
+    """Refuse what Pillow would decode byte by byte in Python beyond a bounded cost."""
+    python_decoded = any(tile.codec_name in Image.DECODERS for tile in img.tile)
+    if python_decoded and len(data) > MAX_PYTHON_DECODED_BYTES:
+        raise ServiceError(
+            ErrorCode.IMAGE_TOO_COMPLEX,
+            f"This {img.format} file's compression is decoded slowly; at most "
+            f"{MAX_PYTHON_DECODED_BYTES:,} bytes of it are accepted ({len(data):,} sent). "
+            "Save it as PNG or JPEG.",
+        )
 
 
 # Bytes a pixel takes in Pillow's memory: one byte for 1, L and P, two for 16-bit grey, and

@@ -859,3 +859,68 @@ def test_band_by_band_conversion_equals_the_whole_image_conversion(
     banded = images._to_bgr_array(img)
     assert (banded == reference).all()
     assert len(np.unique(reference.reshape(-1, 3), axis=0)) > 1  # not a flat picture
+
+
+# ---- decode work budget: what Pillow decodes in Python --------------------------------------
+
+
+def png_with_empty_chunks(chunks: int, tag: bytes) -> bytes:
+    """A valid 100 x 100 grey PNG followed (IDAT) or preceded (an ancillary chunk) by
+    `chunks` empty chunks, each of which Pillow handles in Python."""
+    idat = zlib.compress(b"".join(b"\x00" + b"\x80" * 100 for _ in range(100)))
+    empty = png_chunk(tag, b"") * chunks
+    header = struct.pack(">IIBBBBB", 100, 100, 8, 0, 0, 0, 0)
+    before, after = (empty, b"") if tag != b"IDAT" else (b"", empty)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + before
+        + png_chunk(b"IDAT", idat)
+        + after
+        + png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("tag", [b"IDAT", b"prVt"], ids=["image-data", "ancillary"])
+def test_png_of_many_tiny_chunks_is_refused_before_pillow_parses_them(tag: bytes) -> None:
+    # 10 MB of empty chunks: Pillow spent 1.5 s of CPU reading them one by one.
+    data = png_with_empty_chunks(830_000, tag)
+    started = time.process_time()
+    error = decode_error(data)
+    assert time.process_time() - started < 0.2
+    assert error.code == ErrorCode.IMAGE_TOO_COMPLEX
+    assert f"more than {images.MAX_PNG_CHUNKS:,} chunks" in error.message
+
+
+def test_png_of_as_many_chunks_as_an_encoder_writes_decodes() -> None:
+    data = png_with_empty_chunks(images.MAX_PNG_CHUNKS - 3, b"IDAT")  # IHDR, IDAT, IEND
+    assert images.png_chunks(data) == images.MAX_PNG_CHUNKS
+    assert (decode_image(data) == 128).all()
+
+
+def rle8_bmp(width: int, height: int) -> bytes:
+    """A grey BMP compressed as RLE8 in runs of one pixel: 2 bytes a pixel, the worst case
+    for Pillow's run-length decoder, which is written in Python."""
+    rows = (b"\x01\x80" * width + b"\x00\x00") * height + b"\x00\x01"  # end of line, of file
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rows), 2835, 2835, 256, 0)
+    offset = 14 + len(info) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + info + palette + rows
+
+
+def test_run_length_encoded_bmp_over_the_python_decoding_budget_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 10 MB of 1-pixel runs took Pillow 1.2 s of CPU; this is 2.4 MB.
+    data = rle8_bmp(1200, 1000)
+    loads = spy_on_pixel_decoding(monkeypatch)
+    error = decode_error(data)
+    assert error.code == ErrorCode.IMAGE_TOO_COMPLEX
+    assert f"at most {images.MAX_PYTHON_DECODED_BYTES:,} bytes" in error.message
+    assert loads == []
+
+
+def test_small_run_length_encoded_bmp_decodes() -> None:
+    data = rle8_bmp(600, 400)
+    assert len(data) < images.MAX_PYTHON_DECODED_BYTES
+    assert (decode_image(data) == 128).all()
