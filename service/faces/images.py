@@ -1,15 +1,16 @@
 """Turn untrusted upload bytes into the pipeline's image: BGR uint8 (H, W, 3), C-contiguous.
 
 Uploads are hostile until proven otherwise, so every check that can run before pixels are
-decoded does: the byte count, then (from the header alone, which Pillow reads lazily) the
-format against an allow-list and width x height against a pixel budget; for a JPEG, the
-scans its marker stream holds and the 8x8 blocks they would make libjpeg walk (a few bytes
-of end-of-block runs per scan can keep a decoder busy for seconds); and the memory the
-decode path will hold at its peak, in bytes, not pixels (a 77 KB PNG of 40 MP grey+alpha held
-613 MiB). Only then are the pixels decoded, the EXIF orientation applied, and every colour
-mode reduced to 3 channels, a band of rows at a time. Any failure becomes a `ServiceError`
-with a stable code; nothing here can surface as a 500. The limits, and the measurements
-behind them, are described in docs/security.md ("Image decoding limits").
+decoded does: the byte count; a JPEG's marker segments, its scans and the 8x8 blocks they
+would make libjpeg walk (a few bytes of end-of-block runs per scan can keep a decoder busy
+for seconds), and a PNG's chunks, all before Pillow parses them; then (from the header
+alone, which Pillow reads lazily) the format against an allow-list, width x height against a
+pixel budget, the bytes Pillow would decode in Python, and the memory the decode path will
+hold at its peak, in bytes, not pixels (an 87 KB PNG of 40 MP grey+alpha held 613 MiB).
+Only then are the pixels decoded, the EXIF orientation applied, and every colour mode
+reduced to 3 channels, a band of rows at a time. Any failure becomes a `ServiceError` with a
+stable code; nothing here can surface as a 500. The limits, and the measurements behind
+them, are described in docs/security.md ("Image decoding limits").
 
 Pillow reads every header and decodes every format; the pixels of a whole YCbCr or grey JPEG
 (nearly every photo) come from OpenCV instead, which decodes straight into BGR with the same
@@ -158,11 +159,12 @@ def decode_reduced(
             "Send a smaller or more compressed image.",
         )
     _check_png_chunks(data)
+    scans = _check_jpeg_work(data, limits)
     try:
         with Image.open(io.BytesIO(data)) as img:
             try:
                 stored_size = img.size  # before a draft decode shrinks it
-                pixels, orientation = _decode_stored(data, img, limits, fit_into)
+                pixels, orientation = _decode_stored(data, img, limits, fit_into, scans)
             finally:
                 img.close()  # frees Pillow's pixels before the turn below copies the result
         bgr = _upright(pixels, orientation)
@@ -183,10 +185,15 @@ def decode_reduced(
 
 
 def _decode_stored(
-    data: bytes, img: Image.Image, limits: DecodeLimits, fit_into: tuple[int, int] | None
+    data: bytes,
+    img: Image.Image,
+    limits: DecodeLimits,
+    fit_into: tuple[int, int] | None,
+    scans: JpegScans | None,
 ) -> tuple[np.ndarray, int]:
     """The stored (not yet turned) BGR pixels and the EXIF orientation of an opened upload,
-    each budget checked before the decoding it guards."""
+    each budget checked before the decoding it guards (`scans`: what its JPEG marker walk
+    found, None when it does not start as a JPEG)."""
     _check_header(img, limits)
     jpeg = img.format in ("JPEG", "MPO")  # its EXIF comes with the header
     if not jpeg:
@@ -197,7 +204,7 @@ def _decode_stored(
         _check_decode_bytes(img, _pillow_decode_bytes(img, None, turned=True), limits)
         img.load()
         return _to_bgr_array(img), _orientation(img)
-    scans = _check_jpeg_work(data, img, limits)
+    assert scans is not None  # Pillow opens as JPEG only what starts as _JPEG_SIGNATURE
     orientation = _orientation(img)
     turned = orientation in _ORIENTATION_TURNS
     wanted = None
@@ -340,11 +347,16 @@ MAX_JPEG_SCANS = 100
 # scans: 60-220 ms of CPU (1.9 ms a scan through Pillow, about 7 through OpenCV, measured at
 # 6000 x 6000), less than decoding an ordinary 40 MP photo takes.
 JPEG_WORK_PASSES = 32
+# Marker segments (APPn, COM, DQT, DHT, SOS...) in one picture: photos have tens, up to about
+# 200 with an ICC profile or XMP packet split over many APPn segments. Pillow reads the ones
+# before the first scan in Python while opening the file: 10 MB of empty comments took 1.7 s.
+MAX_JPEG_SEGMENTS = 1_000
 
 # JPEG markers (ITU-T T.81, table B.1): start-of-frame is every C0-CF but DHT, JPG and DAC.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _PROGRESSIVE_SOF_MARKERS = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 _SOS, _EOI = 0xDA, 0xD9
+_JPEG_SIGNATURE = b"\xff\xd8\xff"  # start-of-image and the next marker: what Pillow accepts
 _PARAMETERLESS_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7
 # Between segments, libjpeg skips any bytes up to an FF followed by a marker code (not 00,
 # not more FF fill). Inside a scan's entropy-coded data an FF is followed by a stuffed 00 or
@@ -358,6 +370,8 @@ _COEFFICIENT_BYTES_PER_BLOCK = 64 * 2  # libjpeg's JCOEF is a 16-bit integer
 class JpegScans:
     """What a JPEG's marker stream says its decoding will cost, read without decoding it."""
 
+    segments: int  # marker segments walked (at most MAX_JPEG_SEGMENTS + 1)
+    size: tuple[int, int]  # (width, height) from the start-of-frame segment
     scans: int  # start-of-scan markers before the first end-of-image (at most the limit + 1)
     blocks_walked: int  # 8x8 blocks visited, summed over the scans
     coefficient_bytes: int  # the whole-image coefficient buffer a multi-scan decode keeps
@@ -366,14 +380,14 @@ class JpegScans:
 def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> JpegScans:
     """Walk a JPEG's markers as libjpeg does: segments by their length, scans' entropy-coded
     data up to the marker that ends it; stop at the first end-of-image (a multi-picture file's
-    later pictures are not decoded) or after `stop_after` + 1 scans. Malformed streams end
-    the walk; the decoder then says what is wrong with them."""
+    later pictures are not decoded), after `stop_after` + 1 scans or after MAX_JPEG_SEGMENTS
+    + 1 segments. Malformed streams end the walk; the decoder then says what is wrong."""
     components: dict[int, tuple[int, int]] = {}  # component id -> (h, v) sampling factors
     size = (0, 0)
-    scans = blocks = 0
+    segments = scans = blocks = 0
     progressive = False
     position = 2  # after start-of-image
-    while scans <= stop_after:
+    while scans <= stop_after and segments <= MAX_JPEG_SEGMENTS:
         found = _NEXT_MARKER.search(data, position)
         if found is None:
             break
@@ -384,6 +398,7 @@ def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> JpegScans:
             continue
         if position + 2 > len(data):
             break
+        segments += 1
         end = position + int.from_bytes(data[position : position + 2], "big")
         segment = data[position + 2 : end]
         if marker in _SOF_MARKERS and not components and len(segment) >= 6:
@@ -406,7 +421,7 @@ def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> JpegScans:
         coefficients = _scan_blocks(size, components, bytes(components)) * (
             _COEFFICIENT_BYTES_PER_BLOCK
         )
-    return JpegScans(scans, blocks, coefficients)
+    return JpegScans(segments, size, scans, blocks, coefficients)
 
 
 def _scan_blocks(
@@ -429,9 +444,18 @@ def _scan_blocks(
     return mcus * sum(h * v for h, v in sampling)
 
 
-def _check_jpeg_work(data: bytes, img: Image.Image, limits: DecodeLimits) -> JpegScans:
-    """Refuse a JPEG whose scans would make the decoder walk its blocks too many times."""
+def _check_jpeg_work(data: bytes, limits: DecodeLimits) -> JpegScans | None:
+    """Refuse a JPEG whose segments Pillow would parse too long, or whose scans would make
+    the decoder walk its blocks too many times: before Pillow opens it. None for other data."""
+    if not data.startswith(_JPEG_SIGNATURE):
+        return None
     found = jpeg_scans(data)
+    if found.segments > MAX_JPEG_SEGMENTS:
+        raise ServiceError(
+            ErrorCode.IMAGE_TOO_COMPLEX,
+            f"The JPEG has more than {MAX_JPEG_SEGMENTS:,} marker segments (photos have at "
+            "most a few hundred). Save it again with any image editor.",
+        )
     if found.scans > MAX_JPEG_SCANS:
         raise ServiceError(
             ErrorCode.IMAGE_TOO_COMPLEX,
@@ -440,7 +464,7 @@ def _check_jpeg_work(data: bytes, img: Image.Image, limits: DecodeLimits) -> Jpe
         )
     budget = JPEG_WORK_PASSES * limits.max_pixels // 64
     if found.blocks_walked > budget:
-        width, height = img.size
+        width, height = found.size
         raise ServiceError(
             ErrorCode.IMAGE_TOO_COMPLEX,
             f"Decoding this {width}x{height} JPEG's {found.scans} scans would walk "
