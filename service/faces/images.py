@@ -400,7 +400,7 @@ def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> JpegScans:
             break
         segments += 1
         end = position + int.from_bytes(data[position : position + 2], "big")
-        segment = data[position + 2 : end]
+        segment = data[position + 2 : end] if marker in _SOF_MARKERS or marker == _SOS else b""
         if marker in _SOF_MARKERS and not components and len(segment) >= 6:
             progressive = marker in _PROGRESSIVE_SOF_MARKERS
             height, width, count = struct.unpack(">HHB", segment[1:6])
