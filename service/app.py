@@ -52,7 +52,9 @@ of L2-normalised embeddings. Errors are `{"error": {"code", "message"}}` with st
 def pipeline_options(settings: Settings) -> PipelineOptions:
     return PipelineOptions(
         limits=DecodeLimits(
-            max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels
+            max_bytes=settings.max_upload_bytes,
+            max_pixels=settings.max_image_pixels,
+            max_decode_bytes=settings.max_decode_bytes,
         ),
         detector=DetectorOptions(
             input_size=settings.det_size, score_threshold=settings.det_score_threshold

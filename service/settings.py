@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     flip: bool = Field(False, description="Flip-test by default (embed crop + its mirror).")
     max_upload_bytes: int = Field(10_000_000, ge=1, description="Max size of one uploaded file.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Max decoded width x height.")
+    max_decode_bytes: int = Field(
+        256 << 20,
+        ge=1,
+        description="Max memory one image's decoding may hold (estimated from its header).",
+    )
     max_faces: int = Field(
         100, ge=1, description="Faces kept per image, largest first; smaller ones are ignored."
     )

@@ -1,10 +1,16 @@
 """Turn untrusted upload bytes into the pipeline's image: BGR uint8 (H, W, 3), C-contiguous.
 
 Uploads are hostile until proven otherwise, so every check that can run before pixels are
-decoded does: the byte count, then (from the header alone, which Pillow reads lazily) the
-format against an allow-list and width x height against a pixel budget. Only then are the
-pixels decoded, the EXIF orientation applied, and every colour mode reduced to 3 channels.
-Any failure becomes a `ServiceError` with a stable code; nothing here can surface as a 500.
+decoded does: the byte count; a JPEG's marker segments, its scans and the 8x8 blocks they
+would make libjpeg walk (a few bytes of end-of-block runs per scan can keep a decoder busy
+for seconds), and a PNG's chunks, all before Pillow parses them; then (from the header
+alone, which Pillow reads lazily) the format against an allow-list, width x height against a
+pixel budget, the bytes Pillow would decode in Python, and the memory the decode path will
+hold at its peak, in bytes, not pixels (an 87 KB PNG of 40 MP grey+alpha held 613 MiB).
+Only then are the pixels decoded, the EXIF orientation applied, and every colour mode
+reduced to 3 channels, a band of rows at a time. Any failure becomes a `ServiceError` with a
+stable code; nothing here can surface as a 500. The limits, and the measurements behind
+them, are described in docs/security.md ("Image decoding limits").
 
 Pillow reads every header and decodes every format; the pixels of a whole YCbCr or grey JPEG
 (nearly every photo) come from OpenCV instead, which decodes straight into BGR with the same
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,10 +48,15 @@ from service.errors import ErrorCode, ServiceError
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """What one upload may cost: bytes read, and pixels decoded (checked from the header)."""
+    """What one upload may cost: bytes read, pixels decoded (checked from the header), and the
+    memory its decoding holds at once (estimated from the header, see `decode_cost`)."""
 
     max_bytes: int = 10_000_000  # ~10 MB: a 12 MP phone JPEG is 3-6 MB
     max_pixels: int = 40_000_000  # 40 MP: above current phone cameras; 120 MB as BGR uint8
+    # 256 MiB: a 40 MP colour JPEG decodes in 120 MB (240 MB when its EXIF turns it, or when
+    # it is progressive 4:2:0); a 40 MP RGBA, LA or RGB PNG would need 280 MB (Pillow keeps
+    # 4 bytes a pixel, the BGR result 3).
+    max_decode_bytes: int = 256 << 20
 
 
 # Pillow format names. Every other format Pillow can read is refused before its pixels are.
@@ -122,8 +134,10 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
 
     Raises `ServiceError` with PAYLOAD_TOO_LARGE (more than `limits.max_bytes`),
     INVALID_IMAGE (empty, not an image, truncated or corrupt), UNSUPPORTED_FORMAT (an image
-    in a format outside `ALLOWED_FORMATS`) or IMAGE_TOO_LARGE (more than `limits.max_pixels`,
-    refused before the pixels are decoded).
+    in a format outside `ALLOWED_FORMATS`), IMAGE_TOO_LARGE (more than `limits.max_pixels`,
+    or a decode needing more than `limits.max_decode_bytes`) or IMAGE_TOO_COMPLEX (a JPEG
+    with more than `MAX_JPEG_SCANS` scans or too many block walks), all refused before the
+    pixels are decoded.
     """
     return decode_reduced(data, limits, fit_into=None).pixels
 
@@ -144,26 +158,16 @@ def decode_reduced(
             f"The image is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes. "
             "Send a smaller or more compressed image.",
         )
+    _check_png_chunks(data)
+    scans = _check_jpeg_work(data, limits)
     try:
         with Image.open(io.BytesIO(data)) as img:
-            _check_header(img, limits)
-            jpeg = img.format in ("JPEG", "MPO")  # its EXIF comes with the header
-            if not jpeg:
-                # Pixels first: reading a PNG's EXIF loads them, and a decode error must not be
-                # taken for unreadable EXIF (which only costs the rotation).
-                img.load()
-            orientation = _orientation(img)
-            full_size = _oriented_size(img.size, orientation)
-            wanted = None
-            if jpeg and fit_into is not None:
-                wanted = _reduced_size(img.size, full_size, fit_into)
-            pixels = _decode_jpeg_with_opencv(data, img, wanted) if jpeg else None
-            if pixels is None:
-                if wanted is not None:
-                    img.draft("RGB", wanted)
-                img.load()
-                pixels = _to_bgr_array(img)
-            bgr = _upright(pixels, orientation)
+            try:
+                stored_size = img.size  # before a draft decode shrinks it
+                pixels, orientation = _decode_stored(data, img, limits, fit_into, scans)
+            finally:
+                img.close()  # frees Pillow's pixels before the turn below copies the result
+        bgr = _upright(pixels, orientation)
     except Image.DecompressionBombError as exc:
         # Pillow's own ceiling (2 x Image.MAX_IMAGE_PIXELS), checked inside Image.open.
         raise ServiceError(
@@ -177,7 +181,46 @@ def decode_reduced(
             f"The file could not be decoded as an image ({_reason(exc)}). "
             f"Send a complete, uncorrupted {_allowed_list()} file.",
         ) from exc
-    return ReducedImage(bgr, *full_size)
+    return ReducedImage(bgr, *_oriented_size(stored_size, orientation))
+
+
+def _decode_stored(
+    data: bytes,
+    img: Image.Image,
+    limits: DecodeLimits,
+    fit_into: tuple[int, int] | None,
+    scans: JpegScans | None,
+) -> tuple[np.ndarray, int]:
+    """The stored (not yet turned) BGR pixels and the EXIF orientation of an opened upload,
+    each budget checked before the decoding it guards (`scans`: what its JPEG marker walk
+    found, None when it does not start as a JPEG)."""
+    _check_header(img, limits)
+    jpeg = img.format in ("JPEG", "MPO")  # its EXIF comes with the header
+    if not jpeg:
+        # Pixels first: reading a PNG's EXIF loads them, and a decode error must not be
+        # taken for unreadable EXIF (which only costs the rotation). Its turn is not known
+        # yet, so the budget assumes one.
+        _check_python_decoding(data, img)
+        _check_decode_bytes(img, _pillow_decode_bytes(img, None, turned=True), limits)
+        img.load()
+        return _to_bgr_array(img), _orientation(img)
+    assert scans is not None  # Pillow opens as JPEG only what starts as _JPEG_SIGNATURE
+    orientation = _orientation(img)
+    turned = orientation in _ORIENTATION_TURNS
+    wanted = None
+    if fit_into is not None:
+        wanted = _reduced_size(img.size, _oriented_size(img.size, orientation), fit_into)
+    if _opencv_reads_as_pillow(data, img):
+        scale = _dct_scale(img.size, wanted)
+        _check_decode_bytes(img, _opencv_decode_bytes(img.size, scale, scans), limits)
+    pixels = _decode_jpeg_with_opencv(data, img, wanted)
+    if pixels is None:
+        if wanted is not None:
+            img.draft("RGB", wanted)
+        _check_decode_bytes(img, _pillow_decode_bytes(img, scans, turned), limits)
+        img.load()
+        pixels = _to_bgr_array(img)
+    return pixels, orientation
 
 
 # EXIF orientations (TIFF tag 0x0112) that swap width and height: the transposes and the
@@ -243,11 +286,7 @@ def _decode_jpeg_with_opencv(
     fills a truncated picture with grey where Pillow reports it truncated. Everything else,
     and anything OpenCV refuses, goes through Pillow, whose errors are the reported ones.
     """
-    if img.mode not in ("RGB", "L"):
-        return None
-    # Entropy-coded data never holds FF D9 (FF bytes there are stuffed or restart markers),
-    # so an end-of-image marker after the last start-of-scan means the last scan is whole.
-    if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+    if not _opencv_reads_as_pillow(data, img):
         return None
     scale = _dct_scale(img.size, wanted)
     flags = _OPENCV_SCALE_FLAGS[scale] | cv2.IMREAD_IGNORE_ORIENTATION
@@ -259,6 +298,15 @@ def _decode_jpeg_with_opencv(
     if pixels is None or pixels.shape != expected:
         return None
     return pixels
+
+
+def _opencv_reads_as_pillow(data: bytes, img: Image.Image) -> bool:
+    """Whether OpenCV decodes this JPEG as Pillow would: YCbCr or grey, and whole."""
+    if img.mode not in ("RGB", "L"):
+        return False
+    # Entropy-coded data never holds FF D9 (FF bytes there are stuffed or restart markers),
+    # so an end-of-image marker after the last start-of-scan means the last scan is whole.
+    return data.rfind(b"\xff\xd9") >= data.rfind(b"\xff\xda")
 
 
 def _reason(exc: Exception) -> str:
@@ -287,36 +335,276 @@ def _check_header(img: Image.Image, limits: DecodeLimits) -> None:
         )
 
 
+# ---- the work and memory a decode will cost, known before it starts -------------------------
+
+# Real progressive JPEGs have about 10 scans (libjpeg's and mozjpeg's scripts: 6 to 12);
+# libjpeg-turbo's djpeg stops at 1000 by default (-maxscans). Every scan makes libjpeg walk
+# each 8x8 block of its components, even when its data is a few bytes of end-of-block runs.
+MAX_JPEG_SCANS = 100
+# The blocks all scans of one JPEG may walk, as passes over a grey picture at the pixel limit
+# (max_pixels / 64 blocks each). libjpeg's 10-scan script walks 14 such passes for a 4:4:4
+# colour picture at the limit and 8 for 4:2:0; a grey scan bomb at the limit stops at 32
+# scans: 60-220 ms of CPU (1.9 ms a scan through Pillow, about 7 through OpenCV, measured at
+# 6000 x 6000), less than decoding an ordinary 40 MP photo takes.
+JPEG_WORK_PASSES = 32
+# Marker segments (APPn, COM, DQT, DHT, SOS...) in one picture: photos have tens, up to about
+# 200 with an ICC profile or XMP packet split over many APPn segments. Pillow reads the ones
+# before the first scan in Python while opening the file: 10 MB of empty comments took 1.7 s.
+MAX_JPEG_SEGMENTS = 1_000
+
+# JPEG markers (ITU-T T.81, table B.1): start-of-frame is every C0-CF but DHT, JPG and DAC.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_PROGRESSIVE_SOF_MARKERS = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+_SOS, _EOI = 0xDA, 0xD9
+_JPEG_SIGNATURE = b"\xff\xd8\xff"  # start-of-image and the next marker: what Pillow accepts
+_PARAMETERLESS_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7
+# Between segments, libjpeg skips any bytes up to an FF followed by a marker code (not 00,
+# not more FF fill). Inside a scan's entropy-coded data an FF is followed by a stuffed 00 or
+# a restart marker (RST0-7), which stay in the scan; any other marker ends the scan.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xff]")
+_END_OF_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_COEFFICIENT_BYTES_PER_BLOCK = 64 * 2  # libjpeg's JCOEF is a 16-bit integer
+
+
+@dataclass(frozen=True)
+class JpegScans:
+    """What a JPEG's marker stream says its decoding will cost, read without decoding it."""
+
+    segments: int  # marker segments walked (at most MAX_JPEG_SEGMENTS + 1)
+    size: tuple[int, int]  # (width, height) from the start-of-frame segment
+    scans: int  # start-of-scan markers before the first end-of-image (at most the limit + 1)
+    blocks_walked: int  # 8x8 blocks visited, summed over the scans
+    coefficient_bytes: int  # the whole-image coefficient buffer a multi-scan decode keeps
+
+
+def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> JpegScans:
+    """Walk a JPEG's markers as libjpeg does: segments by their length, scans' entropy-coded
+    data up to the marker that ends it; stop at the first end-of-image (a multi-picture file's
+    later pictures are not decoded), after `stop_after` + 1 scans or after MAX_JPEG_SEGMENTS
+    + 1 segments. Malformed streams end the walk; the decoder then says what is wrong."""
+    components: dict[int, tuple[int, int]] = {}  # component id -> (h, v) sampling factors
+    size = (0, 0)
+    segments = scans = blocks = 0
+    progressive = False
+    position = 2  # after start-of-image
+    while scans <= stop_after and segments <= MAX_JPEG_SEGMENTS:
+        found = _NEXT_MARKER.search(data, position)
+        if found is None:
+            break
+        marker, position = data[found.start() + 1], found.end()
+        if marker == _EOI:
+            break
+        if marker in _PARAMETERLESS_MARKERS:
+            continue
+        if position + 2 > len(data):
+            break
+        segments += 1
+        end = position + int.from_bytes(data[position : position + 2], "big")
+        segment = data[position + 2 : end] if marker in _SOF_MARKERS or marker == _SOS else b""
+        if marker in _SOF_MARKERS and not components and len(segment) >= 6:
+            progressive = marker in _PROGRESSIVE_SOF_MARKERS
+            height, width, count = struct.unpack(">HHB", segment[1:6])
+            size = (width, height)
+            for index in range(6, min(len(segment) - 2, 6 + 3 * count), 3):
+                sampling = segment[index + 1]
+                components[segment[index]] = (max(1, sampling >> 4), max(1, sampling & 15))
+        elif marker == _SOS and segment:
+            scans += 1
+            blocks += _scan_blocks(size, components, segment[1 : 1 + 2 * segment[0] : 2])
+            ended = _END_OF_SCAN.search(data, end)
+            if ended is None:
+                break
+            end = ended.start()
+        position = end
+    coefficients = 0
+    if progressive or scans > 1:  # libjpeg buffers every coefficient until the last scan
+        coefficients = _scan_blocks(size, components, bytes(components)) * (
+            _COEFFICIENT_BYTES_PER_BLOCK
+        )
+    return JpegScans(segments, size, scans, blocks, coefficients)
+
+
+def _scan_blocks(
+    size: tuple[int, int], components: dict[int, tuple[int, int]], in_scan: bytes
+) -> int:
+    """8x8 blocks a scan of the components `in_scan` walks, as libjpeg counts them: one
+    component's own blocks, or whole MCUs when several are interleaved."""
+    if not components:
+        return 0
+    width, height = size
+    h_max = max(h for h, _ in components.values())
+    v_max = max(v for _, v in components.values())
+    sampling = [components[c] for c in in_scan if c in components]
+    if len(sampling) == 1:
+        ((h, v),) = sampling
+        return math.ceil(math.ceil(width * h / h_max) / 8) * math.ceil(
+            math.ceil(height * v / v_max) / 8
+        )
+    mcus = math.ceil(width / (8 * h_max)) * math.ceil(height / (8 * v_max))
+    return mcus * sum(h * v for h, v in sampling)
+
+
+def _check_jpeg_work(data: bytes, limits: DecodeLimits) -> JpegScans | None:
+    """Refuse a JPEG whose segments Pillow would parse too long, or whose scans would make
+    the decoder walk its blocks too many times: before Pillow opens it. None for other data."""
+    if not data.startswith(_JPEG_SIGNATURE):
+        return None
+    found = jpeg_scans(data)
+    if found.segments > MAX_JPEG_SEGMENTS:
+        raise ServiceError(
+            ErrorCode.IMAGE_TOO_COMPLEX,
+            f"The JPEG has more than {MAX_JPEG_SEGMENTS:,} marker segments (photos have at "
+            "most a few hundred). Save it again with any image editor.",
+        )
+    if found.scans > MAX_JPEG_SCANS:
+        raise ServiceError(
+            ErrorCode.IMAGE_TOO_COMPLEX,
+            f"The JPEG has more than {MAX_JPEG_SCANS} scans (ordinary progressive JPEGs "
+            "have about 10). Save it again as a baseline JPEG.",
+        )
+    budget = JPEG_WORK_PASSES * limits.max_pixels // 64
+    if found.blocks_walked > budget:
+        width, height = found.size
+        raise ServiceError(
+            ErrorCode.IMAGE_TOO_COMPLEX,
+            f"Decoding this {width}x{height} JPEG's {found.scans} scans would walk "
+            f"{found.blocks_walked:,} 8x8 blocks; the limit is {budget:,}. "
+            "Save it again as a baseline JPEG, or with fewer pixels.",
+        )
+    return found
+
+
+# Pillow reads a PNG chunk by chunk in Python, about 2 us a chunk: 10 MB of empty chunks took
+# 1.5 s of CPU. Encoders write image data in chunks of 8-64 KB (libpng, Pillow), so a 10 MB
+# PNG has a few thousand at most; counting up to the limit takes a few milliseconds.
+MAX_PNG_CHUNKS = 20_000
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHUNK_FRAME_BYTES = 12  # length, type and CRC around each chunk's data
+
+# Formats Pillow decodes in Python (`Image.DECODERS`: run-length-encoded BMP) cost about
+# 0.12 us of CPU a byte, ten times libjpeg's: a 10 MB RLE8 BMP of 1-pixel runs took 1.2 s.
+MAX_PYTHON_DECODED_BYTES = 1_000_000
+
+
+def png_chunks(data: bytes, stop_after: int = MAX_PNG_CHUNKS) -> int:
+    """The chunks of a PNG up to its IEND (at most `stop_after` + 1), by their lengths."""
+    count, position = 0, len(_PNG_SIGNATURE)
+    while count <= stop_after and position + 8 <= len(data):
+        count += 1
+        if data[position + 4 : position + 8] == b"IEND":
+            break
+        length = int.from_bytes(data[position : position + 4], "big")
+        position += _PNG_CHUNK_FRAME_BYTES + length
+    return count
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Refuse a PNG of more chunks than encoders write, before Pillow parses any of them
+    (it reads every chunk before the image data while opening the file)."""
+    if data.startswith(_PNG_SIGNATURE) and png_chunks(data) > MAX_PNG_CHUNKS:
+        raise ServiceError(
+            ErrorCode.IMAGE_TOO_COMPLEX,
+            f"The PNG has more than {MAX_PNG_CHUNKS:,} chunks (ordinary PNGs have at most a "
+            "few thousand). Save it again with any image editor.",
+        )
+
+
+def _check_python_decoding(data: bytes, img: Image.Image) -> None:
+    """Refuse what Pillow would decode byte by byte in Python beyond a bounded cost."""
+    python_decoded = any(tile.codec_name in Image.DECODERS for tile in img.tile)
+    if python_decoded and len(data) > MAX_PYTHON_DECODED_BYTES:
+        raise ServiceError(
+            ErrorCode.IMAGE_TOO_COMPLEX,
+            f"This {img.format} file's compression is decoded slowly; at most "
+            f"{MAX_PYTHON_DECODED_BYTES:,} bytes of it are accepted ({len(data):,} sent). "
+            "Save it as PNG or JPEG.",
+        )
+
+
+# Bytes a pixel takes in Pillow's memory: one byte for 1, L and P, two for 16-bit grey, and
+# four for every other mode (several bands are always stored four bytes apart: RGB as RGBX).
+_PILLOW_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_BGR_PIXEL_BYTES = 3
+# Bytes a pixel a decoder holds beside Pillow's image while it loads: libwebp's animation
+# decoder (which Pillow uses for every WebP) keeps two RGBA canvases and hands over a third
+# copy as bytes (measured: a 39 MP WebP of 1.5 KB peaks at +604 MiB, 16 bytes a pixel).
+_DECODER_PIXEL_BYTES = {"WEBP": 12}
+# The conversion to BGR works a band of _BAND_PIXELS at a time; its temporaries (a cropped
+# band, its RGBA copy, the white background, the composite, its RGB copy and array) peak at
+# about 24 bytes a band pixel.
+_BAND_BYTES = 24 * _BAND_PIXELS
+# The decoders' own buffers (libjpeg's and zlib's working memory, OpenCV's copy of the input):
+# 4-5 MiB beyond the rest in every measured decode of a 40 MP picture.
+_DECODER_WORKSPACE = 8 << 20
+
+
+def _opencv_decode_bytes(stored: tuple[int, int], scale: int, scans: JpegScans) -> int:
+    """Memory an OpenCV JPEG decode holds at its peak: libjpeg's coefficient buffer (full
+    size at every DCT scale) beside the BGR result, or the result beside a second copy, which
+    OpenCV makes (measured: a 40 MP baseline JPEG peaks at +233 MiB for a 114 MiB result, a
+    4:4:4 progressive one at +347 MiB) and so does the turn."""
+    pixels = -(-stored[0] // scale) * -(-stored[1] // scale)
+    decoding = scans.coefficient_bytes + _BGR_PIXEL_BYTES * pixels
+    return _DECODER_WORKSPACE + max(decoding, 2 * _BGR_PIXEL_BYTES * pixels)
+
+
+def _pillow_decode_bytes(img: Image.Image, scans: JpegScans | None, turned: bool) -> int:
+    """Memory a Pillow decode holds at its peak: Pillow's pixels beside the decoder's own
+    (libjpeg's coefficient buffer, libwebp's canvases), then beside the BGR result and a
+    band's temporaries, then (Pillow's pixels freed) the result and its turned copy."""
+    pixels = img.size[0] * img.size[1]
+    decoded = _PILLOW_PIXEL_BYTES.get(img.mode, 4) * pixels
+    decoding = decoded + _DECODER_PIXEL_BYTES.get(img.format or "", 0) * pixels
+    if scans is not None:
+        decoding += scans.coefficient_bytes
+    converting = decoded + _BGR_PIXEL_BYTES * pixels + _BAND_BYTES
+    turning = 2 * _BGR_PIXEL_BYTES * pixels if turned else 0
+    return _DECODER_WORKSPACE + max(decoding, converting, turning)
+
+
+def _check_decode_bytes(img: Image.Image, needed: int, limits: DecodeLimits) -> None:
+    """Refuse a decode whose memory would exceed the budget, before it allocates any."""
+    if needed > limits.max_decode_bytes:
+        width, height = img.size
+        raise ServiceError(
+            ErrorCode.IMAGE_TOO_LARGE,
+            f"Decoding this {width}x{height} {img.format} image ({img.mode}) would take "
+            f"{needed / 2**20:,.0f} MiB of memory; the decode budget is "
+            f"{limits.max_decode_bytes / 2**20:,.0f} MiB. Send it with fewer pixels, "
+            "or as a JPEG.",
+        )
+
+
 def _to_bgr_array(img: Image.Image) -> np.ndarray:
-    """Any decoded mode -> BGR uint8 (H, W, 3), by the rules in the module docstring."""
-    if img.mode in _SIXTEEN_BIT_MODES:
-        grey16 = np.clip(np.asarray(img), 0, 0xFFFF).astype(np.uint16)
-        grey8 = (grey16 >> 8).astype(np.uint8)
-        return np.repeat(grey8[:, :, np.newaxis], 3, axis=2)
-    if img.mode in ("RGBA", "LA", "PA") or img.has_transparency_data:
-        background = Image.new("RGBA", img.size, _TRANSPARENT_BACKGROUND)
-        img = Image.alpha_composite(background, img.convert("RGBA"))
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return _rgb_to_bgr_in_bands(img)
+    """Any decoded mode -> BGR uint8 (H, W, 3), by the rules in the module docstring, a band
+    of rows at a time.
 
-
-def _rgb_to_bgr_in_bands(img: Image.Image) -> np.ndarray:
-    """Copy an RGB image into a new BGR array a band of rows at a time.
-
-    `np.asarray(img)` goes through `tobytes`, which holds the pixels twice more (its chunks and
-    their join) before the array exists, and the BGR swap then needs one more full copy: a
-    40 MP JPEG peaked at +537 MiB. Band by band, the only full-size buffers are Pillow's and
-    the result (measured: +280 MiB).
+    Whole-image conversions held several full copies at once: an LA picture became RGBA, a
+    white RGBA background, their composite and its RGB copy (a 40 MP LA PNG of 77 KB took
+    585 MiB), and `np.asarray(img)` goes through `tobytes`, which holds the pixels twice more.
+    Band by band, the only full-size buffers are Pillow's pixels and the result.
     """
     width, height = img.size
     bgr = np.empty((height, width, 3), dtype=np.uint8)
     rows = max(1, _BAND_PIXELS // max(width, 1))
     for top in range(0, height, rows):
         bottom = min(height, top + rows)
-        band = np.asarray(img.crop((0, top, width, bottom)))
-        cv2.cvtColor(band, cv2.COLOR_RGB2BGR, dst=bgr[top:bottom])  # SIMD, no temporary
+        _band_to_bgr(img.crop((0, top, width, bottom)), bgr[top:bottom])
     return bgr
+
+
+def _band_to_bgr(band: Image.Image, out: np.ndarray) -> None:
+    """Write one band of rows, in any mode, into `out` as BGR."""
+    if band.mode in _SIXTEEN_BIT_MODES:
+        grey16 = np.clip(np.asarray(band), 0, 0xFFFF).astype(np.uint16)
+        cv2.cvtColor((grey16 >> 8).astype(np.uint8), cv2.COLOR_GRAY2BGR, dst=out)
+        return
+    if band.mode in ("RGBA", "LA", "PA") or band.has_transparency_data:
+        background = Image.new("RGBA", band.size, _TRANSPARENT_BACKGROUND)
+        band = Image.alpha_composite(background, band.convert("RGBA"))
+    if band.mode != "RGB":
+        band = band.convert("RGB")
+    cv2.cvtColor(np.asarray(band), cv2.COLOR_RGB2BGR, dst=out)  # SIMD, no temporary
 
 
 def _allowed_list() -> str:

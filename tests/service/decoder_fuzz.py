@@ -8,7 +8,9 @@ The target decodes each input with small limits; a `ServiceError` (any stable 4x
 expected answer to bad bytes, and anything else is a crash that the service would answer with
 500. atheris instruments Pillow's Python code (plugins, EXIF/TIFF tag parsing), so mutations
 that reach new branches there are kept and mutated further. `--write-seeds DIR` writes the seed
-corpus: small synthetic JPEG (with EXIF), PNG, WebP and BMP files.
+corpus: small synthetic JPEG (with EXIF), PNG, WebP and BMP files, and JPEG scan bombs
+(tests/service/jpeg_bombs.py) over and under the scan and work budgets, so that mutations
+probe the marker walk that guards them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 import atheris
+import jpeg_bombs  # beside this file
 import numpy as np
 
 with atheris.instrument_imports():
@@ -54,7 +57,18 @@ def seed_images() -> dict[str, bytes]:
         buffer = io.BytesIO()
         image.save(buffer, fmt, **options)
         seeds[name] = buffer.getvalue()
+    seeds.update(scan_bomb_seeds())
     return seeds
+
+
+def scan_bomb_seeds() -> dict[str, bytes]:
+    """Progressive JPEGs made of repeated end-of-block AC scans: refused under FUZZ_LIMITS for
+    their scan count, refused for their block walks, and one small enough to decode."""
+    return {
+        "scan-bomb-count.jpg": jpeg_bombs.scan_bomb(1024, 1024, ac_scans=150),
+        "scan-bomb-work.jpg": jpeg_bombs.scan_bomb(2000, 2000, ac_scans=40),
+        "scan-bomb-small.jpg": jpeg_bombs.scan_bomb(64, 48, ac_scans=30),
+    }
 
 
 def test_one_input(data: bytes) -> None:

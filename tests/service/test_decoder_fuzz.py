@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,38 @@ def test_decoder_regression_input_decodes_or_is_refused_with_a_code(path: Path) 
     try:
         image = decode_image(path.read_bytes())
     except ServiceError as exc:
-        assert exc.code.value in {"invalid_image", "unsupported_format", "image_too_large"}
+        assert exc.code.value in {
+            "invalid_image",
+            "unsupported_format",
+            "image_too_large",
+            "image_too_complex",
+        }
         return
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "answer"),
+    [
+        ("scan-bomb-count.jpg", "image_too_complex"),
+        ("scan-bomb-work.jpg", "image_too_complex"),
+        ("scan-bomb-small.jpg", "decoded"),
+    ],
+)
+def test_scan_bomb_seeds_are_answered_fast_under_the_fuzz_limits(name: str, answer: str) -> None:
+    pytest.importorskip("atheris", reason="atheris is not installed (dev extra)")
+    import decoder_fuzz
+
+    data = decoder_fuzz.scan_bomb_seeds()[name]
+    assert len(data) < 65536  # the fuzzing run's -max_len
+    started = time.perf_counter()
+    try:
+        decode_image(data, decoder_fuzz.FUZZ_LIMITS)
+        outcome = "decoded"
+    except ServiceError as exc:
+        outcome = exc.code.value
+    assert outcome == answer
+    assert time.perf_counter() - started < 0.2
 
 
 def test_malformed_exif_keeps_the_orientation_it_could_read() -> None:

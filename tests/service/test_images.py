@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 
 import cv2
+import jpeg_bombs  # tests/service/jpeg_bombs.py
 import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
@@ -508,38 +509,440 @@ def test_real_32_bit_rgba_png_decodes_to_its_colours() -> None:
     assert (out[opaque] == rgba[..., 2::-1][opaque]).all()
 
 
+# Reads the peak resident memory of this process (VmHWM): unlike getrusage's ru_maxrss, which
+# a child inherits from the parent it was forked from (pytest, holding the test's pictures),
+# it starts afresh at exec.
+PEAK_RSS = """
+def peak_rss():
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+"""
+
+
+def forty_megapixel_upload(tmp_path: Path, picture: str) -> Path:
+    upload = tmp_path / picture
+    if picture == "la.png":
+        upload.write_bytes(flat_png(4, 2))
+    elif picture == "rgb.webp":  # 19.6 MP, 1.5 KB: WebP is measured at half the size
+        upload.write_bytes(encode(Image.new("RGB", (4000, 4900), (10, 200, 30)), "WEBP"))
+    else:
+        gradient = np.linspace(0, 255, 7744, dtype=np.uint8)
+        image = np.ascontiguousarray(np.broadcast_to(gradient[None, :, None], (5164, 7744, 3)))
+        upload.write_bytes(cv2.imencode(upload.suffix, image)[1].tobytes())
+    return upload
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
 @pytest.mark.parametrize(
-    ("suffix", "peak_limit"),
+    ("picture", "peak_limit"),
     [
-        # OpenCV decodes straight into the BGR result: little beyond it.
-        pytest.param(".jpg", 1.3, id="jpeg-through-opencv"),
+        # OpenCV decodes into the result and, at its peak, a second copy of it.
+        pytest.param("rgb.jpg", 2.2, id="jpeg-through-opencv"),
         # Pillow's pixels (4 bytes a pixel) plus the BGR result (3), copied band by band.
-        pytest.param(".png", 3.0, id="png-through-pillow"),
+        pytest.param("rgb.png", 2.7, id="png-through-pillow"),
+        # The same, composited on white band by band (whole-image conversions: 5.4).
+        pytest.param("la.png", 2.7, id="grey-alpha-png-through-pillow"),
+        # libwebp's canvases and the frame it hands to Pillow: 16 bytes a pixel.
+        pytest.param("rgb.webp", 5.6, id="webp-through-pillow"),
     ],
 )
-def test_forty_megapixel_image_decodes_without_extra_full_copies(
-    tmp_path: Path, suffix: str, peak_limit: float
+def test_decode_peak_memory_is_bounded_and_within_its_estimate(
+    tmp_path: Path, picture: str, peak_limit: float
 ) -> None:
-    """Peak memory of one decode, in a fresh process, in units of the result's size.
-    Converting through `tobytes` and a swapped copy peaked at 4.7x."""
-    gradient = np.linspace(0, 255, 7744, dtype=np.uint8)
-    image = np.ascontiguousarray(np.broadcast_to(gradient[None, :, None], (5164, 7744, 3)))
-    upload = tmp_path / f"forty{suffix}"
-    upload.write_bytes(cv2.imencode(suffix, image)[1].tobytes())
-    del image
-    script = f"""
-import resource
+    """Peak memory of one decode, in a fresh process, in units of the result's size, and
+    against the estimate the memory budget is checked with. Converting through `tobytes` and
+    a swapped copy peaked at 4.7x."""
+    upload = forty_megapixel_upload(tmp_path, picture)
+    # The JPEG decodes within the default memory budget; the others need more than it.
+    budget = "" if picture.endswith(".jpg") else ", max_decode_bytes=1 << 40"
+    script = (
+        PEAK_RSS
+        + f"""
 from pathlib import Path
-from service.faces.images import DecodeLimits, decode_image
+from service.faces import images
+estimates = []
+check = images._check_decode_bytes
+images._check_decode_bytes = lambda img, needed, limits: (
+    estimates.append(needed), check(img, needed, limits))
 data = Path({str(upload)!r}).read_bytes()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-out = decode_image(data, DecodeLimits(max_bytes=len(data)))
-grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-print(grown * 1024 / out.nbytes)
+before = peak_rss()
+out = images.decode_image(data, images.DecodeLimits(max_bytes=len(data){budget}))
+grown = peak_rss() - before
+print(grown / out.nbytes, grown <= max(estimates))
 """
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert float(done.stdout) < peak_limit
+    ratio, within_estimate = done.stdout.split()
+    assert 0.9 < float(ratio) < peak_limit  # the result itself, at least
+    assert within_estimate == "True"
+
+
+def test_small_large_webp_over_the_memory_budget_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 39 MP in 1.5 KB: decoding it through Pillow held 604 MiB.
+    data = encode(Image.new("RGB", (8000, 4900), (10, 200, 30)), "WEBP", lossless=True)
+    assert len(data) < 5_000
+    loads = spy_on_pixel_decoding(monkeypatch)
+    error = decode_error(data)
+    assert error.code == ErrorCode.IMAGE_TOO_LARGE
+    assert "8000x4900 WEBP image" in error.message
+    assert loads == []
+
+
+def test_webp_photo_of_twelve_megapixels_fits_the_memory_budget() -> None:
+    picture = Image.fromarray(gradient_rgb(4000, 3000))
+    assert decode_image(encode(picture, "WEBP", quality=80)).shape == (3000, 4000, 3)
+
+
+# ---- decode work budget: JPEG scans ---------------------------------------------------------
+
+
+def opencv_decode_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every OpenCV decode (cv2.imdecode) made while the test runs."""
+    calls: list[str] = []
+    original = cv2.imdecode
+
+    def recording(*args):  # type: ignore[no-untyped-def]
+        calls.append("imdecode")
+        return original(*args)
+
+    monkeypatch.setattr(images.cv2, "imdecode", recording)
+    return calls
+
+
+@pytest.mark.parametrize("fit_into", [None, (640, 640)], ids=["full", "service-path"])
+def test_jpeg_scan_bomb_is_refused_fast_before_decoding(
+    monkeypatch: pytest.MonkeyPatch, fit_into: tuple[int, int] | None
+) -> None:
+    # 6000 x 6000 grey (under the pixel limit), one DC scan and 5,000 AC scans of end-of-block
+    # runs: 0.43 MB that kept libjpeg walking 562,500 blocks per scan for 10 s and more.
+    data = jpeg_bombs.scan_bomb(6000, 6000, ac_scans=5000)
+    assert len(data) < 500_000
+    loads, decodes = spy_on_pixel_decoding(monkeypatch), opencv_decode_spy(monkeypatch)
+    started = time.perf_counter()
+    with pytest.raises(ServiceError) as caught:
+        decode_reduced(data, DecodeLimits(), fit_into)
+    elapsed = time.perf_counter() - started
+    assert caught.value.code == ErrorCode.IMAGE_TOO_COMPLEX
+    assert f"more than {images.MAX_JPEG_SCANS} scans" in caught.value.message
+    assert loads == [] and decodes == []
+    assert elapsed < 0.3
+
+
+def test_jpeg_under_the_scan_limit_is_refused_by_the_work_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 61 scans (under the scan limit) over 562,500 blocks each: 34 million block visits,
+    # past the budget of 32 passes over a grey 40 MP picture (20 million).
+    data = jpeg_bombs.scan_bomb(6000, 6000, ac_scans=60)
+    loads, decodes = spy_on_pixel_decoding(monkeypatch), opencv_decode_spy(monkeypatch)
+    error = decode_error(data)
+    assert error.code == ErrorCode.IMAGE_TOO_COMPLEX
+    assert "61 scans" in error.message and "34,312,500 8x8 blocks" in error.message
+    assert "20,000,000" in error.message
+    assert loads == [] and decodes == []
+
+
+def test_work_budget_follows_the_pixel_limit() -> None:
+    data = jpeg_bombs.scan_bomb(640, 480, ac_scans=40)  # 41 scans x 4,800 blocks = 196,800
+    assert decode_image(data, DecodeLimits(max_pixels=400_000)).shape == (480, 640, 3)
+    error = decode_error(data, DecodeLimits(max_pixels=390_000))  # budget 195,000 blocks
+    assert error.code == ErrorCode.IMAGE_TOO_COMPLEX
+
+
+@pytest.mark.parametrize("ac_scans", [1, 60])
+def test_scan_bomb_files_are_valid_jpegs_that_decode_when_small(ac_scans: int) -> None:
+    """The refusals above are the budget's doing: the same construction over a small picture
+    is a valid progressive JPEG that both decoders read (a flat mid-grey picture)."""
+    data = jpeg_bombs.scan_bomb(320, 240, ac_scans)
+    assert images.jpeg_scans(data).scans == 1 + ac_scans
+    with Image.open(io.BytesIO(data)) as img:
+        assert (img.format, img.mode, img.info.get("progressive")) == ("JPEG", "L", 1)
+        img.load()
+    out = decode_image(data)
+    assert out.shape == (240, 320, 3) and (out == 128).all()
+
+
+@pytest.mark.parametrize(
+    ("mode", "subsampling", "scans", "passes"),
+    [
+        # libjpeg's progressive scripts (jcparam.c jpeg_simple_progression); a pass is one
+        # walk over the luma (or grey) blocks.
+        pytest.param("L", 0, 6, 6, id="grey"),
+        pytest.param("RGB", 2, 10, 8, id="4:2:0"),
+        pytest.param("RGB", 0, 10, 14, id="4:4:4"),
+    ],
+)
+def test_scan_walk_counts_the_scans_and_blocks_libjpeg_decodes(
+    mode: str, subsampling: int, scans: int, passes: int
+) -> None:
+    # Noise makes FF bytes (stuffed with 00) in the scans; a restart marker every MCU puts
+    # RST0-7 in them; an APP segment carrying a whole JPEG and the second picture of a
+    # multi-picture file hold start-of-scan markers that are not decoded. None may count.
+    noise = np.random.default_rng(3).integers(0, 256, (256, 320, 3), dtype=np.uint8)
+    picture = Image.fromarray(noise).convert(mode)
+    data = encode(
+        picture, "JPEG", progressive=True, subsampling=subsampling, restart_marker_blocks=1
+    )
+    assert b"\xff\x00" in data and b"\xff\xd0" in data
+    thumbnail = encode(picture.resize((32, 24)), "JPEG")
+    app = b"\xff\xe5" + struct.pack(">H", len(thumbnail) + 2) + thumbnail
+    data = data[:2] + app + data[2:] + thumbnail  # a trailing picture, as in an MPO file
+    assert data.count(b"\xff\xda") == scans + 2
+
+    found = images.jpeg_scans(data)
+    assert found.scans == scans
+    assert found.blocks_walked == passes * (320 // 8) * (256 // 8)
+    assert decode_image(data).shape == (256, 320, 3)
+
+
+def test_baseline_jpeg_is_one_scan_without_a_coefficient_buffer() -> None:
+    found = images.jpeg_scans(encode(Image.fromarray(textured_rgb()), "JPEG"))
+    assert (found.scans, found.coefficient_bytes) == (1, 0)
+    assert found.blocks_walked == (512 // 16) * (384 // 16) * 6  # 4:2:0 MCUs of 6 blocks
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"\xff\xd8", id="only-start-of-image"),
+        pytest.param(b"\xff\xd8\xff\xc2\x00", id="cut-in-a-length"),
+        pytest.param(b"\xff\xd8\xff\xda\x00\x02", id="scan-without-frame"),
+        pytest.param(b"\xff\xd8\xff\xc2\x00\x03\x08", id="frame-too-short"),
+        pytest.param(b"\xff\xd8" + b"\x00" * 100, id="no-markers"),
+    ],
+)
+def test_scan_walk_survives_malformed_streams(data: bytes) -> None:
+    assert images.jpeg_scans(data).scans <= 1
+
+
+def jpeg_with_comments(comments: int) -> bytes:
+    """A small grey JPEG with `comments` empty comment segments after its start-of-image."""
+    data = encode(Image.new("L", (64, 48), 100), "JPEG")
+    return data[:2] + b"\xff\xfe\x00\x02" * comments + data[2:]
+
+
+def test_jpeg_of_many_marker_segments_is_refused_before_pillow_parses_them() -> None:
+    # 9.6 MB of empty comments: Pillow spent 1.7 s of CPU opening the file, segment by segment.
+    data = jpeg_with_comments(2_400_000)
+    started = time.process_time()
+    error = decode_error(data)
+    assert time.process_time() - started < 0.2
+    assert error.code == ErrorCode.IMAGE_TOO_COMPLEX
+    assert f"more than {images.MAX_JPEG_SEGMENTS:,} marker segments" in error.message
+
+
+def test_jpeg_of_as_many_segments_as_a_photo_has_decodes() -> None:
+    data = jpeg_with_comments(images.MAX_JPEG_SEGMENTS - 10)
+    assert images.jpeg_scans(data).segments <= images.MAX_JPEG_SEGMENTS
+    assert is_near(decode_image(data), [100, 100, 100], tolerance=2)
+
+
+@pytest.mark.assets
+def test_real_photos_fit_the_scan_and_work_budgets() -> None:
+    photos = sorted(p for p in (assets_dir() / "images").rglob("*.jp*g"))
+    if not photos:
+        pytest.skip(f"no photos under {assets_dir() / 'images'} (FACEVERIFY_TEST_ASSETS)")
+    progressive = 0
+    for photo in photos:
+        data = photo.read_bytes()
+        with Image.open(io.BytesIO(data)) as img:
+            progressive += bool(img.info.get("progressive"))
+        out = decode_reduced(data, DecodeLimits(), (640, 640))
+        assert out.pixels.ndim == 3, photo
+    assert progressive >= 20  # the deepface set holds many progressive photos (up to 14 scans)
+
+
+def test_large_pillow_progressive_photo_fits_the_work_budget() -> None:
+    # 24 MP, 4:4:4: libjpeg's most block-hungry script for an ordinary photo.
+    picture = Image.fromarray(gradient_rgb(6000, 4000))
+    data = encode(picture, "JPEG", progressive=True, subsampling=0, quality=90)
+    found = images.jpeg_scans(data)
+    assert found.blocks_walked == 14 * 750 * 500
+    assert found.blocks_walked < images.JPEG_WORK_PASSES * DecodeLimits().max_pixels // 64
+    assert decode_reduced(data, DecodeLimits(), (640, 640)).width == 6000
+
+
+# ---- decode memory budget -------------------------------------------------------------------
+
+FORTY_MP = (7744, 5164)  # 39.99 MP: just under the default pixel limit
+
+
+def flat_png(mode_code: int, channels: int, size: tuple[int, int] = FORTY_MP) -> bytes:
+    """A valid PNG of one flat colour, compressed the way an attacker would (zlib level 9):
+    a 40 MP grey+alpha picture is about 80 KB."""
+    width, height = size
+    compressor = zlib.compressobj(9)
+    row = b"\x00" + b"\x80" * (width * channels)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    return raw_png(width, height, bit_depth=8, color_type=mode_code, idat=idat)
+
+
+@pytest.mark.parametrize(
+    ("mode", "mode_code", "channels"),
+    [("LA", 4, 2), ("RGBA", 6, 4), ("RGB", 2, 3)],
+)
+def test_small_forty_megapixel_png_over_the_memory_budget_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch, mode: str, mode_code: int, channels: int
+) -> None:
+    # Pillow keeps 4 bytes a pixel for these modes and the result takes 3: 280 MB for a file
+    # of 80-170 KB (the whole-image conversions of an LA picture took 613 MiB).
+    data = flat_png(mode_code, channels)
+    assert len(data) < 200_000
+    loads = spy_on_pixel_decoding(monkeypatch)
+    error = decode_error(data)
+    assert error.code == ErrorCode.IMAGE_TOO_LARGE
+    assert f"7744x5164 PNG image ({mode})" in error.message
+    assert "the decode budget is 256 MiB" in error.message
+    assert loads == []
+
+
+def test_grey_forty_megapixel_png_fits_the_memory_budget() -> None:
+    out = decode_image(flat_png(0, 1))  # 1 byte a pixel in Pillow, 3 in the result
+    assert out.shape == (5164, 7744, 3) and (out == 128).all()
+
+
+def test_memory_budget_counts_the_coefficients_a_progressive_jpeg_keeps() -> None:
+    # 4:4:4 at 1024 x 768: the BGR result and OpenCV's copy of it take 4.7 MB either way; a
+    # progressive file also keeps 6 bytes of coefficients a pixel until its last scan.
+    picture = Image.fromarray(gradient_rgb(1024, 768))
+    baseline = encode(picture, "JPEG", subsampling=0)
+    progressive = encode(picture, "JPEG", subsampling=0, progressive=True)
+    limits = DecodeLimits(max_decode_bytes=(8 << 20) + 6_000_000)
+    assert decode_image(baseline, limits).shape == (768, 1024, 3)
+    assert decode_error(progressive, limits).code == ErrorCode.IMAGE_TOO_LARGE
+    assert decode_image(progressive, DecodeLimits()).shape == (768, 1024, 3)
+
+
+def test_memory_budget_is_checked_for_the_reduced_decode_the_service_makes() -> None:
+    # A 40 MP baseline JPEG decoded at 1/8 scale needs about 1/64 of the memory.
+    picture = Image.fromarray(gradient_rgb(4096, 3072))
+    data = encode(picture, "JPEG")
+    tight = DecodeLimits(max_decode_bytes=(8 << 20) + 2_000_000)
+    assert decode_error(data, tight).code == ErrorCode.IMAGE_TOO_LARGE
+    assert decode_reduced(data, tight, (256, 256)).pixels.shape == (384, 512, 3)
+
+
+def test_decode_budget_setting_reaches_the_pipeline() -> None:
+    from service.app import pipeline_options
+    from service.settings import Settings
+
+    limits = pipeline_options(Settings(max_decode_bytes=123 << 20)).limits
+    assert limits.max_decode_bytes == 123 << 20
+    assert Settings().max_decode_bytes == DecodeLimits().max_decode_bytes
+
+
+def varied_picture(mode: str) -> Image.Image:
+    """A 37 x 90 picture of noise in `mode`, transparency included where the mode has it."""
+    rng = np.random.default_rng(5)
+    if mode in ("I;16", "I"):
+        values = rng.integers(0, 70_000, (90, 37))
+        return Image.fromarray(values.astype(np.uint16 if mode == "I;16" else np.int32))
+    rgba = Image.fromarray(rng.integers(0, 256, (90, 37, 4), dtype=np.uint8), "RGBA")
+    if mode == "P+transparency":
+        picture = rgba.convert("RGB").quantize(16)
+        picture.info["transparency"] = 3
+        return picture
+    if mode == "RGB+transparency":
+        picture = rgba.convert("RGB")
+        picture.info["transparency"] = picture.getpixel((0, 0))
+        return picture
+    return rgba.convert(mode)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "RGBA",
+        "LA",
+        "PA",
+        "P+transparency",
+        "RGB+transparency",
+        "1",
+        "L",
+        "CMYK",
+        "YCbCr",
+        "I;16",
+        "I",
+    ],
+)
+def test_band_by_band_conversion_equals_the_whole_image_conversion(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    img = varied_picture(mode)
+    reference = images._to_bgr_array(img)  # one band: the whole picture at once
+    monkeypatch.setattr(images, "_BAND_PIXELS", 37 * 4)  # bands of 4 rows, the last of 2
+    banded = images._to_bgr_array(img)
+    assert (banded == reference).all()
+    assert len(np.unique(reference.reshape(-1, 3), axis=0)) > 1  # not a flat picture
+
+
+# ---- decode work budget: what Pillow decodes in Python --------------------------------------
+
+
+def png_with_empty_chunks(chunks: int, tag: bytes) -> bytes:
+    """A valid 100 x 100 grey PNG followed (IDAT) or preceded (an ancillary chunk) by
+    `chunks` empty chunks, each of which Pillow handles in Python."""
+    idat = zlib.compress(b"".join(b"\x00" + b"\x80" * 100 for _ in range(100)))
+    empty = png_chunk(tag, b"") * chunks
+    header = struct.pack(">IIBBBBB", 100, 100, 8, 0, 0, 0, 0)
+    before, after = (empty, b"") if tag != b"IDAT" else (b"", empty)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + before
+        + png_chunk(b"IDAT", idat)
+        + after
+        + png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("tag", [b"IDAT", b"prVt"], ids=["image-data", "ancillary"])
+def test_png_of_many_tiny_chunks_is_refused_before_pillow_parses_them(tag: bytes) -> None:
+    # 10 MB of empty chunks: Pillow spent 1.5 s of CPU reading them one by one.
+    data = png_with_empty_chunks(830_000, tag)
+    started = time.process_time()
+    error = decode_error(data)
+    assert time.process_time() - started < 0.2
+    assert error.code == ErrorCode.IMAGE_TOO_COMPLEX
+    assert f"more than {images.MAX_PNG_CHUNKS:,} chunks" in error.message
+
+
+def test_png_of_as_many_chunks_as_an_encoder_writes_decodes() -> None:
+    data = png_with_empty_chunks(images.MAX_PNG_CHUNKS - 3, b"IDAT")  # IHDR, IDAT, IEND
+    assert images.png_chunks(data) == images.MAX_PNG_CHUNKS
+    assert (decode_image(data) == 128).all()
+
+
+def rle8_bmp(width: int, height: int) -> bytes:
+    """A grey BMP compressed as RLE8 in runs of one pixel: 2 bytes a pixel, the worst case
+    for Pillow's run-length decoder, which is written in Python."""
+    rows = (b"\x01\x80" * width + b"\x00\x00") * height + b"\x00\x01"  # end of line, of file
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rows), 2835, 2835, 256, 0)
+    offset = 14 + len(info) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + info + palette + rows
+
+
+def test_run_length_encoded_bmp_over_the_python_decoding_budget_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 10 MB of 1-pixel runs took Pillow 1.2 s of CPU; this is 2.4 MB.
+    data = rle8_bmp(1200, 1000)
+    loads = spy_on_pixel_decoding(monkeypatch)
+    error = decode_error(data)
+    assert error.code == ErrorCode.IMAGE_TOO_COMPLEX
+    assert f"at most {images.MAX_PYTHON_DECODED_BYTES:,} bytes" in error.message
+    assert loads == []
+
+
+def test_small_run_length_encoded_bmp_decodes() -> None:
+    data = rle8_bmp(600, 400)
+    assert len(data) < images.MAX_PYTHON_DECODED_BYTES
+    assert (decode_image(data) == 128).all()
