@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -31,14 +33,38 @@ def _fail(message: str) -> int:
     return 2
 
 
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's proxy options: `X-Forwarded-For` and `X-Forwarded-Proto` are believed only from
+    FACEVERIFY_TRUSTED_PROXIES; with none (the default) they are ignored, since anything on
+    the path (a loopback sidecar included) could let each client pick its address and with it
+    its rate-limit bucket (docs/security.md)."""
+    proxies = [item.strip() for item in settings.trusted_proxies.split(",") if item.strip()]
+    for item in proxies:
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"FACEVERIFY_TRUSTED_PROXIES: {item!r} is not an address or network"
+                ) from None
+    if not proxies:
+        return {"proxy_headers": False, "forwarded_allow_ips": ""}
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(proxies)}
+
+
 def serve(settings: Settings) -> int:
     import uvicorn
 
+    from service.api.hosts import HostAllowList
+    from service.api.origin import parse_allowed_origins
     from service.packs import load_pack
 
     try:  # fail fast, in one line, before any worker starts
         load_pack(settings.pack_dir, verify_checksums=settings.verify_checksums)
-    except PackError as exc:
+        HostAllowList.from_settings(settings)
+        parse_allowed_origins(settings.allowed_origins)
+        proxies = proxy_options(settings)
+    except (PackError, ValueError) as exc:
         return _fail(str(exc))
     if settings.api_keys_file is not None:
         from service.keys import KeysFileError, read_keys_file
@@ -57,6 +83,7 @@ def serve(settings: Settings) -> int:
             port=settings.port,
             workers=settings.workers,
             log_config=logging_config(settings.log_level),
+            **proxies,
         )
     return 0
 

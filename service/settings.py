@@ -158,6 +158,30 @@ class Settings(BaseSettings):
     )
     rate_burst: int = Field(10, ge=1, description="Requests a client may send at once.")
 
+    # --- the HTTP edge (service/api/hosts.py, origin.py, uploads.py; docs/security.md) -------
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated `Host` names (optionally with `:port`) the service answers; "
+        "empty = localhost names, loopback addresses and FACEVERIFY_HOST unless it is a wildcard "
+        "address; `*` = any.",
+    )
+    allowed_origins: str = Field(
+        "",
+        description="Comma-separated origins (`https://app.example.com`) whose pages may send "
+        "state-changing requests besides the service's own.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated proxy addresses or networks whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; empty = none (the client address is the peer's).",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0.0,
+        description="Seconds a request's whole body may take to arrive; beyond, 408 "
+        "`request_timeout`.",
+    )
+
     @field_validator("api_keys")
     @classmethod
     def _check_api_keys(cls, value: SecretStr | None) -> SecretStr | None:

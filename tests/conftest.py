@@ -26,6 +26,16 @@ def assets_root() -> Path:
     return Path(os.environ.get("FACEVERIFY_TEST_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
 
 
+# Starlette's TestClient sends `Host: testserver`; the service answers only the names in
+# FACEVERIFY_ALLOWED_HOSTS. Tests of the allow-list itself set or remove the variable.
+TEST_ALLOWED_HOSTS = "localhost,127.0.0.1,::1,testserver"
+
+
+@pytest.fixture(autouse=True)
+def _allow_test_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACEVERIFY_ALLOWED_HOSTS", TEST_ALLOWED_HOSTS)
+
+
 @pytest.fixture(scope="session")
 def assets_dir() -> Path:
     root = assets_root()

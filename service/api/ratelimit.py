@@ -8,6 +8,13 @@ FACEVERIFY_RATE_LIMIT to the per-client budget divided by FACEVERIFY_WORKERS.
 
 Checked after the key (so a bucket belongs to a known key) and before the body is read; probes,
 the scrape and the docs are never limited.
+
+The client address is the TCP peer's, unless FACEVERIFY_TRUSTED_PROXIES names the proxy in
+front (then uvicorn takes it from that proxy's `X-Forwarded-For`): a header a client may set
+itself must never choose its bucket. The buckets are bounded: at `max_buckets` the least
+recently used one is dropped (O(1), an `OrderedDict`), so a flood of new addresses costs
+constant time per request and constant memory; a dropped bucket that had not refilled gives
+that client a fresh burst, the price of the bound.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +33,7 @@ from service.api.auth import OPEN_PATHS, STATE_KEY_NAME
 from service.api.errors import error_response
 from service.errors import ErrorCode
 
-# Buckets kept per worker before the idle ones are dropped (bounds memory under address churn).
+# Buckets kept per worker; beyond, the least recently used is dropped (~200 bytes each: 20 MB).
 MAX_BUCKETS = 100_000
 
 
@@ -39,39 +47,41 @@ class TokenBuckets:
     """`take(client)` → 0.0 when allowed, else the seconds until a token is available."""
 
     def __init__(
-        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_buckets: int = MAX_BUCKETS,
     ) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be > 0 and burst >= 1")
+        if rate <= 0 or burst < 1 or max_buckets < 1:
+            raise ValueError("rate must be > 0, burst >= 1 and max_buckets >= 1")
         self.rate = rate
         self.burst = burst
+        self.max_buckets = max_buckets
         self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
+        # Least recently used first: `take` moves a client's bucket to the end.
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, client: str) -> float:
         now = self._clock()
         with self._lock:
             bucket = self._buckets.get(client)
             if bucket is None:
-                if len(self._buckets) >= MAX_BUCKETS:
-                    self._drop_full(now)
+                while len(self._buckets) >= self.max_buckets:
+                    self._buckets.popitem(last=False)
                 bucket = self._buckets[client] = _Bucket(float(self.burst), now)
+            else:
+                self._buckets.move_to_end(client)
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now
             if bucket.tokens >= 1.0:
                 bucket.tokens -= 1.0
                 return 0.0
             return (1.0 - bucket.tokens) / self.rate
-
-    def _drop_full(self, now: float) -> None:
-        """Forget buckets that have refilled completely: a new bucket starts full anyway."""
-        full_after = self.burst / self.rate
-        self._buckets = {
-            client: bucket
-            for client, bucket in self._buckets.items()
-            if now - bucket.updated < full_after
-        }
 
 
 def client_of(scope: Scope) -> str:
