@@ -19,6 +19,7 @@ that client a fresh burst, the price of the bound.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
 import time
@@ -35,6 +36,8 @@ from service.errors import ErrorCode
 
 # Buckets kept per worker; beyond, the least recently used is dropped (~200 bytes each: 20 MB).
 MAX_BUCKETS = 100_000
+# IPv6 clients are limited per /64 network: the smallest block a subscriber is given.
+IPV6_SUBSCRIBER_PREFIX = 64
 
 
 @dataclass
@@ -85,12 +88,27 @@ class TokenBuckets:
 
 
 def client_of(scope: Scope) -> str:
-    """Who a bucket belongs to: the key's name, else the client address."""
+    """Who a bucket belongs to: the key's name, else the client address (its /64 network for
+    IPv6, the block one subscriber gets, so a client cannot take 2**64 fresh buckets)."""
     name = scope.get("state", {}).get(STATE_KEY_NAME)
     if name is not None:
         return f"key:{name}"
     client = scope.get("client")
-    return f"address:{client[0] if client else 'unknown'}"
+    return f"address:{address_group(client[0]) if client else 'unknown'}"
+
+
+def address_group(address: str) -> str:
+    """An IPv4 address as it is; an IPv6 address as its /64 network (RFC 6177 gives each
+    subscriber a /64 at least); anything else (a unix socket path) as it is."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, IPV6_SUBSCRIBER_PREFIX), strict=False))
+    return address
 
 
 class RateLimit:

@@ -163,3 +163,12 @@ def test_x_forwarded_for_from_loopback_does_not_reset_the_limit(pack, tmp_path):
     trusted = {**limits, "trusted_proxies": "127.0.0.1"}
     with running_server(pack, tmp_path / "data2", **trusted) as server:
         assert _statuses_with_forwarded_addresses(server.url) == [200, 200, 200, 200]
+
+
+def test_ipv6_clients_share_a_bucket_per_64_network():
+    group = ratelimit.address_group
+    assert group("2001:db8:1:2::1") == group("2001:db8:1:2:ffff:1:2:3") == "2001:db8:1:2::/64"
+    assert group("2001:db8:1:3::1") != group("2001:db8:1:2::1")
+    assert group("::ffff:192.0.2.7") == "192.0.2.7" and group("192.0.2.7") == "192.0.2.7"
+    scope = {"type": "http", "client": ("2001:db8:1:2:aaaa::9", 5000), "state": {}}
+    assert ratelimit.client_of(scope) == "address:2001:db8:1:2::/64"
