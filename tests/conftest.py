@@ -27,13 +27,10 @@ def assets_root() -> Path:
 
 
 # Starlette's TestClient sends `Host: testserver`; the service answers only the names in
-# FACEVERIFY_ALLOWED_HOSTS. Tests of the allow-list itself set or remove the variable.
+# FACEVERIFY_ALLOWED_HOSTS. Set when this file is imported, before any test module builds an
+# app; tests of the allow-list itself set or remove the variable.
 TEST_ALLOWED_HOSTS = "localhost,127.0.0.1,::1,testserver"
-
-
-@pytest.fixture(autouse=True)
-def _allow_test_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FACEVERIFY_ALLOWED_HOSTS", TEST_ALLOWED_HOSTS)
+os.environ["FACEVERIFY_ALLOWED_HOSTS"] = TEST_ALLOWED_HOSTS
 
 
 @pytest.fixture(scope="session")
