@@ -49,7 +49,11 @@ def proxy_options(settings: Settings) -> dict[str, Any]:
                 ) from None
     if not proxies:
         return {"proxy_headers": False, "forwarded_allow_ips": ""}
-    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(proxies)}
+    # uvicorn reads `*` as "trust every peer" only when it stands alone.
+    return {
+        "proxy_headers": True,
+        "forwarded_allow_ips": "*" if "*" in proxies else ",".join(proxies),
+    }
 
 
 def serve(settings: Settings) -> int:

@@ -64,3 +64,15 @@ def test_the_allow_list_setting_is_applied(app_client, pack):
     with app_client(pack, allowed_hosts="faceverify") as client:
         assert client.get("/identities", headers={"Host": "faceverify:8000"}).status_code == 200
         assert client.get("/identities").status_code == 400  # testserver is not listed now
+
+
+def test_a_malformed_allow_list_stops_the_server_before_it_starts(
+    pack, monkeypatch, capsys, tmp_path
+):
+    from service.__main__ import main
+
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    monkeypatch.setenv("FACEVERIFY_PACK_DIR", str(pack))
+    monkeypatch.setenv("FACEVERIFY_ALLOWED_HOSTS", "face.example.com:http")
+    assert main(["serve"]) == 2
+    assert "FACEVERIFY_ALLOWED_HOSTS" in capsys.readouterr().err

@@ -139,6 +139,8 @@ def test_forwarded_headers_are_ignored_unless_proxies_are_trusted():
         "proxy_headers": True,
         "forwarded_allow_ips": "10.0.0.5,10.1.0.0/16",
     }
+    everyone = Settings(_env_file=None, trusted_proxies="10.0.0.5,*")
+    assert proxy_options(everyone)["forwarded_allow_ips"] == "*"
     with pytest.raises(ValueError, match="FACEVERIFY_TRUSTED_PROXIES"):
         proxy_options(Settings(_env_file=None, trusted_proxies="proxy.local"))
 
