@@ -59,6 +59,7 @@ def proxy_options(settings: Settings) -> dict[str, Any]:
 def serve(settings: Settings) -> int:
     import uvicorn
 
+    from service.api.connections import header_timeout_protocol
     from service.api.hosts import HostAllowList
     from service.api.origin import parse_allowed_origins
     from service.packs import load_pack
@@ -87,6 +88,7 @@ def serve(settings: Settings) -> int:
             port=settings.port,
             workers=settings.workers,
             log_config=logging_config(settings.log_level),
+            http=header_timeout_protocol(settings.header_timeout_s),
             **proxies,
         )
     return 0

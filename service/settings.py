@@ -175,6 +175,12 @@ class Settings(BaseSettings):
         description="Comma-separated proxy addresses or networks whose X-Forwarded-For and "
         "X-Forwarded-Proto are believed; empty = none (the client address is the peer's).",
     )
+    header_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="Seconds a request's line and headers may take to arrive (from the "
+        "connection's start or the previous answer); beyond, the connection is closed.",
+    )
     body_timeout_s: float = Field(
         60.0,
         gt=0.0,

@@ -1,5 +1,6 @@
 """Slow, vanished and orphaned: clients that send a body one byte a second get 408
-`request_timeout` within FACEVERIFY_BODY_TIMEOUT_S instead of holding a connection forever; an
+`request_timeout` within FACEVERIFY_BODY_TIMEOUT_S instead of holding a connection forever, and
+connections whose headers never complete are closed after FACEVERIFY_HEADER_TIMEOUT_S; an
 upload the client abandons mid-body is counted as `client_disconnected` (499), not as a bad
 request; and when the uvicorn master is SIGKILLed its workers leave and free the port.
 
@@ -27,6 +28,7 @@ from gallery_support import Server, running_server
 
 FACE = SyntheticFace.from_box((100.0, 120.0, 340.0, 400.0), score=0.9)
 BODY_TIMEOUT_S = 2.0
+HEADER_TIMEOUT_S = 1.5
 # Generous bounds on 2 busy cores: what is asserted is "seconds", not "never".
 ANSWER_LIMIT_S = BODY_TIMEOUT_S + 8.0
 ORPHAN_EXIT_LIMIT_S = 15.0
@@ -90,6 +92,58 @@ def test_a_body_sent_one_byte_a_second_gets_408_within_the_body_timeout(
         assert BODY_TIMEOUT_S - 0.5 <= elapsed < ANSWER_LIMIT_S
         assert metric(server.url, 'faceverify_errors_total{code="request_timeout"}') == 1
         assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+
+
+def _seconds_until_closed(client: socket.socket, drip: bytes, limit_s: float) -> float:
+    """Send `drip` every 0.5 s until the server closes the connection; the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        try:
+            if drip:
+                client.sendall(drip)
+            if client.recv(65536) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started
+    raise AssertionError(f"connection still open after {limit_s} s")
+
+
+@pytest.mark.parametrize("drip", [b"", b"X"], ids=["silent", "one_byte_at_a_time"])
+def test_a_connection_whose_headers_never_complete_is_closed(pack, tmp_path, drip):
+    with running_server(pack, tmp_path / "data", header_timeout_s=HEADER_TIMEOUT_S) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=0.5) as client:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            elapsed = _seconds_until_closed(client, drip, ANSWER_LIMIT_S)
+        assert HEADER_TIMEOUT_S - 0.5 <= elapsed < ANSWER_LIMIT_S
+        # A kept-alive connection gets the same deadline for its next request's headers.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=0.5) as client:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            time.sleep(0.3)
+            assert client.recv(65536).startswith(b"HTTP/1.1 200 ")
+            client.sendall(b"GET /healthz HTTP/1.1\r\n")
+            assert _seconds_until_closed(client, b"X", ANSWER_LIMIT_S) < ANSWER_LIMIT_S
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+
+
+def test_the_header_deadline_does_not_cut_a_request_whose_body_is_arriving(pack, tmp_path):
+    settings = {"header_timeout_s": HEADER_TIMEOUT_S, "body_timeout_s": 2 * HEADER_TIMEOUT_S}
+    with (
+        running_server(pack, tmp_path / "data", **settings) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=0.5) as client,
+    ):
+        client.sendall(request_head(server.port, "/verify", MULTIPART, 50_000) + FILE_PART)
+        started = time.monotonic()
+        answer = b""
+        while time.monotonic() - started < ANSWER_LIMIT_S and not answer:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                client.sendall(b"a")
+            with contextlib.suppress(TimeoutError):
+                answer = client.recv(65536)
+        elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]  # the body's deadline, not a close
+    assert elapsed >= 2 * HEADER_TIMEOUT_S - 0.5
 
 
 def test_an_upload_aborted_mid_body_counts_as_client_disconnected(pack, tmp_path):
