@@ -130,9 +130,9 @@ class BodyLimits:
             nonlocal received, body_complete
             if body_complete:  # later reads wait for the disconnect: no deadline
                 return await receive()
-            wait = max(deadline - loop.time(), MIN_READ_WAIT_S)
             try:
-                message = await asyncio.wait_for(receive(), wait)
+                async with asyncio.timeout(max(deadline - loop.time(), MIN_READ_WAIT_S)):
+                    message = await receive()
             except TimeoutError:
                 raise BodyTimeout(
                     f"the request body did not arrive within {self.timeout_s:g} s "
