@@ -15,11 +15,14 @@ from service.api.admission import InferenceScheduler, SchedulerOptions, plan_slo
 from service.api.auth import ApiKeyAuth
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
+from service.api.headers import SecurityHeaders
+from service.api.hosts import HostAllowList, HostCheck
 from service.api.middleware import RequestMetrics
 from service.api.openapi import install_openapi
+from service.api.origin import CrossSiteRefusal, parse_allowed_origins
 from service.api.ratelimit import RateLimit, TokenBuckets
 from service.api.routes import faces, health, identify, identities, status, verify
-from service.api.uploads import BodySizeLimit, request_body_limit
+from service.api.uploads import BodyLimits, request_body_limit
 from service.errors import ServiceError
 from service.faces.batching import BatchingOptions
 from service.faces.detector import DetectorOptions
@@ -37,7 +40,7 @@ from service.runtime import RuntimeOptions
 from service.settings import Settings
 from service.web.console import install_console
 from service.web.docs import install_docs
-from service.workers import WorkerReadiness, worker_readiness_from_env
+from service.workers import WorkerReadiness, watch_parent_from_env, worker_readiness_from_env
 
 log = logging.getLogger("service")
 
@@ -230,9 +233,12 @@ def create_app(
     install_docs(app)
     if settings.console:
         install_console(app)
-    # Outermost last: metrics see every answer; keys, scopes and rate limits are checked
-    # before a body is read.
-    app.add_middleware(BodySizeLimit, max_bytes=request_body_limit(settings))
+    # Outermost last: metrics see every answer and every answer gets the security headers;
+    # the Host and the request's site, then keys, scopes and rate limits are checked before a
+    # body is read.
+    app.add_middleware(
+        BodyLimits, max_bytes=request_body_limit(settings), timeout_s=settings.body_timeout_s
+    )
     if settings.rate_limit > 0:
         buckets = TokenBuckets(settings.rate_limit, settings.rate_burst)
         app.add_middleware(RateLimit, buckets=buckets)
@@ -240,6 +246,11 @@ def create_app(
         app.add_middleware(
             ApiKeyAuth, keys=KeyRing(settings.api_key_list(), settings.api_keys_file)
         )
+    app.add_middleware(
+        CrossSiteRefusal, allowed_origins=parse_allowed_origins(settings.allowed_origins)
+    )
+    app.add_middleware(HostCheck, allowed=HostAllowList.from_settings(settings))
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 
@@ -247,7 +258,9 @@ def create_app(
 def create_served_app() -> FastAPI:
     """The app `python -m service` runs (uvicorn's factory): settings from the environment,
     models and gallery loaded in the background so the probes answer from the first second,
-    and glibc's malloc tuned before the serving threads start (`service.memory`)."""
+    and glibc's malloc tuned before the serving threads start (`service.memory`). A worker of
+    several ends when its server process dies (`service.workers`)."""
+    watch_parent_from_env()
     tune_heap()
     settings = Settings()
     return create_app(

@@ -4,13 +4,24 @@ uvicorn applies `log_config` in the parent and again in every worker process it 
 service's own messages (the pack loaded, the onnxruntime provider really in use, the gallery
 index built) reach the log from each worker. A root-logger setup in the parent alone would not:
 spawned workers start with bare logging and drop everything below WARNING.
+
+The access log never holds a secret a client put in a URL: query values whose names look like
+credentials (`?api_key=...`, `token`, `password`, ...) are written as `[redacted]`. The service
+takes keys only in headers and refuses such a request, but the line is logged before anyone
+reads it.
 """
 
 from __future__ import annotations
 
+import logging
 import logging.config
+import re
 import sys
+from copy import copy
 from typing import Any
+from urllib.parse import unquote_plus
+
+from uvicorn.logging import AccessFormatter
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 ACCESS_FORMAT = (
@@ -20,6 +31,54 @@ ACCESS_FORMAT = (
 # Loggers of libraries that are chatty at INFO without telling an operator anything:
 # faiss' loader reports each CPU feature it probes.
 QUIET_LOGGERS = ("faiss.loader",)
+# Query parameter names whose values are secrets: a name that is one of these words, or ends
+# in one after `_`, `-` or `.` (`api_key`, `x-api-key`, `access_token`, `db.password`).
+SECRET_QUERY_WORDS = (
+    "key",
+    "apikey",
+    "token",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "auth",
+    "authorization",
+    "credential",
+    "credentials",
+    "signature",
+    "sig",
+    "session",
+)
+REDACTED = "[redacted]"
+_SECRET_NAME = re.compile(r"(?:^|[_.\-])(?:" + "|".join(SECRET_QUERY_WORDS) + r")$", re.IGNORECASE)
+
+
+def _is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(unquote_plus(name).strip()))
+
+
+def redact_query(path: str) -> str:
+    """`path?query` with the values of secret-looking parameters replaced by `[redacted]`;
+    everything else (order, other values, their encoding) is kept as sent."""
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path
+    parts = []
+    for item in query.split("&"):
+        name, eq, _value = item.partition("=")
+        parts.append(f"{name}={REDACTED}" if eq and _is_secret_name(name) else item)
+    return f"{base}?{'&'.join(parts)}"
+
+
+class RedactingAccessFormatter(AccessFormatter):
+    """uvicorn's access line with secret query values redacted (`redact_query`)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record = copy(record)
+            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+        return super().formatMessage(record)
 
 
 class StderrHandler(logging.StreamHandler):
@@ -49,7 +108,7 @@ def logging_config(level: str) -> dict[str, Any]:
         "formatters": {
             "default": {"format": LOG_FORMAT},
             "access": {
-                "()": "uvicorn.logging.AccessFormatter",
+                "()": "service.logs.RedactingAccessFormatter",
                 "fmt": ACCESS_FORMAT,
                 "use_colors": False,
             },

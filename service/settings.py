@@ -217,6 +217,36 @@ class Settings(BaseSettings):
         "default: only when API keys are off (/status keeps them behind `gallery:read`).",
     )
 
+    # --- the HTTP edge (service/api/hosts.py, origin.py, uploads.py; docs/security.md) -------
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated `Host` names (optionally with `:port`) the service answers; "
+        "empty = localhost names, loopback addresses and FACEVERIFY_HOST unless it is a wildcard "
+        "address; `*` = any.",
+    )
+    allowed_origins: str = Field(
+        "",
+        description="Comma-separated origins (`https://app.example.com`) whose pages may send "
+        "state-changing requests besides the service's own.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated proxy addresses or networks whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; empty = none (the client address is the peer's).",
+    )
+    header_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="Seconds a request's line and headers may take to arrive (from the "
+        "connection's start or the previous answer); beyond, the connection is closed.",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0.0,
+        description="Seconds a request's whole body may take to arrive; beyond, 408 "
+        "`request_timeout`.",
+    )
+
     @field_validator("api_keys")
     @classmethod
     def _check_api_keys(cls, value: SecretStr | None) -> SecretStr | None:

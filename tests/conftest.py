@@ -26,6 +26,13 @@ def assets_root() -> Path:
     return Path(os.environ.get("FACEVERIFY_TEST_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
 
 
+# Starlette's TestClient sends `Host: testserver`; the service answers only the names in
+# FACEVERIFY_ALLOWED_HOSTS. Set when this file is imported, before any test module builds an
+# app; tests of the allow-list itself set or remove the variable.
+TEST_ALLOWED_HOSTS = "localhost,127.0.0.1,::1,testserver"
+os.environ["FACEVERIFY_ALLOWED_HOSTS"] = TEST_ALLOWED_HOSTS
+
+
 @pytest.fixture(scope="session")
 def assets_dir() -> Path:
     root = assets_root()

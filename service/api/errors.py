@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service.api.uploads import BodyTooLarge
+from service.api.uploads import BodyReadError
 from service.errors import ErrorCode, ServiceError
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException):
-        if isinstance(exc.__cause__, BodyTooLarge):
-            return error_response(request, ErrorCode.PAYLOAD_TOO_LARGE, "request body too large")
+        if isinstance(exc.__cause__, BodyReadError):  # too large, too slow, client gone
+            cause = exc.__cause__
+            return error_response(
+                request, cause.code, cause.message, headers={"Connection": "close"}
+            )
         code = _STATUS_CODES.get(exc.status_code, ErrorCode.VALIDATION_ERROR)
         message = str(exc.detail)
         headers = dict(exc.headers or {})

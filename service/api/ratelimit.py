@@ -8,13 +8,22 @@ FACEVERIFY_RATE_LIMIT to the per-client budget divided by FACEVERIFY_WORKERS.
 
 Checked after the key (so a bucket belongs to a known key) and before the body is read; probes,
 the scrape and the docs are never limited.
+
+The client address is the TCP peer's, unless FACEVERIFY_TRUSTED_PROXIES names the proxy in
+front (then uvicorn takes it from that proxy's `X-Forwarded-For`): a header a client may set
+itself must never choose its bucket. The buckets are bounded: at `max_buckets` the least
+recently used one is dropped (O(1), an `OrderedDict`), so a flood of new addresses costs
+constant time per request and constant memory; a dropped bucket that had not refilled gives
+that client a fresh burst, the price of the bound.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,8 +34,10 @@ from service.api.auth import OPEN_PATHS, STATE_KEY_NAME
 from service.api.errors import error_response
 from service.errors import ErrorCode
 
-# Buckets kept per worker before the idle ones are dropped (bounds memory under address churn).
+# Buckets kept per worker; beyond, the least recently used is dropped (~200 bytes each: 20 MB).
 MAX_BUCKETS = 100_000
+# IPv6 clients are limited per /64 network: the smallest block a subscriber is given.
+IPV6_SUBSCRIBER_PREFIX = 64
 
 
 @dataclass
@@ -39,24 +50,35 @@ class TokenBuckets:
     """`take(client)` → 0.0 when allowed, else the seconds until a token is available."""
 
     def __init__(
-        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_buckets: int = MAX_BUCKETS,
     ) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("rate must be > 0 and burst >= 1")
+        if rate <= 0 or burst < 1 or max_buckets < 1:
+            raise ValueError("rate must be > 0, burst >= 1 and max_buckets >= 1")
         self.rate = rate
         self.burst = burst
+        self.max_buckets = max_buckets
         self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
+        # Least recently used first: `take` moves a client's bucket to the end.
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def take(self, client: str) -> float:
         now = self._clock()
         with self._lock:
             bucket = self._buckets.get(client)
             if bucket is None:
-                if len(self._buckets) >= MAX_BUCKETS:
-                    self._drop_full(now)
+                while len(self._buckets) >= self.max_buckets:
+                    self._buckets.popitem(last=False)
                 bucket = self._buckets[client] = _Bucket(float(self.burst), now)
+            else:
+                self._buckets.move_to_end(client)
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now
             if bucket.tokens >= 1.0:
@@ -64,23 +86,29 @@ class TokenBuckets:
                 return 0.0
             return (1.0 - bucket.tokens) / self.rate
 
-    def _drop_full(self, now: float) -> None:
-        """Forget buckets that have refilled completely: a new bucket starts full anyway."""
-        full_after = self.burst / self.rate
-        self._buckets = {
-            client: bucket
-            for client, bucket in self._buckets.items()
-            if now - bucket.updated < full_after
-        }
-
 
 def client_of(scope: Scope) -> str:
-    """Who a bucket belongs to: the key's name, else the client address."""
+    """Who a bucket belongs to: the key's name, else the client address (its /64 network for
+    IPv6, the block one subscriber gets, so a client cannot take 2**64 fresh buckets)."""
     name = scope.get("state", {}).get(STATE_KEY_NAME)
     if name is not None:
         return f"key:{name}"
     client = scope.get("client")
-    return f"address:{client[0] if client else 'unknown'}"
+    return f"address:{address_group(client[0]) if client else 'unknown'}"
+
+
+def address_group(address: str) -> str:
+    """An IPv4 address as it is; an IPv6 address as its /64 network (RFC 6177 gives each
+    subscriber a /64 at least); anything else (a unix socket path) as it is."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, IPV6_SUBSCRIBER_PREFIX), strict=False))
+    return address
 
 
 class RateLimit:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import tempfile
+from typing import Any
 
 from service.cli.common import CommandError, load_settings
 from service.errors import PackError
@@ -26,14 +28,42 @@ def run(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's proxy options: `X-Forwarded-For` and `X-Forwarded-Proto` are believed only from
+    FACEVERIFY_TRUSTED_PROXIES; with none (the default) they are ignored, since anything on
+    the path (a loopback sidecar included) could let each client pick its address and with it
+    its rate-limit bucket (docs/security.md)."""
+    proxies = [item.strip() for item in settings.trusted_proxies.split(",") if item.strip()]
+    for item in proxies:
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"FACEVERIFY_TRUSTED_PROXIES: {item!r} is not an address or network"
+                ) from None
+    if not proxies:
+        return {"proxy_headers": False, "forwarded_allow_ips": ""}
+    return {
+        "proxy_headers": True,
+        "forwarded_allow_ips": "*" if "*" in proxies else ",".join(proxies),
+    }
+
+
 def serve(settings: Settings) -> int:
     import uvicorn
 
+    from service.api.connections import header_timeout_protocol
+    from service.api.hosts import HostAllowList
+    from service.api.origin import parse_allowed_origins
     from service.packs import load_pack
 
     try:  # fail fast, in one line, before any worker starts
         load_pack(settings.pack_dir, verify_checksums=settings.verify_checksums)
-    except PackError as exc:
+        HostAllowList.from_settings(settings)
+        parse_allowed_origins(settings.allowed_origins)
+        proxies = proxy_options(settings)
+    except (PackError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
     if settings.api_keys_file is not None:
         from service.keys import KeysFileError, read_keys_file
@@ -59,5 +89,7 @@ def serve(settings: Settings) -> int:
             port=settings.port,
             workers=settings.workers,
             log_config=logging_config(settings.log_level),
+            http=header_timeout_protocol(settings.header_timeout_s),
+            **proxies,
         )
     return 0

@@ -24,6 +24,9 @@ FAVICON_PATHS = ("/favicon.ico", "/favicon.svg")
 FAVICON_FILE = Path(__file__).parent / "static" / "favicon.svg"
 # Swagger UI's own defaults that would reach the internet: the spec validator badge.
 SWAGGER_UI_PARAMETERS = {"validatorUrl": None}
+# The docs pages may not be framed by any page (clickjacking the "Try it out" buttons): CSP
+# `frame-ancestors` for current browsers, `X-Frame-Options` for older ones.
+FRAMING_HEADERS = {"Content-Security-Policy": "frame-ancestors 'none'", "X-Frame-Options": "DENY"}
 
 
 def swagger_ui_assets() -> Path:
@@ -40,7 +43,7 @@ def install_docs(app: FastAPI) -> None:
     @app.get(DOCS_PATH, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - API documentation",
             oauth2_redirect_url=f"{root}{OAUTH2_REDIRECT_PATH}",
@@ -49,10 +52,14 @@ def install_docs(app: FastAPI) -> None:
             swagger_favicon_url=f"{root}{FAVICON_PATHS[1]}",
             swagger_ui_parameters={**(app.swagger_ui_parameters or {}), **SWAGGER_UI_PARAMETERS},
         )
+        page.headers.update(FRAMING_HEADERS)
+        return page
 
     @app.get(OAUTH2_REDIRECT_PATH, include_in_schema=False)
     async def swagger_ui_oauth2_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+        page = get_swagger_ui_oauth2_redirect_html()
+        page.headers.update(FRAMING_HEADERS)
+        return page
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> RedirectResponse:

@@ -127,6 +127,22 @@ def test_prometheus_scrapes_the_faceverify_service_on_its_container_port():
     assert targets == [f"faceverify:{CONTAINER_PORT}"]
 
 
+def test_the_service_answers_the_host_name_prometheus_scrapes_and_localhost():
+    from service.api.hosts import HostAllowList
+
+    environment = load(COMPOSE_FILE)["services"]["faceverify"]["environment"]
+    value = environment["FACEVERIFY_ALLOWED_HOSTS"]
+    allowed = HostAllowList.parse(_VARIABLE.sub(lambda match: match.group(2) or "", value))
+    config = load(PROMETHEUS_CONFIG)
+    job = next(job for job in config["scrape_configs"] if job["job_name"] == "faceverify")
+    for group in job["static_configs"]:
+        for target in group["targets"]:
+            assert allowed.allows(target), target
+    published = f"localhost:{CONTAINER_PORT}"
+    assert allowed.allows(published) and allowed.allows(f"127.0.0.1:{CONTAINER_PORT}")
+    assert not allowed.allows("rebind.attacker.example")
+
+
 def test_prometheus_config_passes_promtool():
     promtool = shutil.which("promtool")
     if promtool is None:

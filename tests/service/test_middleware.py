@@ -1,4 +1,5 @@
-"""Request middleware: metric labels from closed sets and request-body limits by content type."""
+"""Request middleware: metric labels from closed sets, security headers on every answer
+and request-body limits by content type."""
 
 from __future__ import annotations
 
@@ -43,3 +44,39 @@ def test_invented_methods_count_as_other_and_metrics_stay_small(app_client, pack
     assert "other" in _method_labels(text)
     # 300 invented methods add one series, not 300 (a few KB at most, not megabytes).
     assert len(text.encode()) < before + 20_000
+
+
+def test_api_answers_are_not_cached_or_sniffed(app_client, pack):
+    with app_client(pack) as client:
+        client.post("/identities", json={"name": "Employee 1001"})
+        answers = [
+            client.get("/identities"),
+            client.get("/healthz"),
+            client.get("/identities/unknown"),  # an error answer
+            client.post("/identities", json={}),
+        ]
+        scrape = client.get("/metrics")
+    for response in answers:
+        assert response.headers["content-type"].startswith("application/json")
+        assert response.headers["cache-control"] == "no-store", response.request.url
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert scrape.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_docs_cannot_be_framed(app_client, pack):
+    with app_client(pack) as client:
+        for path in ("/docs", "/docs/oauth2-redirect"):
+            response = client.get(path)
+            assert response.status_code == 200
+            assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+            assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_the_console_keeps_its_own_headers(app_client, pack):
+    from service.web.console import SECURITY_HEADERS
+
+    with app_client(pack) as client:
+        response = client.get("/console/")
+    assert response.status_code == 200
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers[name] == value
