@@ -34,7 +34,13 @@ def survival(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return (len(ordered) - below) / len(ordered)
 
 
-def _text(image: np.ndarray, text: str, at: tuple[int, int], colour=BLACK, scale=0.45) -> None:
+def _text(
+    image: np.ndarray, text: str, at: tuple[int, int], colour=BLACK, scale=0.45, box=False
+) -> None:
+    if box:  # a white box behind the text, so lines under it do not hide it
+        (width, height), base = cv2.getTextSize(text, FONT, scale, 1)
+        corner = (at[0] + width + 2, at[1] + base)
+        cv2.rectangle(image, (at[0] - 2, at[1] - height - 2), corner, WHITE, -1)
     cv2.putText(image, text, at, FONT, scale, colour, 1, cv2.LINE_AA)
 
 
@@ -102,7 +108,7 @@ def fpir_curve_png(report: GalleryReport, stranger_scores: np.ndarray) -> bytes:
     for row, (value, label, colour) in enumerate(marks):
         x = px(value)
         _dashed(image, x, y0, y1, colour)
-        _text(image, label, (min(x + 4, x1 - 150), y0 + 18 + 18 * row), colour)
+        _text(image, label, (min(x + 4, x1 - 150), y0 + 18 + 18 * row), colour, box=True)
 
     ok, encoded = cv2.imencode(".png", image)
     if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
