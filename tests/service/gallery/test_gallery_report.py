@@ -276,3 +276,49 @@ def test_real_photos_one_person_under_two_ids_is_the_only_suspected_pair(
     [pair] = duplicates["pairs"]
     assert {pair["identity_a"], pair["identity_b"]} == {ids["id01"], ids["id01 again"]}
     assert pair["score"] >= duplicates["min_score"]
+
+
+def test_an_empty_gallery_gives_a_report_and_a_plot_that_say_so(tmp_path):
+    from service.gallery.report_plot import fpir_curve_png
+
+    gallery = open_test_gallery(tmp_path / "data", dim=DIM)
+    try:
+        report, estimate = build_report(gallery, threshold_1to1=THRESHOLD, calibration=None)
+    finally:
+        gallery.close()
+    assert report.identities == 0 and report.faces_per_identity.median is None
+    assert report.duplicates.pairs == [] and not report.duplicates.sampled
+    assert all(row.unsupported for row in report.fpir.thresholds)
+    text = format_text(report)
+    assert "none found" in text and "too few" in text
+    png = fpir_curve_png(report, estimate.stranger_scores if estimate else np.zeros(0))
+    assert png.startswith(PNG_SIGNATURE)
+
+
+def test_faces_of_another_model_keep_the_counts_and_the_report_says_why_it_did_not_search(
+    tmp_path,
+):
+    """Like /identify, the search refuses while faces of another model are enrolled (an
+    answer could be wrong); the report still counts everything and says why."""
+    names, faces = _people()
+    old_model = "oldmodel@000000000000"
+    old = open_test_gallery(tmp_path / "data", dim=DIM, model_id=old_model)
+    for name, vectors in zip(names[:4], faces[:4], strict=True):
+        identity = old.create_identity(name)
+        for vector in vectors:
+            old.add_embedding(identity.id, vector.tolist(), old_model)
+    old.close()
+    gallery = open_test_gallery(tmp_path / "data", dim=DIM)
+    try:
+        for name, vectors in zip(names[4:], faces[4:], strict=True):
+            identity = gallery.create_identity(name)
+            for vector in vectors:
+                gallery.add_embedding(identity.id, vector.tolist(), gallery.model_id)
+        report, estimate = build_report(gallery, threshold_1to1=THRESHOLD, calibration=None)
+    finally:
+        gallery.close()
+    assert report.faces_per_model == {old_model: 8, gallery.model_id: 12}
+    assert report.duplicates.faces_of_model == 12
+    assert old_model in (report.duplicates.unavailable or "")
+    assert estimate is None and old_model in (report.fpir.unavailable or "")
+    assert "not searched" in format_text(report)
