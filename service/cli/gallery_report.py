@@ -84,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
         if stage not in bars:
             for bar in bars.values():
                 bar.close()
-            unit = "face"
-            bars[stage] = tqdm(total=total, unit=unit, desc=stage, file=sys.stderr)
+            bars[stage] = tqdm(total=total, unit="face", desc=stage, file=sys.stderr)
         bars[stage].update(advanced)
 
     gallery = open_gallery(settings, pack)

@@ -16,6 +16,7 @@ beyond (the report says so); the FPIR measurement is bounded by its own `probes`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import statistics
@@ -265,9 +266,10 @@ def find_duplicates(
             for identity_id, score in candidates:
                 if identity_id == face.identity_id or score < min_score:
                     continue
-                key = tuple(sorted((face.identity_id, identity_id)))
+                own = face.identity_id
+                key = (own, identity_id) if own < identity_id else (identity_id, own)
                 if key not in pairs or score > pairs[key][0]:
-                    pairs[key] = (score, face)  # type: ignore[index]
+                    pairs[key] = (score, face)
         on_searched(len(batch))
     return pairs
 
@@ -306,26 +308,29 @@ def _duplicates(
     sampled = searched < total
     note = (
         f"a random sample of {searched} of the {total} faces of {gallery.model_id} was "
-        "searched: pairs among the faces left out are not found (raise --max-faces)"
+        "searched: a pair is found only when a drawn face belongs to one of the two (raise "
+        "max_faces to search more)"
         if sampled
         else f"every face of {gallery.model_id} ({total}) was searched"
     )
-    base = {
-        "min_score": round(min_score, 6),
-        "min_score_source": source,
-        "faces_searched": searched,
-        "faces_of_model": total,
-        "sampled": sampled,
-        "note": note,
-    }
+    search = DuplicateSearch(
+        min_score=round(min_score, 6),
+        min_score_source=source,
+        faces_searched=searched,
+        faces_of_model=total,
+        sampled=sampled,
+        note=note,
+    )
     try:
         found = find_duplicates(gallery, scan.sample, min_score, on_searched)
     except ServiceError as exc:  # e.g. faces of another model: the gallery refuses to search
-        return DuplicateSearch(**base, unavailable=exc.message)  # type: ignore[arg-type]
+        return dataclasses.replace(search, unavailable=exc.message)
     ordered = sorted(found.items(), key=lambda item: -item[1][0])
-    pairs = [_pair(gallery, key, score, probe) for key, (score, probe) in ordered]
-    kept = [pair for pair in pairs[: options.max_pairs] if pair is not None]
-    return DuplicateSearch(**base, pairs=kept, pairs_found=len(found))  # type: ignore[arg-type]
+    pairs = [
+        _pair(gallery, key, score, probe) for key, (score, probe) in ordered[: options.max_pairs]
+    ]
+    kept = [pair for pair in pairs if pair is not None]
+    return dataclasses.replace(search, pairs=kept, pairs_found=len(found))
 
 
 def fpir_section(estimate: FpirEstimate, calibration: Calibration | None) -> FpirSection:
