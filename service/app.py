@@ -22,6 +22,7 @@ from service.api.openapi import install_openapi
 from service.api.origin import CrossSiteRefusal, parse_allowed_origins
 from service.api.ratelimit import RateLimit, TokenBuckets
 from service.api.routes import faces, health, identify, identities, status, verify
+from service.api.routes.gallery_report import router as gallery_report_router
 from service.api.uploads import BodyLimits, request_body_limit
 from service.errors import ServiceError
 from service.faces.batching import BatchingOptions
@@ -229,6 +230,7 @@ def create_app(
     install_error_handlers(app)
     for module in (verify, faces, identities, identify, health, status):
         app.include_router(module.router)
+    app.include_router(gallery_report_router)
     install_openapi(app, api_keys=settings.keys_enabled(), rate_limit=settings.rate_limit > 0)
     install_docs(app)
     if settings.console:

@@ -54,6 +54,8 @@ ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/identities/{identity_id}/faces/{face_id}"): "gallery:read",
     ("POST", "/identities/{identity_id}/embeddings"): "gallery:write",
     ("GET", "/status"): "gallery:read",
+    ("GET", "/gallery/report"): "gallery:read",
+    ("GET", "/gallery/report.png"): "gallery:read",
 }
 
 

@@ -120,7 +120,7 @@ async function refreshCounts() {
   }
 }
 
-async function openIdentity(id) {
+export async function openIdentity(id) {
   state.selected = id;
   for (const row of document.querySelectorAll("#identity-table tbody tr")) {
     row.classList.toggle("selected", row.dataset.identity === id);

@@ -3,6 +3,7 @@
 import { apiKey, setApiKey } from "./api.js";
 import { refreshList, setupGallery } from "./gallery.js";
 import { setupIdentify } from "./identify.js";
+import { setupReport } from "./report.js";
 import { loadStatus } from "./status.js";
 import { showNotice } from "./ui.js";
 import { setupVerify } from "./verify.js";
@@ -67,6 +68,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setupVerify();
   setupIdentify();
   setupGallery();
+  setupReport();
   window.addEventListener("hashchange", () => show(currentPage(), { focus: true }));
   show(currentPage());
   // Learn early whether keys are needed: the status answer says so, a 401 opens the prompt.
