@@ -24,6 +24,7 @@ from prometheus_client import (
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FACES_PER_IMAGE_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
 SIMILARITY_BUCKETS = tuple(round(-0.2 + 0.1 * i, 1) for i in range(13))  # -0.2 … 1.0
+LIVENESS_BUCKETS = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0 … 1.0
 
 
 @dataclass
@@ -44,6 +45,8 @@ class Metrics:
     search_duration: Histogram
     best_match_similarity: Histogram
     gallery_changes: Counter
+    liveness_score: Histogram
+    liveness_refusals: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -127,6 +130,17 @@ class Metrics:
                 "faceverify_gallery_changes",
                 "Gallery changes (audit trail) by action and API key name.",
                 ["action", "key"],
+                registry=reg,
+            ),
+            liveness_score=Histogram(
+                "faceverify_liveness_score",
+                "Averaged live probability per checked face (docs/liveness.md).",
+                buckets=LIVENESS_BUCKETS,
+                registry=reg,
+            ),
+            liveness_refusals=Counter(
+                "faceverify_liveness_refusals",
+                "Requests refused with liveness_failed (FACEVERIFY_LIVENESS=require).",
                 registry=reg,
             ),
         )

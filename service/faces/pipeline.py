@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -19,6 +19,7 @@ from service.faces.alignment import align_face, similarity_matrix, warp_face
 from service.faces.detector import DetectorOptions, FaceDetector
 from service.faces.embedder import Embedder
 from service.faces.images import DecodeLimits, ReducedImage, decode_image, decode_reduced
+from service.faces.liveness import LivenessChecker
 from service.faces.quality import QualityLimits, assess_quality
 from service.faces.scheduler import BatchingOptions, MicroBatcher
 from service.faces.types import DetectedFace, EmbeddedFace
@@ -95,11 +96,13 @@ class FacePipeline:
         embedder: Embedder,
         options: PipelineOptions,
         metrics: Metrics | None = None,
+        liveness: LivenessChecker | None = None,
     ) -> None:
         self.detector = detector
         self.embedder = embedder
         self.options = options
         self._metrics = metrics
+        self.liveness = liveness  # None: the pack has no liveness models
         self.provider = "unknown"
         self._embed_batcher: MicroBatcher[Crop, Embedded] | None = None
         self._detect_batcher: MicroBatcher[np.ndarray, list[DetectedFace]] | None = None
@@ -131,11 +134,16 @@ class FacePipeline:
     ) -> FacePipeline:
         detector_session = create_session(pack.detector_path, runtime)
         recognizer_session = create_session(pack.recognizer_path, runtime)
+        liveness = None
+        if pack.manifest.liveness is not None and pack.liveness_paths:
+            sessions = [create_session(path, runtime) for path in pack.liveness_paths]
+            liveness = LivenessChecker(sessions, pack.manifest.liveness)
         pipeline = cls(
             FaceDetector(detector_session, pack.manifest.detector, options.detector),
             Embedder(recognizer_session, pack.manifest.recognizer),
             options,
             metrics,
+            liveness,
         )
         pipeline.provider = active_provider(recognizer_session)
         return pipeline
@@ -184,10 +192,16 @@ class FacePipeline:
         return faces, too_small
 
     def analyze(
-        self, data: bytes, *, flip: bool | None = None, faces: FacesToEmbed = "all"
+        self,
+        data: bytes,
+        *,
+        flip: bool | None = None,
+        faces: FacesToEmbed = "all",
+        liveness: bool = False,
     ) -> AnalyzedImage:
         """Decode, detect, align and embed the faces of an uploaded image: every face, or only
-        the one a 1:1 request is about (`largest` or `best`, the rules of `select_face`)."""
+        the one a 1:1 request is about (`largest` or `best`, the rules of `select_face`).
+        With `liveness`, each embedded face also carries its liveness verdict."""
         timings: dict[str, float] = {}
         image = self._decode(data, timings)
         found, too_small = self._detect(image, timings)
@@ -195,7 +209,39 @@ class FacePipeline:
             found = [found[0] if faces == "largest" else max(found, key=lambda f: f.score)]
         crops = self._align_from(image, data, found, timings)
         embedded = self._embed(crops, found, flip, timings)
+        if liveness and embedded:
+            embedded = self._check_liveness(image, data, embedded, timings)
         return AnalyzedImage(embedded, too_small, image.width, image.height, timings)
+
+    def _check_liveness(
+        self,
+        image: ReducedImage,
+        data: bytes,
+        faces: list[EmbeddedFace],
+        timings: dict[str, float],
+    ) -> list[EmbeddedFace]:
+        """The faces with their liveness verdicts. Crops come from the reduced decode when it
+        holds them at the models' resolution, else from a full-resolution decode: print and
+        screen artefacts are fine texture that a downscaled decode would blur away."""
+        if self.liveness is None:
+            raise ServiceError(
+                ErrorCode.LIVENESS_UNAVAILABLE,
+                "the model pack has no liveness models: add them with `python -m training "
+                "export-liveness`, or send the request without liveness",
+            )
+        detected = [face.face for face in faces]
+        pixels, scale = image.pixels, (image.scale_x, image.scale_y)
+        if image.reduced and not self.liveness.crops_fit(detected, max(scale)):
+            with self._stage("decode", timings):
+                pixels, scale = decode_image(data, self.options.limits), (1.0, 1.0)
+        with self._stage("liveness", timings):
+            verdicts = self.liveness.check(pixels, detected, scale)
+        if self._metrics is not None:
+            for verdict in verdicts:
+                self._metrics.liveness_score.observe(verdict.score)
+        return [
+            replace(face, liveness=verdict) for face, verdict in zip(faces, verdicts, strict=True)
+        ]
 
     def _align_from(
         self,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from service.faces.liveness import Liveness
     from service.faces.quality import FaceQuality
 
 
@@ -45,3 +46,4 @@ class EmbeddedFace:
     face: DetectedFace
     embedding: np.ndarray  # (d,) float32, unit norm
     quality: FaceQuality
+    liveness: Liveness | None = None  # only when the route asked for it
