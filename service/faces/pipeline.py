@@ -207,22 +207,24 @@ class FacePipeline:
         found, too_small = self._detect(image, timings)
         if faces != "all" and found:
             found = [found[0] if faces == "largest" else max(found, key=lambda f: f.score)]
-        crops = self._align_from(image, data, found, timings)
+        crops, full = self._align_from(image, data, found, timings)
         embedded = self._embed(crops, found, flip, timings)
         if liveness and embedded:
-            embedded = self._check_liveness(image, data, embedded, timings)
+            embedded = self._check_liveness(image, data, full, embedded, timings)
         return AnalyzedImage(embedded, too_small, image.width, image.height, timings)
 
     def _check_liveness(
         self,
         image: ReducedImage,
         data: bytes,
+        full: np.ndarray | None,
         faces: list[EmbeddedFace],
         timings: dict[str, float],
     ) -> list[EmbeddedFace]:
         """The faces with their liveness verdicts. Crops come from the reduced decode when it
-        holds them at the models' resolution, else from a full-resolution decode: print and
-        screen artefacts are fine texture that a downscaled decode would blur away."""
+        holds them at the models' resolution, else from the full-resolution decode (`full`,
+        made now unless alignment made it): print and screen artefacts are fine texture that a
+        downscaled decode would blur away."""
         if self.liveness is None:
             raise ServiceError(
                 ErrorCode.LIVENESS_UNAVAILABLE,
@@ -232,8 +234,10 @@ class FacePipeline:
         detected = [face.face for face in faces]
         pixels, scale = image.pixels, (image.scale_x, image.scale_y)
         if image.reduced and not self.liveness.crops_fit(detected, max(scale)):
-            with self._stage("decode", timings):
-                pixels, scale = decode_image(data, self.options.limits), (1.0, 1.0)
+            if full is None:
+                with self._stage("decode", timings):
+                    full = decode_image(data, self.options.limits)
+            pixels, scale = full, (1.0, 1.0)
         with self._stage("liveness", timings):
             verdicts = self.liveness.check(pixels, detected, scale)
         if self._metrics is not None:
@@ -249,10 +253,10 @@ class FacePipeline:
         data: bytes,
         faces: list[DetectedFace],
         timings: dict[str, float],
-    ) -> list[np.ndarray]:
-        """Aligned crops. A face is aligned from the reduced decode when the crop would not
-        enlarge it there (so no detail is lost); smaller faces from a full-resolution decode,
-        made once and only when needed."""
+    ) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """Aligned crops, and the full-resolution decode if one was made. A face is aligned
+        from the reduced decode when the crop would not enlarge it there (so no detail is
+        lost); smaller faces from a full-resolution decode, made once and only when needed."""
         size = self.embedder.input_size
         with self._stage("align", timings):
             matrices: list[np.ndarray | None] = [None] * len(faces)
@@ -267,12 +271,13 @@ class FacePipeline:
             with self._stage("decode", timings):
                 full = decode_image(data, self.options.limits)
         with self._stage("align", timings):
-            return [
+            crops = [
                 warp_face(image.pixels, matrix, size)
                 if matrix is not None
                 else align_face(full, face.landmarks, size)
                 for face, matrix in zip(faces, matrices, strict=True)
             ]
+        return crops, full if image.reduced else None
 
     def embed_faces(
         self,

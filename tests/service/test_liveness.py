@@ -7,15 +7,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from synthetic_liveness import add_liveness_models, live_probability
 from synthetic_models import SyntheticFace, make_manifest_pack
-from testimages import encode
+from testimages import encode, noise_image
 
+import service.faces.pipeline as pipeline_module
 from service.errors import PackError
 from service.faces.liveness import liveness_box, liveness_crop
+from service.faces.pipeline import FacePipeline, PipelineOptions
 from service.packs import MANIFEST_NAME, load_pack
+from service.runtime import RuntimeOptions
 
 FACE = SyntheticFace.from_box((200.0, 200.0, 400.0, 440.0), score=0.9)
 BRIGHT, DARK = 220, 40
@@ -186,3 +190,57 @@ def test_liveness_on_a_pack_without_models_is_409_liveness_unavailable(app_clien
             "/verify", files=_files(image1=_photo(BRIGHT), image2=_photo(BRIGHT))
         )
     assert required.status_code == 409 and _code(required) == "liveness_unavailable"
+
+
+# --- reduced decodes ----------------------------------------------------------------------
+
+
+def _pipeline(pack_dir: Path):
+    return FacePipeline.from_pack(load_pack(pack_dir), PipelineOptions(), RuntimeOptions())
+
+
+def _expected_score(image: np.ndarray, box: np.ndarray) -> float:
+    """What the synthetic models give for `box`, cropped from the full-resolution image."""
+    return float(
+        np.mean(
+            [
+                live_probability(float(liveness_crop(image, box, scale, 80).mean()))
+                for scale in (2.7, 4.0)
+            ]
+        )
+    )
+
+
+def test_liveness_crops_from_a_reduced_decode_match_the_full_resolution_crops(tmp_path):
+    # A 2560 px JPEG is decoded at a reduced DCT scale; the face's crops are taken there,
+    # with the box scaled down, and must see what the full-resolution crops see.
+    big = SyntheticFace.from_box((240.0, 200.0, 400.0, 400.0))
+    pack = add_liveness_models(make_manifest_pack(tmp_path / "pack", [big]))
+    photo = noise_image(2560, seed=3)
+    data = encode(photo, ".jpg")
+    full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    pipeline = _pipeline(pack)
+    analyzed = pipeline.analyze(data, liveness=True)
+    face = analyzed.faces[0]
+    assert face.face.box == pytest.approx([960, 800, 1600, 1600], abs=1)  # full-res pixels
+    assert face.liveness.score == pytest.approx(_expected_score(full, face.face.box), abs=0.02)
+
+
+def test_a_small_face_in_a_large_jpeg_is_decoded_at_full_resolution_once(tmp_path, monkeypatch):
+    # Too small for both the aligned crop and the liveness crops in the reduced decode: the
+    # liveness stage reuses the full-resolution decode alignment made, never a second one.
+    small = SyntheticFace.from_box((300.0, 300.0, 308.0, 309.0))  # 32x36 px at 2560
+    pack = add_liveness_models(make_manifest_pack(tmp_path / "pack", [small]))
+    data = encode(noise_image(2560, seed=4), ".jpg")
+    pipeline = _pipeline(pack)
+    calls = []
+    original = pipeline_module.decode_image
+
+    def counting_decode(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "decode_image", counting_decode)
+    analyzed = pipeline.analyze(data, liveness=True)
+    assert analyzed.faces[0].liveness is not None
+    assert len(calls) == 1
