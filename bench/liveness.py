@@ -43,6 +43,10 @@ PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 # The source's detector settings (src/anti_spoof_predict.py: Detection).
 SOURCE_DETECTOR_SIDE = 192
 SOURCE_DETECTOR_MEAN = (104, 117, 123)
+# The source's `detector_confidence`; its get_bbox keeps the best box whatever its confidence,
+# which on a photo where the detector finds nothing is a meaningless corner box: those faces
+# are left out of the comparison and counted.
+SOURCE_DETECTOR_CONFIDENCE = 0.6
 
 
 @dataclass
@@ -51,6 +55,8 @@ class Scored:
     score: float
     live: bool
     source_box_score: float | None = None
+    box: np.ndarray | None = None
+    source_box: np.ndarray | None = None
 
 
 def photos_in(folders: list[Path]) -> list[Path]:
@@ -79,7 +85,7 @@ class SourceDetector:
     def __init__(self, prototxt: Path, model: Path) -> None:
         self._net = cv2.dnn.readNetFromCaffe(str(prototxt), str(model))
 
-    def box(self, image: np.ndarray) -> np.ndarray:
+    def box(self, image: np.ndarray) -> np.ndarray | None:
         height, width = image.shape[:2]
         small = image
         if width * height >= SOURCE_DETECTOR_SIDE**2:
@@ -93,6 +99,8 @@ class SourceDetector:
         self._net.setInput(blob, "data")
         out = self._net.forward("detection_out").squeeze()
         best = out[int(np.argmax(out[:, 2]))]
+        if best[2] < SOURCE_DETECTOR_CONFIDENCE:
+            return None
         left, top = best[3] * width, best[4] * height
         right, bottom = best[5] * width, best[6] * height
         # The source keeps (int(left), int(top), int(right - left + 1), int(bottom - top + 1)).
@@ -116,12 +124,15 @@ def score_photos(
             faceless.append(path)
             continue
         verdict = image.faces[0].liveness
-        other = None
+        other, source_box = None, None
         if source is not None:
             pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            face = DetectedFace(source.box(pixels), np.zeros((5, 2), np.float32), 1.0)
-            other = float(pipeline.liveness.scores(pixels, [face])[0])
-        scored.append(Scored(path, verdict.score, verdict.live, other))
+            source_box = source.box(pixels)
+            if source_box is not None:
+                face = DetectedFace(source_box, np.zeros((5, 2), np.float32), 1.0)
+                other = float(pipeline.liveness.scores(pixels, [face])[0])
+        box = image.faces[0].face.box
+        scored.append(Scored(path, verdict.score, verdict.live, other, box, source_box))
     return scored, faceless
 
 
@@ -141,16 +152,34 @@ def report(label: str, scored: list[Scored], faceless: list[Path], attacks: bool
 
 
 def box_shift(scored: list[Scored], threshold: float) -> None:
-    pairs = [(s.score, s.source_box_score) for s in scored if s.source_box_score is not None]
-    if not pairs:
+    both = [s for s in scored if s.source_box is not None and s.box is not None]
+    missed = [s.path.name for s in scored if s.source_box is None]
+    if not both:
         return
-    ours, theirs = np.array(pairs).T
+    ours = np.array([s.score for s in both])
+    theirs = np.array([s.source_box_score for s in both])
     flips = int(np.sum((ours >= threshold) != (theirs >= threshold)))
     print(
-        f"\nSCRFD vs source RetinaFace boxes, {len(pairs)} faces: |score difference| median "
+        f"\nSCRFD vs source RetinaFace boxes, {len(both)} faces (RetinaFace found none in "
+        f"{len(missed)}: {', '.join(missed) or '-'}): |score difference| median "
         f"{np.median(np.abs(ours - theirs)):.3f}, max {np.max(np.abs(ours - theirs)):.3f}; "
         f"mean score {ours.mean():.3f} (SCRFD) vs {theirs.mean():.3f} (RetinaFace); "
         f"decisions that differ: {flips}"
+    )
+    a = np.array([s.box for s in both])
+    b = np.array([s.source_box for s in both])
+    aw, ah = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+    bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    inter = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None) * np.clip(
+        np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None
+    )
+    iou = inter / (aw * ah + bw * bh - inter)
+    centre_dy = ((b[:, 1] + b[:, 3]) - (a[:, 1] + a[:, 3])) / 2 / ah
+    print(
+        f"  box shapes (medians): height/width {np.median(ah / aw):.2f} (SCRFD) vs "
+        f"{np.median(bh / bw):.2f} (RetinaFace); RetinaFace width x{np.median(bw / aw):.2f}, "
+        f"height x{np.median(bh / ah):.2f}, centre {np.median(centre_dy):+.3f} of the SCRFD "
+        f"height lower; IoU median {np.median(iou):.2f}, min {iou.min():.2f}"
     )
 
 
