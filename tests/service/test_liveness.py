@@ -244,3 +244,13 @@ def test_a_small_face_in_a_large_jpeg_is_decoded_at_full_resolution_once(tmp_pat
     analyzed = pipeline.analyze(data, liveness=True)
     assert analyzed.faces[0].liveness is not None
     assert len(calls) == 1
+
+
+def test_status_reports_the_liveness_mode_and_models(app_client, liveness_pack, plain_pack):
+    with app_client(liveness_pack, liveness="report") as client:
+        with_models = client.get("/status").json()
+    with app_client(plain_pack) as client:
+        without = client.get("/status").json()
+    assert with_models["liveness"] == "report"
+    assert with_models["liveness_model"].startswith("synthetic@")
+    assert without["liveness"] == "off" and without["liveness_model"] is None

@@ -40,4 +40,6 @@ async def status(
         gallery=GalleryCounts(identities=identities, faces=faces),
         max_upload_bytes=services.settings.max_upload_bytes,
         api_keys=bool(services.settings.api_key_list()),
+        liveness=services.settings.liveness,
+        liveness_model=services.pipeline.liveness.model if services.pipeline.liveness else None,
     )
