@@ -74,9 +74,10 @@ def liveness_crop(image: np.ndarray, box: np.ndarray, scale: float, size: int) -
 
 
 def crop_side_in(face: DetectedFace, scale: float, factor: float = 1.0) -> float:
-    """The side of the unclipped liveness crop, in pixels of an image `factor` times smaller
-    than the one the face box is measured in."""
-    return max(face.width, face.height) * scale / factor
+    """The shorter side of the unclipped liveness crop, in pixels of an image `factor` times
+    smaller than the one the face box is measured in (each side is resized to the model's
+    input on its own, so the shorter one decides whether the crop is enlarged)."""
+    return min(face.width, face.height) * scale / factor
 
 
 class LivenessChecker:
