@@ -29,6 +29,7 @@ from service.packs import LivenessModelSpec, LivenessSpec
 
 # Faces per model call; an 80x80x3 float32 crop is 77 KB.
 MAX_BATCH = 64
+FaceCrops = tuple[np.ndarray, ...]  # one face's crops, one per liveness model
 
 
 @dataclass(frozen=True)
@@ -118,26 +119,44 @@ class LivenessChecker:
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
 
+    def crops(
+        self, image: np.ndarray, faces: Sequence[DetectedFace], scale: tuple[float, float] = (1, 1)
+    ) -> list[FaceCrops]:
+        """Per face, one crop per model (in the pack's order). Face boxes are in pixels of an
+        image `scale` (x, y) times larger than `image` (a reduced decode)."""
+        factors = np.array([scale[0], scale[1], scale[0], scale[1]], np.float32)
+        return [
+            tuple(
+                liveness_crop(image, face.box / factors, model.scale, model.input_size)
+                for model in self.spec.models
+            )
+            for face in faces
+        ]
+
+    def score_crops(self, items: list[FaceCrops]) -> list[float]:
+        """Averaged live probability per face, one call per model for all `items` (a
+        `MicroBatcher` may join the items of several requests here)."""
+        if not items:
+            return []
+        total = np.zeros(len(items))
+        for index, (session, model) in enumerate(
+            zip(self._sessions, self.spec.models, strict=True)
+        ):
+            crops = [face_crops[index] for face_crops in items]
+            total += self._probabilities(session, model, crops)[:, self.spec.live_class]
+        return [float(score) for score in total / len(self._sessions)]
+
     def scores(
         self, image: np.ndarray, faces: Sequence[DetectedFace], scale: tuple[float, float] = (1, 1)
     ) -> np.ndarray:
-        """Averaged live probability per face. Face boxes are in pixels of an image `scale`
-        (x, y) times larger than `image` (a reduced decode)."""
-        if not faces:
-            return np.zeros(0)
-        factors = np.array([scale[0], scale[1], scale[0], scale[1]], np.float32)
-        boxes = [face.box / factors for face in faces]
-        total = np.zeros(len(faces))
-        for session, model in zip(self._sessions, self.spec.models, strict=True):
-            crops = [liveness_crop(image, box, model.scale, model.input_size) for box in boxes]
-            total += self._probabilities(session, model, crops)[:, self.spec.live_class]
-        return total / len(self._sessions)
+        """Averaged live probability per face (see `crops` for `scale`)."""
+        return np.array(self.score_crops(self.crops(image, faces, scale)))
+
+    def verdict(self, score: float) -> Liveness:
+        return Liveness(float(score), bool(score >= self.threshold), self.threshold, self.model)
 
     def check(
         self, image: np.ndarray, faces: Sequence[DetectedFace], scale: tuple[float, float] = (1, 1)
     ) -> list[Liveness]:
         """The verdict for each face, in order."""
-        return [
-            Liveness(float(score), bool(score >= self.threshold), self.threshold, self.model)
-            for score in self.scores(image, faces, scale)
-        ]
+        return [self.verdict(score) for score in self.scores(image, faces, scale)]

@@ -19,7 +19,7 @@ from service.faces.alignment import align_face, similarity_matrix, warp_face
 from service.faces.detector import DetectorOptions, FaceDetector
 from service.faces.embedder import Embedder
 from service.faces.images import DecodeLimits, ReducedImage, decode_image, decode_reduced
-from service.faces.liveness import LivenessChecker
+from service.faces.liveness import FaceCrops, LivenessChecker
 from service.faces.quality import QualityLimits, assess_quality
 from service.faces.scheduler import BatchingOptions, MicroBatcher
 from service.faces.types import DetectedFace, EmbeddedFace
@@ -88,7 +88,7 @@ def select_face(image: AnalyzedImage, rule: FaceRule = "largest") -> EmbeddedFac
 
 
 class FacePipeline:
-    """decode → detect → align → embed for one loaded model pack."""
+    """decode → detect → align → embed (→ liveness, when asked) for one loaded model pack."""
 
     def __init__(
         self,
@@ -106,23 +106,29 @@ class FacePipeline:
         self.provider = "unknown"
         self._embed_batcher: MicroBatcher[Crop, Embedded] | None = None
         self._detect_batcher: MicroBatcher[np.ndarray, list[DetectedFace]] | None = None
+        self._liveness_batcher: MicroBatcher[FaceCrops, float] | None = None
 
     def enable_batching(self, options: BatchingOptions) -> None:
         """Join the recognizer crops of concurrent runs (and their detector inputs, when the
-        detector takes a batch) into shared model calls; see `service.faces.scheduler`."""
+        detector takes a batch, and their liveness crops) into shared model calls; see
+        `service.faces.scheduler`."""
         self.close()
         self._embed_batcher = MicroBatcher(self._embed_items, options, "recognizer-batcher")
         if self.detector.batches_images:
             self._detect_batcher = MicroBatcher(
                 self.detector.detect_many, options, "detector-batcher"
             )
+        if self.liveness is not None:
+            self._liveness_batcher = MicroBatcher(
+                self.liveness.score_crops, options, "liveness-batcher"
+            )
 
     def close(self) -> None:
         """Stop the batching threads, if any."""
-        for batcher in (self._embed_batcher, self._detect_batcher):
+        for batcher in (self._embed_batcher, self._detect_batcher, self._liveness_batcher):
             if batcher is not None:
                 batcher.close()
-        self._embed_batcher = self._detect_batcher = None
+        self._embed_batcher = self._detect_batcher = self._liveness_batcher = None
 
     @classmethod
     def from_pack(
@@ -239,7 +245,12 @@ class FacePipeline:
                     full = decode_image(data, self.options.limits)
             pixels, scale = full, (1.0, 1.0)
         with self._stage("liveness", timings):
-            verdicts = self.liveness.check(pixels, detected, scale)
+            crops = self.liveness.crops(pixels, detected, scale)
+            if self._liveness_batcher is not None:
+                scores = self._liveness_batcher.submit(crops)
+            else:
+                scores = self.liveness.score_crops(crops)
+            verdicts = [self.liveness.verdict(score) for score in scores]
         if self._metrics is not None:
             for verdict in verdicts:
                 self._metrics.liveness_score.observe(verdict.score)

@@ -254,3 +254,23 @@ def test_status_reports_the_liveness_mode_and_models(app_client, liveness_pack, 
     assert with_models["liveness"] == "report"
     assert with_models["liveness_model"].startswith("synthetic@")
     assert without["liveness"] == "off" and without["liveness_model"] is None
+
+
+def test_batched_liveness_gives_the_verdicts_of_direct_calls(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.faces.scheduler import BatchingOptions
+
+    pack = add_liveness_models(make_manifest_pack(tmp_path / "pack", [FACE]))
+    direct, batched = _pipeline(pack), _pipeline(pack)
+    batched.enable_batching(BatchingOptions(max_batch=8, max_wait_ms=20))
+    photos = [_photo(level) for level in (BRIGHT, DARK, 128, 90)]
+    try:
+        with ThreadPoolExecutor(4) as pool:  # concurrent runs share model calls
+            joined = list(pool.map(lambda data: batched.analyze(data, liveness=True), photos))
+    finally:
+        batched.close()
+    for data, answer in zip(photos, joined, strict=True):
+        expected = direct.analyze(data, liveness=True).faces[0].liveness
+        got = answer.faces[0].liveness
+        assert got.live == expected.live and got.score == pytest.approx(expected.score, abs=1e-6)
