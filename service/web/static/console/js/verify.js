@@ -7,7 +7,7 @@ import { livenessElement } from "./liveness.js";
 import { qualityElement } from "./quality.js";
 import { element, fixed, formatMs, similarityScale } from "./ui.js";
 
-const STAGES = ["decode", "detect", "align", "embed", "total"];
+const STAGES = ["decode", "detect", "align", "embed", "liveness", "total"];
 
 export function setupVerify() {
   const slots = [1, 2].map((n) => ({
