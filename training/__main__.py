@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     liveness.add_argument("checkpoints", type=Path, nargs="+", help="<scale>_80x80_<variant>.pth")
     liveness.add_argument("--pack", type=Path, required=True, help="pack folder to add them to")
     liveness.add_argument("--threshold", type=float, help="live when score >= this (default 0.5)")
+    liveness.add_argument(
+        "--parity-images", type=Path, help="folder of photos whose crops join the parity check"
+    )
     return parser
 
 
@@ -166,10 +169,15 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_export_liveness(args: argparse.Namespace) -> int:
-    from training.liveness.export import DEFAULT_LIVENESS_THRESHOLD, export_liveness
+    from training.liveness.export import (
+        DEFAULT_LIVENESS_THRESHOLD,
+        centre_crops,
+        export_liveness,
+    )
 
     threshold = DEFAULT_LIVENESS_THRESHOLD if args.threshold is None else args.threshold
-    result = export_liveness(args.checkpoints, args.pack, threshold=threshold)
+    crops = centre_crops(args.parity_images) if args.parity_images else None
+    result = export_liveness(args.checkpoints, args.pack, threshold=threshold, crops=crops)
     for name, difference in result.max_abs_diff.items():
         print(f"{name}: ONNX parity, max |softmax difference| = {difference:.3g}")
     print(f"liveness models added to {result.pack_dir} (threshold {threshold:g})")

@@ -6,8 +6,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import torch
 
@@ -67,28 +65,18 @@ def test_published_checkpoints_load_strictly(liveness_checkpoints):
     assert any("se_module" in key for key in se_model.state_dict())
 
 
-def _real_crops(assets_dir: Path, count: int = 6) -> np.ndarray:
-    """Centre crops of real photos at 80x80, BGR uint8."""
-    photos = sorted((assets_dir / "images" / "deepface").glob("id0*/*.jpg"))[:count]
-    crops = []
-    for photo in photos:
-        image = cv2.imread(str(photo))
-        side = min(image.shape[:2])
-        top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-        crops.append(cv2.resize(image[top : top + side, left : left + side], (80, 80)))
-    return np.stack(crops)
-
-
 def test_export_liveness_writes_parity_checked_models_into_a_loadable_pack(
     liveness_checkpoints, assets_dir, real_pack_dir, tmp_path, capsys
 ):
-    from training.liveness.export import PARITY_TOLERANCE, export_liveness
+    from training.liveness.export import PARITY_TOLERANCE, centre_crops, export_liveness
 
     pack = tmp_path / "pack"
     pack.mkdir()
     for model in real_pack_dir.glob("*.onnx"):
         shutil.copyfile(model, pack / model.name)
-    result = export_liveness(liveness_checkpoints, pack, crops=_real_crops(assets_dir))
+    result = export_liveness(
+        liveness_checkpoints, pack, crops=centre_crops(assets_dir / "images" / "deepface", limit=6)
+    )
     assert set(result.max_abs_diff) == {
         "liveness_MiniFASNetV2.onnx",
         "liveness_MiniFASNetV1SE.onnx",
@@ -108,7 +96,9 @@ def test_export_liveness_writes_parity_checked_models_into_a_loadable_pack(
     assert loaded.manifest.recognizer.embedding_size == 128
 
     # The command line replaces the entry (here with one model) and reports parity.
+    photos = assets_dir / "images" / "face_recognition" / "obama"
     argv = ["export-liveness", "--pack", str(pack), "--threshold", "0.6"]
+    argv += ["--parity-images", str(photos)]
     assert training_main([*argv, str(liveness_checkpoints[0])]) == 0
     assert "parity" in capsys.readouterr().out
     replaced = load_pack(pack).manifest.liveness

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -47,6 +49,26 @@ OUTPUT_NAME = "logits"
 DEFAULT_LIVENESS_THRESHOLD = 0.5
 SOURCE = "https://github.com/minivision-ai/Silent-Face-Anti-Spoofing (resources/anti_spoof_models)"
 LICENCE = "Apache-2.0"
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def centre_crops(folder: Path, size: int = 80, limit: int = 16) -> np.ndarray:
+    """Square centre crops of up to `limit` photos under `folder`, resized to `size`: real
+    image statistics for the parity check ((n, size, size, 3) uint8 BGR)."""
+    photos = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
+    crops = []
+    for photo in photos:
+        image = cv2.imread(str(photo), cv2.IMREAD_COLOR)
+        if image is None:
+            continue
+        side = min(image.shape[:2])
+        top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+        crops.append(cv2.resize(image[top : top + side, left : left + side], (size, size)))
+        if len(crops) == limit:
+            break
+    if not crops:
+        raise FileNotFoundError(f"no readable photo under {folder} for the parity check")
+    return np.stack(crops)
 
 
 @contextlib.contextmanager
@@ -177,8 +199,9 @@ def export_liveness(
         licence=licence,
     )
     manifest = manifest.model_copy(update={"liveness": liveness})
-    (pack_dir / MANIFEST_NAME).write_text(
-        manifest.model_dump_json(indent=2, exclude_none=True) + "\n"
-    )
+    target = pack_dir / MANIFEST_NAME
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n")
+    os.replace(temporary, target)  # a reader never sees half a manifest
     load_pack(pack_dir)  # what was written loads
     return LivenessExport(pack_dir, manifest, differences)
