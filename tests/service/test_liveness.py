@@ -78,6 +78,17 @@ def test_liveness_crop_is_the_model_input_size_in_bgr():
     assert crop.shape == (80, 80, 3) and crop[..., 2].min() == 255 and crop[..., 0].max() == 0
 
 
+@pytest.mark.parametrize(
+    "box",
+    [(-500, -500, -400, -400), (5000, 10, 5100, 90), (10, 10, 10, 10), (-50, -50, 400, 350)],
+)
+def test_liveness_crop_of_any_box_is_a_full_size_crop_from_inside_the_image(box):
+    image = np.arange(300 * 400 * 3, dtype=np.uint32).astype(np.uint8).reshape(300, 400, 3)
+    left, top, right, bottom = liveness_box(np.array(box, np.float32), 2.7, 400, 300)
+    assert 0 <= left <= right <= 399 and 0 <= top <= bottom <= 299
+    assert liveness_crop(image, np.array(box, np.float32), 2.7, 80).shape == (80, 80, 3)
+
+
 # --- packs --------------------------------------------------------------------------------
 
 
