@@ -115,6 +115,13 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         pipeline.provider,
         pack.manifest.threshold if settings.threshold is None else settings.threshold,
     )
+    if settings.liveness != "off" and pipeline.liveness is None:
+        log.warning(
+            "FACEVERIFY_LIVENESS=%s but pack %s has no liveness models: requests that need the "
+            "check are answered 409 liveness_unavailable (docs/liveness.md)",
+            settings.liveness,
+            pack.name,
+        )
     gallery = open_gallery(settings, pack, metrics)
     fpir = FpirCalibrator(
         gallery,

@@ -40,6 +40,8 @@ class ErrorCode(StrEnum):
     IMAGE_TOO_COMPLEX = "image_too_complex"
     CROSS_SITE_REQUEST = "cross_site_request"
     HOST_NOT_ALLOWED = "host_not_allowed"
+    LIVENESS_FAILED = "liveness_failed"
+    LIVENESS_UNAVAILABLE = "liveness_unavailable"
     INTERNAL = "internal_error"
 
 

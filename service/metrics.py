@@ -26,6 +26,8 @@ from prometheus_client.metrics_core import Metric
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FACES_PER_IMAGE_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
 SIMILARITY_BUCKETS = tuple(round(-0.2 + 0.1 * i, 1) for i in range(13))  # -0.2 … 1.0
+LIVENESS_BUCKETS = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0 … 1.0
+
 # How big the gallery is: GET /status shows it only to `gallery:read` keys, so with API keys on
 # the open scrape leaves these out (unless FACEVERIFY_METRICS_GALLERY_COUNTS says otherwise).
 GALLERY_COUNT_METRICS = frozenset(
@@ -73,6 +75,8 @@ class Metrics:
     identify_fpir_threshold: Gauge
     identify_fpir_probes: Gauge
     storage_errors: Counter
+    liveness_score: Histogram
+    liveness_refusals: Counter
     # False: /metrics leaves out GALLERY_COUNT_METRICS (set from the settings by the app).
     gallery_counts_exported: bool = True
 
@@ -179,6 +183,17 @@ class Metrics:
                 "faceverify_storage_errors",
                 "Gallery storage failures by kind (full, busy, readonly, gone, io, corrupt).",
                 ["kind"],
+                registry=reg,
+            ),
+            liveness_score=Histogram(
+                "faceverify_liveness_score",
+                "Averaged live probability per checked face (docs/liveness.md).",
+                buckets=LIVENESS_BUCKETS,
+                registry=reg,
+            ),
+            liveness_refusals=Counter(
+                "faceverify_liveness_refusals",
+                "Requests refused with liveness_failed (FACEVERIFY_LIVENESS=require).",
                 registry=reg,
             ),
         )

@@ -174,6 +174,12 @@ class Settings(BaseSettings):
         description="Embedding norm under which a face gets `low_embedding_norm` "
         "(recognizer-specific); 0 = not checked.",
     )
+    liveness: Literal["off", "report", "require"] = Field(
+        "off",
+        description="Passive liveness check (docs/liveness.md): `off` runs it only for "
+        "requests with `liveness=true`; `report` by default, adding each used face's "
+        "verdict; `require` on every request, refusing attacks with 422 `liveness_failed`.",
+    )
 
     # --- server -----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address to bind.")

@@ -5,6 +5,8 @@
     python -m training evaluate --checkpoint runs/NAME --bin data/lfw.bin --flip --roc roc.png
     python -m training export --checkpoint runs/NAME --detector det_10g.onnx --out models/NAME \
         --bin data/lfw.bin --target-far 1e-3
+    python -m training export-liveness --pack models/NAME 2.7_80x80_MiniFASNetV2.pth \
+        4_0_0_80x80_MiniFASNetV1SE.pth
 """
 
 from __future__ import annotations
@@ -78,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--threshold", type=float, help="recommended threshold (else measured)")
     export.add_argument("--licence", default="", help="licence of the weights, for pack.json")
     _add_eval_arguments(export)
+
+    liveness = commands.add_parser(
+        "export-liveness", help="MiniFASNet checkpoints → ONNX + parity check → into a pack"
+    )
+    liveness.add_argument("checkpoints", type=Path, nargs="+", help="<scale>_80x80_<variant>.pth")
+    liveness.add_argument("--pack", type=Path, required=True, help="pack folder to add them to")
+    liveness.add_argument("--threshold", type=float, help="live when score >= this (default 0.5)")
+    liveness.add_argument(
+        "--parity-images", type=Path, help="folder of photos whose crops join the parity check"
+    )
     return parser
 
 
@@ -156,13 +168,34 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export_liveness(args: argparse.Namespace) -> int:
+    from training.liveness.export import (
+        DEFAULT_LIVENESS_THRESHOLD,
+        centre_crops,
+        export_liveness,
+    )
+
+    threshold = DEFAULT_LIVENESS_THRESHOLD if args.threshold is None else args.threshold
+    crops = centre_crops(args.parity_images) if args.parity_images else None
+    result = export_liveness(args.checkpoints, args.pack, threshold=threshold, crops=crops)
+    for name, difference in result.max_abs_diff.items():
+        print(f"{name}: ONNX parity, max |softmax difference| = {difference:.3g}")
+    print(f"liveness models added to {result.pack_dir} (threshold {threshold:g})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from service.errors import PackError
     from training.divergence import TrainingDiverged
     from training.export import ParityError
 
-    runners = {"train": run_train, "evaluate": run_evaluate, "export": run_export}
+    runners = {
+        "train": run_train,
+        "evaluate": run_evaluate,
+        "export": run_export,
+        "export-liveness": run_export_liveness,
+    }
     try:
         return runners[args.command](args)
     except (FileNotFoundError, ValueError, ParityError, PackError, TrainingDiverged) as exc:

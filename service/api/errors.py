@@ -50,6 +50,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.IMAGE_TOO_COMPLEX: 422,
     ErrorCode.CROSS_SITE_REQUEST: 403,
     ErrorCode.HOST_NOT_ALLOWED: 400,
+    ErrorCode.LIVENESS_FAILED: 422,
+    ErrorCode.LIVENESS_UNAVAILABLE: 409,  # the loaded pack has no liveness models
     ErrorCode.INTERNAL: 500,
 }
 

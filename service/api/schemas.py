@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.faces.types import DetectedFace, EmbeddedFace, FaceQuality, QualityLevel, QualityReason
+from service.faces.types import (
+    DetectedFace,
+    EmbeddedFace,
+    FaceQuality,
+    Liveness,
+    QualityLevel,
+    QualityReason,
+)
 
 QUALITY_EXAMPLE = {
     "level": "high",
@@ -71,6 +78,25 @@ class QualityOut(BaseModel):
         )
 
 
+class LivenessOut(BaseModel):
+    """Passive liveness verdict (docs/liveness.md): the live probability averaged over the
+    pack's liveness models, and `live` = `score >= threshold`."""
+
+    score: float
+    live: bool
+    threshold: float
+    model: str
+
+    @classmethod
+    def of(cls, liveness: Liveness) -> LivenessOut:
+        return cls(
+            score=round(liveness.score, 4),
+            live=liveness.live,
+            threshold=liveness.threshold,
+            model=liveness.model,
+        )
+
+
 class FaceOut(BaseModel):
     """One face: box `[x1, y1, x2, y2]` and landmarks (left eye, right eye, nose, left and
     right mouth corner) in pixels of the uploaded image, detection score, and quality
@@ -82,16 +108,19 @@ class FaceOut(BaseModel):
     landmarks: list[list[float]] = Field(min_length=5, max_length=5)
     score: float
     quality: QualityOut | None = None
+    liveness: LivenessOut | None = Field(None, description="With `liveness`: the verdict.")
 
     @classmethod
     def of(cls, face: EmbeddedFace | DetectedFace) -> FaceOut:
         detected = face.face if isinstance(face, EmbeddedFace) else face
         quality = QualityOut.of(face.quality) if isinstance(face, EmbeddedFace) else None
+        verdict = face.liveness if isinstance(face, EmbeddedFace) else None
         return cls(
             box=_rounded(detected.box),
             landmarks=[_rounded(point) for point in detected.landmarks],
             score=round(detected.score, 4),
             quality=quality,
+            liveness=LivenessOut.of(verdict) if verdict is not None else None,
         )
 
 

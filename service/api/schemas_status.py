@@ -66,3 +66,7 @@ class ServiceStatus(BaseModel):
     max_upload_bytes: int = Field(description="Largest file one upload may be.")
     api_keys: bool = Field(description="Whether requests need an API key.")
     identify_fpir: FpirStatus
+    liveness: str = Field("off", description="FACEVERIFY_LIVENESS: off, report or require.")
+    liveness_model: str | None = Field(
+        None, description="The pack's liveness models, or null when it has none."
+    )

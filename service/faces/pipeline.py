@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -20,6 +20,7 @@ from service.faces.batching import BatchingOptions, MicroBatcher
 from service.faces.detector import DetectorOptions, FaceDetector
 from service.faces.embedder import Embedder
 from service.faces.images import DecodeLimits, ReducedImage, decode_image, decode_reduced
+from service.faces.liveness import FaceCrops, LivenessChecker
 from service.faces.quality import QualityLimits, assess_quality
 from service.faces.types import DetectedFace, EmbeddedFace
 from service.metrics import Metrics
@@ -93,7 +94,7 @@ def select_face(image: AnalyzedImage, rule: FaceRule = "largest") -> EmbeddedFac
 
 
 class FacePipeline:
-    """decode → detect → align → embed for one loaded model pack."""
+    """decode → detect → align → embed (→ liveness, when asked) for one loaded model pack."""
 
     def __init__(
         self,
@@ -101,23 +102,31 @@ class FacePipeline:
         embedder: Embedder,
         options: PipelineOptions,
         metrics: Metrics | None = None,
+        liveness: LivenessChecker | None = None,
     ) -> None:
         self.detector = detector
         self.embedder = embedder
         self.options = options
         self._metrics = metrics
+        self.liveness = liveness  # None: the pack has no liveness models
         self.provider = "unknown"
         self._embed_batcher: MicroBatcher[Crop, Embedded] | None = None
         self._detect_batcher: MicroBatcher[np.ndarray, list[DetectedFace]] | None = None
+        self._liveness_batcher: MicroBatcher[FaceCrops, float] | None = None
 
     def enable_batching(self, options: BatchingOptions) -> None:
         """Join the recognizer crops of concurrent runs (and their detector inputs, when the
-        detector takes a batch) into shared model calls; see `service.faces.batching`."""
+        detector takes a batch, and their liveness crops) into shared model calls; see
+        `service.faces.batching`."""
         self.close()
         self._embed_batcher = MicroBatcher(self._embed_items, options, "recognizer-batcher")
         if self.detector.batches_images:
             self._detect_batcher = MicroBatcher(
                 self.detector.detect_many, options, "detector-batcher"
+            )
+        if self.liveness is not None:
+            self._liveness_batcher = MicroBatcher(
+                self.liveness.score_crops, options, "liveness-batcher"
             )
 
     def warm_up(self) -> None:
@@ -131,10 +140,10 @@ class FacePipeline:
 
     def close(self) -> None:
         """Stop the batching threads, if any."""
-        for batcher in (self._embed_batcher, self._detect_batcher):
+        for batcher in (self._embed_batcher, self._detect_batcher, self._liveness_batcher):
             if batcher is not None:
                 batcher.close()
-        self._embed_batcher = self._detect_batcher = None
+        self._embed_batcher = self._detect_batcher = self._liveness_batcher = None
 
     @classmethod
     def from_pack(
@@ -146,11 +155,16 @@ class FacePipeline:
     ) -> FacePipeline:
         detector_session = create_session(pack.detector_path, runtime)
         recognizer_session = create_session(pack.recognizer_path, runtime)
+        liveness = None
+        if pack.manifest.liveness is not None and pack.liveness_paths:
+            sessions = [create_session(path, runtime) for path in pack.liveness_paths]
+            liveness = LivenessChecker(sessions, pack.manifest.liveness)
         pipeline = cls(
             FaceDetector(detector_session, pack.manifest.detector, options.detector),
             Embedder(recognizer_session, pack.manifest.recognizer),
             options,
             metrics,
+            liveness,
         )
         pipeline.provider = active_provider(recognizer_session)
         return pipeline
@@ -199,18 +213,65 @@ class FacePipeline:
         return faces, too_small
 
     def analyze(
-        self, data: bytes, *, flip: bool | None = None, faces: FacesToEmbed = "all"
+        self,
+        data: bytes,
+        *,
+        flip: bool | None = None,
+        faces: FacesToEmbed = "all",
+        liveness: bool = False,
     ) -> AnalyzedImage:
         """Decode, detect, align and embed the faces of an uploaded image: every face, or only
-        the one a 1:1 request is about (`largest` or `best`, the rules of `select_face`)."""
+        the one a 1:1 request is about (`largest` or `best`, the rules of `select_face`).
+        With `liveness`, each embedded face also carries its liveness verdict."""
         timings: dict[str, float] = {}
         image = self._decode(data, timings)
         found, too_small = self._detect(image, timings)
         if faces != "all" and found:
             found = [found[chosen_face(found, faces)]]
-        crops = self._align_from(image, data, found, timings)
+        crops, full = self._align_from(image, data, found, timings)
         embedded = self._embed(crops, found, flip, timings)
+        if liveness and embedded:
+            embedded = self._check_liveness(image, data, full, embedded, timings)
         return AnalyzedImage(embedded, too_small, image.width, image.height, timings)
+
+    def _check_liveness(
+        self,
+        image: ReducedImage,
+        data: bytes,
+        full: np.ndarray | None,
+        faces: list[EmbeddedFace],
+        timings: dict[str, float],
+    ) -> list[EmbeddedFace]:
+        """The faces with their liveness verdicts. Crops come from the reduced decode when it
+        holds them at the models' resolution, else from the full-resolution decode (`full`,
+        made now unless alignment made it): print and screen artefacts are fine texture that a
+        downscaled decode would blur away."""
+        if self.liveness is None:
+            raise ServiceError(
+                ErrorCode.LIVENESS_UNAVAILABLE,
+                "the model pack has no liveness models: add them with `python -m training "
+                "export-liveness`, or send the request without liveness",
+            )
+        detected = [face.face for face in faces]
+        pixels, scale = image.pixels, (image.scale_x, image.scale_y)
+        if image.reduced and not self.liveness.crops_fit(detected, max(scale)):
+            if full is None:
+                with self._stage("decode", timings):
+                    full = decode_image(data, self.options.limits)
+            pixels, scale = full, (1.0, 1.0)
+        with self._stage("liveness", timings):
+            crops = self.liveness.crops(pixels, detected, scale)
+            if self._liveness_batcher is not None:
+                scores = self._liveness_batcher.submit(crops)
+            else:
+                scores = self.liveness.score_crops(crops)
+            verdicts = [self.liveness.verdict(score) for score in scores]
+        if self._metrics is not None:
+            for verdict in verdicts:
+                self._metrics.liveness_score.observe(verdict.score)
+        return [
+            replace(face, liveness=verdict) for face, verdict in zip(faces, verdicts, strict=True)
+        ]
 
     def _align_from(
         self,
@@ -218,10 +279,10 @@ class FacePipeline:
         data: bytes,
         faces: list[DetectedFace],
         timings: dict[str, float],
-    ) -> list[np.ndarray]:
-        """Aligned crops. A face is aligned from the reduced decode when the crop would not
-        enlarge it there (so no detail is lost); smaller faces from a full-resolution decode,
-        made once and only when needed."""
+    ) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """Aligned crops, and the full-resolution decode if one was made. A face is aligned
+        from the reduced decode when the crop would not enlarge it there (so no detail is
+        lost); smaller faces from a full-resolution decode, made once and only when needed."""
         size = self.embedder.input_size
         with self._stage("align", timings):
             matrices: list[np.ndarray | None] = [None] * len(faces)
@@ -236,12 +297,13 @@ class FacePipeline:
             with self._stage("decode", timings):
                 full = decode_image(data, self.options.limits)
         with self._stage("align", timings):
-            return [
+            crops = [
                 warp_face(image.pixels, matrix, size)
                 if matrix is not None
                 else align_face(full, face.landmarks, size)
                 for face, matrix in zip(faces, matrices, strict=True)
             ]
+        return crops, full if image.reduced else None
 
     def embed_faces(
         self,

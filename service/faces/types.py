@@ -84,6 +84,17 @@ class FaceQuality:
 
 
 @dataclass(frozen=True)
+class Liveness:
+    """The liveness verdict on one face (service/faces/liveness.py): averaged live
+    probability, the decision and what made it."""
+
+    score: float
+    live: bool
+    threshold: float
+    model: str
+
+
+@dataclass(frozen=True)
 class EmbeddedFace:
     """A detected face with its L2-normalised embedding and its quality assessment
     (service/faces/quality.py; `quality.embedding_norm` is the norm before normalisation)."""
@@ -91,3 +102,4 @@ class EmbeddedFace:
     face: DetectedFace
     embedding: np.ndarray  # (d,) float32, unit norm
     quality: FaceQuality
+    liveness: Liveness | None = None  # only when the route asked for it

@@ -16,6 +16,7 @@ from service.packs.manifest import (
     DEFAULT_THRESHOLD,
     MANIFEST_NAME,
     DetectorSpec,
+    LivenessSpec,
     ModelPack,
     PackManifest,
     RecognizerSpec,
@@ -133,14 +134,49 @@ def _load_manifest_pack(directory: Path, verify_checksums: bool) -> ModelPack:
     )
     _check_detector(read_onnx_signature(detector_path), manifest.detector, manifest_path)
     _check_recognizer(read_onnx_signature(recognizer_path), manifest.recognizer, manifest_path)
+    liveness, liveness_paths = _load_liveness(directory, manifest, manifest_path, verify_checksums)
     manifest = manifest.model_copy(
         update={
             "detector": manifest.detector.model_copy(update={"sha256": detector_sha}),
             "recognizer": manifest.recognizer.model_copy(update={"sha256": recognizer_sha}),
             "thresholds": usable(manifest.thresholds, recognizer_sha, manifest_path),
+            "liveness": liveness,
         }
     )
-    return ModelPack(manifest.name, directory, manifest, detector_path, recognizer_path)
+    return ModelPack(
+        manifest.name,
+        directory,
+        manifest,
+        detector_path,
+        recognizer_path,
+        liveness_paths=liveness_paths,
+    )
+
+
+def _load_liveness(
+    directory: Path, manifest: PackManifest, manifest_path: Path, verify_checksums: bool
+) -> tuple[LivenessSpec | None, tuple[Path, ...]]:
+    """The pack's optional liveness models: present, intact, and shaped as the manifest says."""
+    spec = manifest.liveness
+    if spec is None:
+        return None, ()
+    models, paths = [], []
+    for model in spec.models:
+        path = _pack_file(directory, model.file, manifest_path)
+        sha = _checked_sha256(path, model.sha256, verify_checksums, str(manifest_path))
+        signature = read_onnx_signature(path)
+        side = square_input_side(signature)
+        outputs = signature.outputs[0].shape[-1:] if len(signature.outputs) == 1 else ()
+        if side != model.input_size or tuple(outputs) != (spec.num_classes,):
+            raise PackError(
+                f"{path} is named as a liveness model in {manifest_path} but takes or gives "
+                f"something else ({signature.describe()}; expected a {model.input_size}x"
+                f"{model.input_size} image and {spec.num_classes} class scores): name the "
+                "right file or fix the manifest"
+            )
+        models.append(model.model_copy(update={"sha256": sha}))
+        paths.append(path)
+    return spec.model_copy(update={"models": models}), tuple(paths)
 
 
 def _check_detector(signature: OnnxSignature, spec: DetectorSpec, manifest_path: Path) -> None:

@@ -49,6 +49,34 @@ class RecognizerSpec(ModelFileSpec):
     embedding_size: int
 
 
+class LivenessModelSpec(ModelFileSpec):
+    """One passive liveness classifier: a square crop around the face in, class logits out.
+
+    The crop is the detector's face box enlarged `scale` times around its centre, shifted and
+    shrunk to stay inside the image, then resized to `input_size`; the pixels go in as
+    `(x - mean) / std` in `color_order` (the MiniFASNet models take raw BGR 0-255)."""
+
+    variant: str = Field("", description="Architecture, e.g. MiniFASNetV2.")
+    scale: float = Field(gt=0.0, description="Crop side = face box side times this.")
+    input_size: int = Field(80, gt=0)
+    color_order: Literal["RGB", "BGR"] = "BGR"
+    mean: float = 0.0
+    std: float = 1.0
+
+
+class LivenessSpec(BaseModel):
+    """Passive liveness (presentation-attack detection) models of a pack: each face's score
+    is the live-class softmax averaged over `models`; the face is judged live when the score
+    reaches `threshold`."""
+
+    models: list[LivenessModelSpec] = Field(min_length=1)
+    live_class: int = Field(1, ge=0, description="Index of the live class in the outputs.")
+    num_classes: int = Field(3, ge=2)
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Live when score >= this.")
+    source: str = ""
+    licence: str = ""
+
+
 class PackManifest(BaseModel):
     """Contents of `pack.json`; `training.export` writes it, the service reads it."""
 
@@ -65,6 +93,9 @@ class PackManifest(BaseModel):
     thresholds: Calibration | None = Field(
         None, description="Thresholds by target FMR (`python -m service calibrate`)."
     )
+    liveness: LivenessSpec | None = Field(
+        None, description="Optional passive liveness models (`python -m training export-liveness`)."
+    )
 
 
 @dataclass(frozen=True)
@@ -77,6 +108,7 @@ class ModelPack:
     detector_path: Path
     recognizer_path: Path
     ignored_files: tuple[str, ...] = ()  # other ONNX files of the folder (landmarks, ...)
+    liveness_paths: tuple[Path, ...] = ()  # one per `manifest.liveness.models`, same order
 
     @property
     def model_id(self) -> str:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from service.api.deps import Services, get_services
 from service.api.errors import INFERENCE_ERRORS, documented
+from service.api.liveness import LIVENESS_FIELD, liveness_wanted, require_live
 from service.api.schemas import DetectResponse, EmbeddedFaceOut, EmbedResponse, FaceOut
 from service.api.uploads import read_upload
 
@@ -25,15 +26,32 @@ ERROR_RESPONSES = documented(
 )
 
 
-@router.post("/embed", response_model=EmbedResponse, responses=ERROR_RESPONSES)
+EMBED_ERROR_RESPONSES = documented(
+    {
+        400: "invalid_image",
+        409: "liveness_unavailable",
+        413: "payload_too_large, image_too_large",
+        415: "unsupported_format",
+        422: "liveness_failed, missing_field, validation_error",
+        **INFERENCE_ERRORS,
+    }
+)
+
+
+@router.post("/embed", response_model=EmbedResponse, responses=EMBED_ERROR_RESPONSES)
 async def embed(
     services: Annotated[Services, Depends(get_services)],
     image: Annotated[UploadFile, File(description="Photo.")],
     flip: Annotated[bool | None, Form(description="Flip-test (crop + mirror).")] = None,
+    liveness: Annotated[bool | None, Form(description=LIVENESS_FIELD)] = None,
 ) -> EmbedResponse:
     """Every face in the photo (largest first) with its L2-normalised embedding."""
+    live = liveness_wanted(services, liveness)
     data = await read_upload(image, services.settings)
-    analyzed = await services.scheduler.run(services.pipeline.analyze, data, flip=flip)
+    analyzed = await services.scheduler.run(
+        services.pipeline.analyze, data, flip=flip, liveness=live
+    )
+    require_live(services, analyzed.faces)
     return EmbedResponse(
         model=services.pack.model_id,
         faces=[EmbeddedFaceOut.of(face) for face in analyzed.faces],

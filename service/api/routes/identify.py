@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from service.api.auth import key_allows
 from service.api.deps import Services, get_gallery, get_services
 from service.api.errors import GALLERY_INFERENCE_ERRORS, documented
+from service.api.liveness import LIVENESS_FIELD, liveness_wanted, require_live
 from service.api.schemas import FaceOut, IdentityRef
 from service.api.schemas_gallery import CandidateOut, FpirOut, IdentifyResponse, IdentifyResult
 from service.api.thresholds import resolve_identify_threshold
@@ -56,10 +57,12 @@ def _first(*values):
     responses=documented(
         {
             400: "invalid_image",
-            409: "model_mismatch (gallery has faces enrolled with another model)",
+            409: "model_mismatch (gallery has faces enrolled with another model), "
+            "liveness_unavailable",
             413: "payload_too_large, image_too_large",
             415: "unsupported_format",
-            422: "no_face, face_too_small, low_quality, missing_field, validation_error",
+            422: "no_face, face_too_small, low_quality, liveness_failed, missing_field, "
+            "validation_error",
             **GALLERY_INFERENCE_ERRORS,
         }
     ),
@@ -97,6 +100,7 @@ async def identify(
         QualityLevel | None,
         Form(description="Refuse faces under this level (with all_faces: skip them)."),
     ] = None,
+    liveness: Annotated[bool | None, Form(description=LIVENESS_FIELD)] = None,
     top_k_query: Annotated[int | None, Query(alias="top_k", ge=1, le=MAX_TOP_K)] = None,
     threshold_query: Annotated[float | None, Query(alias="threshold", ge=-1.0, le=1.0)] = None,
     all_faces_query: Annotated[bool | None, Query(alias="all_faces")] = None,
@@ -119,10 +123,15 @@ async def identify(
         _first(target_fmr, target_fmr_query),
         _first(target_fpir, target_fpir_query),
     )
+    live = liveness_wanted(services, liveness)
     data = await read_upload(image, services.settings)
     every_face = bool(_first(all_faces, all_faces_query))
     analyzed = await services.scheduler.run(
-        services.pipeline.analyze, data, flip=flip, faces="all" if every_face else "largest"
+        services.pipeline.analyze,
+        data,
+        flip=flip,
+        faces="all" if every_face else "largest",
+        liveness=live,
     )
     largest = select_face(analyzed, "largest")  # no_face / face_too_small when none is usable
     faces = analyzed.faces if every_face else [largest]
@@ -131,6 +140,7 @@ async def identify(
         if not kept:  # refuse with the reasons of the largest face
             require_quality(largest.quality, min_quality, "this request (min_quality)")
         faces = kept or faces
+    require_live(services, faces)
     search_start = time.perf_counter()
     ranked = await services.gallery_calls.run(
         gallery.identify, np.stack([face.embedding for face in faces]), wanted

@@ -18,6 +18,7 @@ from service.api.deps import (
     require_json_body,
 )
 from service.api.errors import GALLERY_ERRORS, GALLERY_INFERENCE_ERRORS, documented
+from service.api.liveness import LIVENESS_FIELD, liveness_wanted, require_live
 from service.api.schemas_gallery import (
     EmbeddingEnrol,
     EnrolledFace,
@@ -159,10 +160,11 @@ async def delete_identity(
         {
             400: "invalid_image",
             404: "not_found (unknown identity)",
+            409: "liveness_unavailable",
             413: "payload_too_large, image_too_large",
             415: "unsupported_format",
-            422: "no_face, face_too_small, low_quality, multiple_faces, missing_field, "
-            "validation_error",
+            422: "no_face, face_too_small, low_quality, multiple_faces, liveness_failed, "
+            "missing_field, validation_error",
             **GALLERY_INFERENCE_ERRORS,
         }
     ),
@@ -177,17 +179,19 @@ async def add_face(
     audit: AuditDep,
     image: Annotated[UploadFile, File(description="Photo of the person (largest face is used).")],
     flip: Annotated[bool | None, Form(description="Flip-test (crop + mirror).")] = None,
+    liveness: Annotated[bool | None, Form(description=LIVENESS_FIELD)] = None,
 ) -> EnrolledFace:
     """Enrol the largest face of the photo. The photo itself is not stored: only the
     embedding, its model, quality, detection score and the photo's sha256. `Location` gives
     the new face's URL."""
     await calls.run(gallery.require_identity, identity_id)  # 404 before inference
+    live = liveness_wanted(services, liveness)
     data = await read_upload(image, services.settings)
     settings = services.settings
     # Only the largest face is enrolled; all are embedded only when they must be counted.
     wanted = "all" if settings.require_single_face else "largest"
     analyzed = await services.scheduler.run(
-        services.pipeline.analyze, data, flip=flip, faces=wanted
+        services.pipeline.analyze, data, flip=flip, faces=wanted, liveness=live
     )
     face = choose_enrolment_face(
         analyzed,
@@ -195,6 +199,7 @@ async def add_face(
         min_quality=settings.min_enrol_quality,
         min_level=enrolment_level(settings.enrol_quality),
     )
+    require_live(services, [face])
     record = await calls.run(
         partial(
             gallery.add_face,

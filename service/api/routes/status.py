@@ -41,6 +41,8 @@ async def status(
         max_upload_bytes=services.settings.max_upload_bytes,
         api_keys=services.settings.keys_enabled(),
         identify_fpir=_fpir_status(services),
+        liveness=services.settings.liveness,
+        liveness_model=services.pipeline.liveness.model if services.pipeline.liveness else None,
     )
 
 

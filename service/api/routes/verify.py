@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from service.api.auth import key_allows
 from service.api.deps import Services, gallery_of, get_services
 from service.api.errors import GALLERY_INFERENCE_ERRORS, documented
+from service.api.liveness import LIVENESS_FIELD, liveness_wanted, require_live
 from service.api.schemas import FaceOut, IdentityRef, VerifyResponse
 from service.api.thresholds import resolve_threshold
 from service.api.uploads import read_upload
@@ -26,10 +27,11 @@ ERROR_RESPONSES = documented(
     {
         400: "invalid_image",
         404: "not_found (unknown identity_id)",
-        409: "model_mismatch, identity_has_no_faces",
+        409: "model_mismatch, identity_has_no_faces, liveness_unavailable",
         413: "payload_too_large, image_too_large",
         415: "unsupported_format",
-        422: "no_face, face_too_small, low_quality, missing_field, validation_error",
+        422: "no_face, face_too_small, low_quality, liveness_failed, missing_field, "
+        "validation_error",
         **GALLERY_INFERENCE_ERRORS,
     }
 )
@@ -74,6 +76,7 @@ async def verify(
     min_quality: Annotated[
         QualityLevel | None, Form(description="Refuse (422 low_quality) faces under this level.")
     ] = None,
+    liveness: Annotated[bool | None, Form(description=LIVENESS_FIELD)] = None,
 ) -> VerifyResponse:
     """Compare the chosen face of `image1` with that of `image2`, or the face of `image` with
     the enrolled identity `identity_id`; `match` is `similarity >= threshold`. `identity` (its
@@ -81,6 +84,7 @@ async def verify(
     start = time.perf_counter()
     used_threshold, threshold_source = resolve_threshold(services, threshold, target_fmr)
     pipeline = services.pipeline
+    live = liveness_wanted(services, liveness)
     pair = image1 is not None or image2 is not None
     if pair and (image is not None or identity_id is not None):
         raise ServiceError(
@@ -91,12 +95,13 @@ async def verify(
         data1 = await read_upload(image1, services.settings)
         data2 = await read_upload(image2, services.settings)
         first, second = await asyncio.gather(
-            services.scheduler.run(pipeline.analyze, data1, flip=flip, faces=face),
-            services.scheduler.run(pipeline.analyze, data2, flip=flip, faces=face),
+            services.scheduler.run(pipeline.analyze, data1, flip=flip, faces=face, liveness=live),
+            services.scheduler.run(pipeline.analyze, data2, flip=flip, faces=face, liveness=live),
         )
         face1, face2 = select_face(first, face), select_face(second, face)
         for chosen in (face1, face2):
             require_quality(chosen.quality, min_quality, "this request (min_quality)")
+        require_live(services, [face1, face2])
         similarity = cosine_similarity(face1.embedding, face2.embedding)
         timings = _sum_timings(first, second)
         faces = [FaceOut.of(face1), FaceOut.of(face2)]
@@ -104,9 +109,12 @@ async def verify(
     elif image is not None and identity_id is not None:
         gallery = gallery_of(services)
         data = await read_upload(image, services.settings)
-        probe_image = await services.scheduler.run(pipeline.analyze, data, flip=flip, faces=face)
+        probe_image = await services.scheduler.run(
+            pipeline.analyze, data, flip=flip, faces=face, liveness=live
+        )
         probe = select_face(probe_image, face)
         require_quality(probe.quality, min_quality, "this request (min_quality)")
+        require_live(services, [probe])
         match = await services.gallery_calls.run(gallery.compare, identity_id, probe.embedding)
         similarity = match.similarity
         timings = _sum_timings(probe_image)

@@ -19,6 +19,8 @@ const WORDS = {
   rate_limited: "Too many requests right now. Wait a moment and try again.",
   identity_has_no_faces: "This person has no enrolled photo yet: add one first.",
   model_mismatch: "The gallery was enrolled with another model; re-enrol these people with the loaded model.",
+  liveness_failed: "A face looks like a photo of a photo or of a screen, not a live person: take a new photo of the person themselves.",
+  liveness_unavailable: "This service has no liveness models loaded, so it cannot check liveness.",
   not_ready: "The service is still starting (loading its models). Try again in a moment.",
   internal_error: "Something went wrong inside the service; its log has the details.",
   network: "The service cannot be reached. Is it running, and is this page served by it?",

@@ -3,10 +3,11 @@
 import { photoForm, request } from "./api.js";
 import { errorElement } from "./messages.js";
 import { clearCanvas, drawFaces, dropZone, forgetImage, loadImage, matchingFace } from "./photo.js";
+import { livenessElement } from "./liveness.js";
 import { qualityElement } from "./quality.js";
 import { element, fixed, formatMs, similarityScale } from "./ui.js";
 
-const STAGES = ["decode", "detect", "align", "embed", "total"];
+const STAGES = ["decode", "detect", "align", "embed", "liveness", "total"];
 
 export function setupVerify() {
   const slots = [1, 2].map((n) => ({
@@ -39,6 +40,9 @@ export function setupVerify() {
       const line = element("p", {}, `Compared face ${slot.chosen === null ? "" : `#${slot.chosen + 1} `}`);
       line.append(`(detection score ${fixed(comparedFace.score)}), quality `, qualityElement(comparedFace.quality));
       parts.push(line);
+      if (comparedFace.liveness) {
+        parts.push(element("p", {}, "Liveness ", livenessElement(comparedFace.liveness)));
+      }
     }
     slot.info.replaceChildren(...parts);
   }
@@ -65,6 +69,7 @@ export function setupVerify() {
     again.disabled = true;
     const form = new FormData();
     form.append("face", document.getElementById("verify-face").value);
+    if (document.getElementById("verify-liveness").checked) form.append("liveness", "true");
     for (const slot of slots) form.append(`image${slot.n}`, slot.file, slot.file.name || `photo${slot.n}`);
     try {
       const answer = await request("verify", { method: "POST", body: form });
@@ -91,9 +96,11 @@ export function setupVerify() {
     );
   }
   again.addEventListener("click", compare);
-  document.getElementById("verify-face").addEventListener("change", () => {
-    if (slots.every((s) => s.detected)) compare();
-  });
+  for (const id of ["verify-face", "verify-liveness"]) {
+    document.getElementById(id).addEventListener("change", () => {
+      if (slots.every((s) => s.detected)) compare();
+    });
+  }
 }
 
 function verdict(answer) {
