@@ -114,6 +114,12 @@ class Settings(BaseSettings):
         "refuses.",
     )
 
+    search_batch_rows: int = Field(
+        64,
+        ge=1,
+        description="Query faces of concurrent /identify requests searched in one index call "
+        "at most; 1 = each request searches alone.",
+    )
     identify_fpir: float | None = Field(
         None,
         gt=0.0,

@@ -43,6 +43,7 @@ def open_gallery(settings: Settings, pack: ModelPack, metrics: Metrics | None = 
             approx_min_faces=settings.approx_index_min_faces,
             metrics=metrics,
             saved_index=index_path(settings.data_dir, pack.model_id),
+            search_batch_rows=settings.search_batch_rows,
         )
     except BaseException:
         store.close()
@@ -73,7 +74,14 @@ def _open_milvus_gallery(settings: Settings, pack: ModelPack, metrics: Metrics |
     model_id, dim = pack.model_id, pack.manifest.recognizer.embedding_size
     try:
         search = MilvusSearch(store, model_id=model_id, dim=dim)
-        return Gallery(store, model_id=model_id, dim=dim, metrics=metrics, search=search)
+        return Gallery(
+            store,
+            model_id=model_id,
+            dim=dim,
+            metrics=metrics,
+            search=search,
+            search_batch_rows=settings.search_batch_rows,
+        )
     except BaseException:
         store.close()
         raise

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import ErrorCode, ServiceError
+from service.gallery.batched_search import DEFAULT_MAX_ROWS, BatchedSearch
 from service.gallery.fpir import Probe
 from service.gallery.index import IndexSetting
 from service.gallery.interface import (
@@ -101,6 +102,7 @@ class Gallery:
         poll_interval_s: float | None = POLL_INTERVAL_S,
         search: FaceSearch | None = None,
         saved_index: Path | None = None,
+        search_batch_rows: int = DEFAULT_MAX_ROWS,
     ) -> None:
         self.store = store
         self.model_id = model_id
@@ -117,6 +119,10 @@ class Gallery:
             use_gpu=use_gpu,
             on_change=self._index_changed,
             saved_index=saved_index,
+        )
+        # Concurrent requests' queries searched in one call (1 = each alone).
+        self._batched = (
+            BatchedSearch(self._sync.search, search_batch_rows) if search_batch_rows > 1 else None
         )
         if search is not None:
             self._index_changed(search.state)
@@ -358,7 +364,8 @@ class Gallery:
         queries = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1, self.dim)
         k = max(top_k * FACES_PER_IDENTITY_FIRST_PASS, top_k)
         while True:
-            found = self._sync.search(queries, k)
+            search = self._batched.search if self._batched is not None else self._sync.search
+            found = search(queries, k)
             if self._sync.state.other_model_faces:
                 raise ServiceError(ErrorCode.MODEL_MISMATCH, self._mismatch_message())
             ranked = self._rank(found.similarities, found.ids, top_k)
@@ -423,5 +430,7 @@ class Gallery:
         return self.store.health()
 
     def close(self) -> None:
+        if self._batched is not None:
+            self._batched.close()
         self._sync.stop()
         self.store.close()

@@ -248,9 +248,14 @@ def assert_error_shape(status: int, content: bytes) -> ErrorCode:
 
 
 def negative_data_rejected(ctx, response, case) -> bool | None:
-    """Schemathesis' negative_data_rejection, for every case but a form body (see above)."""
+    """Schemathesis' negative_data_rejection, for every case but a form body (see above). A
+    413 `payload_too_large` is a rejection too: a JSON body over the non-multipart limit (an
+    embedding far beyond its maxItems, say) is refused before it is parsed."""
     if case.media_type in FORM_MEDIA_TYPES:
         return None
+    if response.status_code == 413:
+        assert_error_shape(response.status_code, response.content)
+        return True
     return schemathesis.checks.negative_data_rejection(ctx, response, case)
 
 
