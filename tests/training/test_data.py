@@ -14,26 +14,26 @@ import torch
 from training_helpers import png_bytes, solid_image
 
 from training.data import (
-    RECORDIO_MAGIC,
     ImageFolderDataset,
     LabelListDataset,
-    RecordHeader,
     RecordIODataset,
     ResumableSampler,
     SyntheticFaceDataset,
-    _write_record,
     check_num_classes,
-    load_bin,
-    load_pairs,
     make_loader,
     open_dataset,
+    to_tensor,
+)
+from training.recordio import (
+    RECORDIO_MAGIC,
+    RecordHeader,
+    _write_record,
     pack_record,
     read_record,
-    synthetic_verification_set,
-    to_tensor,
     unpack_record,
     write_recordio,
 )
+from training.verification import load_bin, load_pairs, synthetic_verification_set
 
 
 def test_to_tensor_converts_bgr_to_rgb_in_minus_one_to_one() -> None:

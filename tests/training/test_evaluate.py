@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from training.backbones import create_backbone
-from training.data import VerificationSet, load_bin
 from training.evaluate import (
     TorchEmbedder,
     embed,
@@ -22,6 +21,7 @@ from training.evaluate import (
     threshold_at_far,
     verification_result,
 )
+from training.verification import VerificationSet, load_bin
 
 
 def test_separable_scores_give_full_accuracy_in_every_fold() -> None:

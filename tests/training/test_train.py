@@ -19,7 +19,8 @@ from training.__main__ import main
 from training.checkpoint import list_checkpoints, load_backbone
 from training.config import CONFIG_DIR, TrainConfig, apply_overrides, load_config
 from training.evaluate import TorchEmbedder, evaluate_set, load_verification_set
-from training.train import LrSchedule, Trainer, describe_plan
+from training.schedule import LrSchedule
+from training.trainer import Trainer, describe_plan
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Small enough for seconds on two CPU cores: 48 px crops, IResNet-18 with 4 channels in its
