@@ -148,9 +148,12 @@ def config_keys() -> list[str]:
 
 
 def did_you_mean(key: str) -> str:
-    """' (did you mean 'lr_schedule'?)' for a near miss among the config keys, else ''."""
+    """' (did you mean 'lr_schedule'?)' for a near miss among the config keys, else where
+    to find them."""
     close = difflib.get_close_matches(key, config_keys(), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return " (no key like it: TrainConfig in training/config.py lists them)"
 
 
 def describe_errors(error: ValidationError) -> list[str]:

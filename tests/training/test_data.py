@@ -307,6 +307,14 @@ def test_load_pairs_reads_lfw_style_pairs_and_folders(tmp_path: Path) -> None:
     assert verification.images.shape == (4, 112, 112, 3)
 
 
+def test_load_pairs_names_a_bad_line_by_its_number_in_a_list_without_header(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "pairs.txt").write_text("Ann_A\t1\t2\tBo_B\t1\nAnn_A\t1\t2\n")
+    with pytest.raises(ValueError, match=r"pairs\.txt:1: expected 3 or 4 fields"):
+        load_pairs(tmp_path / "pairs.txt", tmp_path)
+
+
 def test_load_pairs_names_the_missing_image(tmp_path: Path, shared_assets: Path) -> None:
     with pytest.raises(FileNotFoundError, match="Abel_Pacheco_0001"):
         load_pairs(shared_assets / "lists" / "lfw_pairs.txt", tmp_path)

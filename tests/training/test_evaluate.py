@@ -142,6 +142,13 @@ def test_threshold_at_far_is_unknown_without_enough_mismatched_pairs() -> None:
     assert verification_result("all matched", np.linspace(0, 1, 10), issame).tar_at_far == {}
 
 
+def test_threshold_at_far_where_every_mismatch_may_match_refuses_no_pair() -> None:
+    # Calibration's rule (service.packs.verification_sets.threshold_at_fmr): the lowest
+    # threshold; the lowest mismatched score would refuse the matched pair at 0.1.
+    scores, issame = np.array([0.1, 0.3, 0.5]), np.array([True, False, False])
+    assert threshold_at_far(scores, issame, 1.0) == -1.0
+
+
 def test_pooled_threshold_uses_the_pairs_of_every_set() -> None:
     small = [
         verification_result(f"s{i}", np.array([0.9, 0.1 * i]), np.array([True, False]))
