@@ -122,10 +122,6 @@ class Trainer:
             seed=config.seed,
         )
         self.num_classes = check_num_classes(self.dataset, config.num_classes, str(config.data))
-        if config.gradient_accumulation < 1:
-            raise ValueError(
-                f"gradient_accumulation must be at least 1, got {config.gradient_accumulation}"
-            )
         self.sampler = ResumableSampler(
             len(self.dataset), config.seed, context.rank, context.world_size, flip=config.flip
         )
@@ -215,10 +211,6 @@ class Trainer:
         self.guard = DivergenceGuard(config.max_bad_steps)
         self._buffer_snapshot: list[torch.Tensor] = []
         self._synchronised_once = False  # see train_step
-        if config.on_divergence not in ("stop", "rollback"):
-            raise ValueError(
-                f"unknown on_divergence {config.on_divergence!r}: use stop or rollback"
-            )
 
     # --- the loop ---------------------------------------------------------------------------
 
