@@ -7,8 +7,8 @@ command line (values parsed as Python literals, else kept as strings).
 
 `TrainConfig` is a pydantic dataclass: every construction (a recipe, `--set`, `replace`) is
 validated, field by field, before anything trains. A bad value or an unknown key raises
-`ConfigError` (a ValueError) with one line per bad key, naming the key and what it accepts
-(unknown keys get a "did you mean").
+`ConfigError` (a ValueError) with one message per bad key, naming the key and what it
+accepts (unknown keys get a "did you mean"), joined by "; " into one line.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from pydantic.dataclasses import dataclass
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 # Value constraints shared by several fields.
-Positive = Annotated[int, Field(ge=1)]
-NonNegative = Annotated[float, Field(ge=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
 Built = TypeVar("Built")
 
 
 class ConfigError(ValueError):
-    """A training config that cannot run: one line per bad key."""
+    """A training config that cannot run: one message per bad key."""
 
 
 @dataclass(config=ConfigDict(extra="forbid"))
@@ -45,44 +45,44 @@ class TrainConfig:
     # --- model ------------------------------------------------------------------------------
     backbone: str = "r50"  # a key of training.backbones.BACKBONES
     backbone_kwargs: dict[str, object] = field(default_factory=dict)  # e.g. {"width": 8}
-    embedding_size: Positive = 512
+    embedding_size: PositiveInt = 512
     head: str = "arcface"  # a key of training.heads.HEADS
     head_kwargs: dict[str, object] = field(default_factory=dict)  # e.g. {"s": 64, "m": 0.5}
     # Partial FC: fraction of the class centres used per step.
     sample_rate: Annotated[float, Field(gt=0, le=1)] = 1.0
-    center_loss_weight: NonNegative = 0.0  # λ of the center loss; 0 = off
+    center_loss_weight: NonNegativeFloat = 0.0  # λ of the center loss; 0 = off
     # --- data -------------------------------------------------------------------------------
     data: str = "synthetic"  # folder, label.txt, train.rec or "synthetic" (see data.open_dataset)
-    num_classes: Positive | None = None  # None: read from the data set
-    image_size: Positive = 112  # side of the aligned crops (112 for every real face data set)
+    num_classes: PositiveInt | None = None  # None: read from the data set
+    image_size: PositiveInt = 112  # side of the aligned crops (112 for every real face data set)
     synthetic_identities: Annotated[int, Field(ge=2)] = 16
-    synthetic_images_per_identity: Positive = 8
+    synthetic_images_per_identity: PositiveInt = 8
     num_workers: Annotated[int, Field(ge=0)] = 2  # data loader processes per rank
     flip: bool = True  # random horizontal flips
     # --- optimisation -----------------------------------------------------------------------
-    batch_size: Positive = 128  # per rank and micro-batch
+    batch_size: PositiveInt = 128  # per rank and micro-batch
     # Micro-batches summed into one optimizer step (arcface_torch's `gradient_acc`): the global
     # batch is batch_size x world size x gradient_accumulation; steps count optimizer steps.
-    gradient_accumulation: Positive = 1
+    gradient_accumulation: PositiveInt = 1
     # The global batch the recipe's lr was tuned for (None: no check). When the run's global
     # batch differs, `lr_scaling` "linear" multiplies lr by global / recipe (Goyal et al. 2017,
     # "linear scaling rule"); "warn" keeps lr and prints a warning.
-    recipe_global_batch: Positive | None = None
+    recipe_global_batch: PositiveInt | None = None
     lr_scaling: Literal["linear", "warn"] = "linear"
     # May be fractional: a recipe's iteration count in epochs.
     epochs: Annotated[float, Field(gt=0)] = 20
-    max_steps: Positive | None = None  # stop earlier than `epochs` (smoke runs)
+    max_steps: PositiveInt | None = None  # stop earlier than `epochs` (smoke runs)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: Annotated[float, Field(gt=0)] = 0.1
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    weight_decay: NonNegative = 5e-4
+    weight_decay: NonNegativeFloat = 5e-4
     lr_schedule: Literal["poly", "step"] = "poly"
-    lr_power: NonNegative = 2.0  # poly: lr·(1 − progress)^power
+    lr_power: NonNegativeFloat = 2.0  # poly: lr·(1 − progress)^power
     # step: epochs at which lr is multiplied by lr_gamma.
-    lr_milestones: tuple[NonNegative, ...] = ()
+    lr_milestones: tuple[NonNegativeFloat, ...] = ()
     lr_gamma: Annotated[float, Field(gt=0)] = 0.1
-    warmup_epochs: NonNegative = 0.0  # linear warm-up from 0
-    grad_clip_norm: NonNegative | None = 5.0  # max gradient norm of the backbone; None/0 = off
+    warmup_epochs: NonNegativeFloat = 0.0  # linear warm-up from 0
+    grad_clip_norm: NonNegativeFloat | None = 5.0  # max gradient norm of the backbone; None/0 = off
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     amp_dtype: Literal["float16", "bfloat16"] = "float16"
     seed: int = 0
@@ -91,15 +91,15 @@ class TrainConfig:
     # gradient scaler lowers its scale). After `max_bad_steps` such steps in a row the run
     # stops ("stop") or reloads the weights of the last finite checkpoint and goes on with the
     # next batches ("rollback", at most 3 times).
-    max_bad_steps: Positive = 20
+    max_bad_steps: PositiveInt = 20
     on_divergence: Literal["stop", "rollback"] = "stop"
     # --- output and evaluation --------------------------------------------------------------
     output_dir: str = ""  # defaults to runs/<name>
-    log_every: Positive = 50  # steps between CSV/TensorBoard rows
-    checkpoint_every: Positive = 2000  # steps between checkpoints (and one at the end)
+    log_every: PositiveInt = 50  # steps between CSV/TensorBoard rows
+    checkpoint_every: PositiveInt = 2000  # steps between checkpoints (and one at the end)
     keep_checkpoints: Annotated[int, Field(ge=0)] = 2  # older ones are deleted; 0 keeps all
     eval_sets: tuple[str, ...] = ()  # .bin files, "pairs.txt@images_dir" or "synthetic"
-    eval_every: Positive = 2000
+    eval_every: PositiveInt = 2000
     eval_flip: bool = True
     # Accuracy protocol: "insightface" (arcface_torch eval/verification.py: squared-L2
     # thresholds 0, 0.01 … 3.99), "exact" (best cosine midpoint), or "auto" (insightface for
@@ -157,7 +157,7 @@ def did_you_mean(key: str) -> str:
 
 
 def describe_errors(error: ValidationError) -> list[str]:
-    """One line per bad key of a failed `TrainConfig` validation."""
+    """One message per bad key of a failed `TrainConfig` validation."""
     lines = []
     for item in error.errors():
         location = [str(part) for part in item["loc"]]
