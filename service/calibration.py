@@ -42,6 +42,9 @@ DEFAULT_BOOTSTRAP_ROUNDS = 1000
 # Different-identity pairs of a folder beyond which a random sample is used.
 DEFAULT_MAX_IMPOSTOR_PAIRS = 200_000
 REPORT_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(1, 9))
+# Decimals of a stored threshold (pack.json stays readable; 1e-6 is far below any FMR step).
+THRESHOLD_DECIMALS = 6
+THRESHOLD_SCALE = 10**THRESHOLD_DECIMALS
 
 
 class CalibrationError(Exception):
@@ -183,6 +186,15 @@ def threshold_for_fmr(impostor: np.ndarray, fmr: float) -> float:
     return min(threshold_at_fmr(impostor, fmr), 1.0)
 
 
+def stored_threshold(threshold: float) -> float:
+    """`threshold` as the pack stores it, 6 decimals, rounded up: rounding down could accept
+    the impostor score the threshold was placed just above."""
+    stored = math.ceil(threshold * THRESHOLD_SCALE) / THRESHOLD_SCALE
+    while stored < threshold:  # x * 1e6 rounded down in floating point
+        stored = round(stored + 1 / THRESHOLD_SCALE, THRESHOLD_DECIMALS)
+    return min(stored, 1.0)
+
+
 def bootstrap_interval(
     impostor: np.ndarray, fmr: float, rounds: int, rng: np.random.Generator
 ) -> tuple[float, float]:
@@ -218,11 +230,11 @@ def calibrate(
         if not supports(len(pairs.impostor), fmr):
             unsupported.append(fmr)
             continue
-        threshold = threshold_for_fmr(pairs.impostor, fmr)
+        threshold = stored_threshold(threshold_for_fmr(pairs.impostor, fmr))
         entries.append(
             FmrThreshold(
                 fmr=fmr,
-                threshold=round(threshold, 6),
+                threshold=threshold,
                 measured_fmr=false_match_rate(pairs.impostor, threshold),
                 fnmr=false_non_match_rate(pairs.genuine, threshold),
                 interval=bootstrap_interval(pairs.impostor, fmr, bootstrap_rounds, rng),
