@@ -71,6 +71,7 @@ def test_ddp_settings_are_opt_in_config_keys() -> None:
     )
 
 
+@pytest.mark.slow
 def test_torchrun_trains_with_every_ddp_communication_setting(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
