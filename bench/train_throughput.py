@@ -25,7 +25,7 @@ import torch
 from training.backbones import create_backbone
 from training.heads import ArcFaceHead
 from training.partial_fc import MarginSoftmaxClassifier
-from training.train import make_grad_scaler
+from training.schedule import make_grad_scaler
 
 DEFAULT_BACKBONES = ("mobilefacenet", "r18", "r34", "r50", "r100")
 # Classes of the FC: CASIA-WebFace's 10,572 identities (the configs' smaller data set).

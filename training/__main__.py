@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace) -> int:
     from training.config import load_config
-    from training.train import train
+    from training.trainer import train
 
     overrides = list(args.set)
     if args.output_dir:
@@ -121,7 +121,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError("nothing to evaluate on: give --bin, --eval or --pairs/--images")
     if args.checkpoint:
         from training.checkpoint import load_backbone
-        from training.train import select_device
+        from training.distributed import select_device
 
         device = select_device(args.device)
         backbone, _ = load_backbone(args.checkpoint, device)

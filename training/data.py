@@ -1,14 +1,14 @@
-"""Face data for training and verification: every on-disk format, one pre-processing.
+"""Face data for training: one pre-processing, every on-disk training-set format, the loader.
 
 Training sets (each item: an aligned face and an integer identity label):
 - `ImageFolderDataset`: one folder per identity (`root/<identity>/<image>`),
 - `LabelListDataset`: a `label.txt` of `path<TAB>label` lines, paths relative to its folder
   (the layout of InsightFace's small test sets),
-- `RecordIODataset`: InsightFace's MXNet RecordIO (`train.rec` + `train.idx`), read here without
-  MXNet; `write_recordio` writes the same format,
+- `RecordIODataset`: InsightFace's MXNet RecordIO (`train.rec` + `train.idx`, codec in
+  `training.recordio`),
 - `SyntheticFaceDataset`: generated identities for tests, demos and speed measurements.
-Verification sets (`VerificationSet`: image pairs + same/different flags): InsightFace `.bin`
-files (`load_bin`), LFW-style `pairs.txt` + image folder (`load_pairs`), and synthetic ones.
+`ResumableSampler` and `make_loader` serve them in a data order that survives a restart.
+Verification sets (image pairs) live in `training.verification`.
 
 Images are handled as BGR uint8 (OpenCV's order, as in the service) until `to_tensor`, the one
 place that flips, converts to RGB and normalises to (x/255 − 0.5)/0.5.
@@ -20,10 +20,7 @@ import functools
 import io
 import math
 import os
-import pickle
-import struct
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -31,22 +28,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from training.recordio import read_record, unpack_record
+
 # Aligned face crops are 112x112 (InsightFace's ArcFace alignment template).
 IMAGE_SIZE = 112
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Probability of a horizontal flip per training sample (standard for face recognition:
 # arcface_torch dataset.py RandomHorizontalFlip()).
 FLIP_PROBABILITY = 0.5
-
-# MXNet RecordIO (dmlc-core recordio.h, mxnet/recordio.py): each record is
-# [magic u32][lrecord u32][payload][zero padding to 4 bytes]; lrecord's top 3 bits are the
-# continuation flag (0 whole, 1 first, 2 middle, 3 last part; a payload is split wherever it
-# contains the magic at a 4-byte boundary), the low 29 bits the part's length. A payload starts
-# with the image header IRHeader = struct 'IfQQ' (flag, label, id, id2); when flag > 0 a
-# float32 label array of `flag` values follows the header.
-RECORDIO_MAGIC = 0xCED7230A
-RECORDIO_LENGTH_BITS = 29
-IRHEADER = struct.Struct("<IfQQ")
 
 
 # --- pre-processing ------------------------------------------------------------------------
@@ -228,85 +217,6 @@ class LabelListDataset(FaceDataset):
         return _first_label_outside(
             [(self.locate(i), label) for i, (_, label) in enumerate(self.samples)], num_classes
         )
-
-
-@dataclass(frozen=True)
-class RecordHeader:
-    """IRHeader of one RecordIO payload; `label` is a float or, when flag > 0, an array."""
-
-    flag: int
-    label: float | np.ndarray
-    id: int = 0
-    id2: int = 0
-
-
-def pack_record(header: RecordHeader, payload: bytes) -> bytes:
-    """IRHeader (+ label array when the label is not a scalar) + payload, as mxnet packs it."""
-    if np.ndim(header.label) == 0:
-        return IRHEADER.pack(0, float(header.label), header.id, header.id2) + payload
-    labels = np.asarray(header.label, dtype="<f4").reshape(-1)
-    return IRHEADER.pack(labels.size, 0.0, header.id, header.id2) + labels.tobytes() + payload
-
-
-def unpack_record(record: bytes) -> tuple[RecordHeader, bytes]:
-    """Split a RecordIO payload into its IRHeader and the rest (usually an encoded image)."""
-    flag, label, record_id, record_id2 = IRHEADER.unpack_from(record)
-    rest = record[IRHEADER.size :]
-    if flag > 0:
-        labels = np.frombuffer(rest, dtype="<f4", count=flag).copy()
-        return RecordHeader(flag, labels, record_id, record_id2), rest[4 * flag :]
-    return RecordHeader(flag, label, record_id, record_id2), rest
-
-
-def _write_record(stream: io.BufferedWriter, payload: bytes) -> None:
-    """One RecordIO record, split where the payload holds the magic at a 4-byte boundary."""
-    magic = struct.pack("<I", RECORDIO_MAGIC)
-    parts, start = [], 0
-    for offset in range(0, len(payload) - len(payload) % 4, 4):
-        if payload[offset : offset + 4] == magic:
-            parts.append(payload[start:offset])
-            start = offset + 4
-    parts.append(payload[start:])
-    for number, part in enumerate(parts):
-        last = number == len(parts) - 1
-        flag = 0 if len(parts) == 1 else 1 if number == 0 else 3 if last else 2
-        stream.write(magic + struct.pack("<I", (flag << RECORDIO_LENGTH_BITS) | len(part)) + part)
-    stream.write(b"\0" * (-len(parts[-1]) % 4))
-
-
-def read_record(stream: io.BufferedReader, source: str = "record file") -> bytes:
-    """Read the record at the stream's position (joining split parts)."""
-    magic = struct.pack("<I", RECORDIO_MAGIC)
-    chunks: list[bytes] = []
-    while True:
-        head = stream.read(8)
-        if len(head) < 8 or head[:4] != magic:
-            raise ValueError(f"{source}: no RecordIO record at offset {stream.tell() - len(head)}")
-        (lrecord,) = struct.unpack("<I", head[4:])
-        flag, length = lrecord >> RECORDIO_LENGTH_BITS, lrecord & ((1 << RECORDIO_LENGTH_BITS) - 1)
-        chunks.append(stream.read(length))
-        stream.read(-length % 4)
-        if flag in (0, 3):
-            return b"".join(chunks) if flag == 0 else magic.join(chunks)
-
-
-def write_recordio(rec_path: Path, idx_path: Path, items: Iterable[tuple[bytes, int]]) -> int:
-    """Write encoded images with integer labels as InsightFace RecordIO; returns the count.
-
-    Layout as InsightFace's: record 0 is a header whose label array is
-    (first index after the images, same again: no identity index records), images are 1 … N.
-    """
-    items = list(items)
-    offsets: list[tuple[int, int]] = []
-    with open(rec_path, "wb") as stream:
-        offsets.append((0, stream.tell()))
-        end = float(len(items) + 1)
-        _write_record(stream, pack_record(RecordHeader(2, np.array([end, end])), b""))
-        for key, (encoded, label) in enumerate(items, start=1):
-            offsets.append((key, stream.tell()))
-            _write_record(stream, pack_record(RecordHeader(0, float(label), key), encoded))
-    idx_path.write_text("".join(f"{key}\t{offset}\n" for key, offset in offsets))
-    return len(items)
 
 
 class RecordIODataset(FaceDataset):
@@ -541,97 +451,3 @@ def make_loader(
         multiprocessing_context="forkserver" if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )
-
-
-# --- verification sets ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VerificationSet:
-    """Image pairs for verification: images (2N, H, W, 3) BGR uint8, where images 2i and
-    2i + 1 form pair i, and `issame` (N,) bool. `source_format` says where they come from
-    ("bin", "pairs" or "synthetic"): evaluation picks its default protocol by it."""
-
-    name: str
-    images: np.ndarray
-    issame: np.ndarray
-    source_format: str = ""
-
-    def __post_init__(self) -> None:
-        if len(self.images) != 2 * len(self.issame):
-            raise ValueError(f"{self.name}: {len(self.images)} images for {len(self.issame)} pairs")
-
-
-def load_bin(path: Path, image_size: int = IMAGE_SIZE) -> VerificationSet:
-    """An InsightFace verification `.bin` (lfw.bin, cfp_fp.bin, agedb_30.bin): a pickle of
-    (encoded images, issame list); each encoded image may be `bytes` or a uint8 numpy array."""
-    path = Path(path)
-    with open(path, "rb") as stream:
-        encoded, issame = pickle.load(stream, encoding="bytes")
-    images = np.stack(
-        [
-            fit_to_size(decode_image(item, f"{path} image {i}"), image_size)
-            for i, item in enumerate(encoded)
-        ]
-    )
-    return VerificationSet(path.stem, images, np.asarray(issame, dtype=bool), "bin")
-
-
-def _pair_image(images_root: Path, name: str, number: str) -> Path:
-    stem = images_root / name / f"{name}_{int(number):04d}"
-    for extension in IMAGE_EXTENSIONS:
-        if stem.with_suffix(extension).is_file():
-            return stem.with_suffix(extension)
-    raise FileNotFoundError(
-        f"pair image {stem}.jpg not found (LFW layout: <root>/<name>/<name>_NNNN.jpg)"
-    )
-
-
-def load_pairs(
-    pairs_file: Path, images_root: Path, image_size: int = IMAGE_SIZE
-) -> VerificationSet:
-    """An LFW-style `pairs.txt` (header `folds<TAB>pairs per fold`, then `name n1 n2` for a
-    matched pair and `name1 n1 name2 n2` for a mismatched one) over aligned crops in
-    `images_root/<name>/<name>_NNNN.jpg`."""
-    lines = [line.split() for line in Path(pairs_file).read_text().splitlines() if line.strip()]
-    images: list[np.ndarray] = []
-    issame: list[bool] = []
-    for number, fields in enumerate(lines[1:] if len(lines[0]) <= 2 else lines, start=2):
-        if len(fields) == 3:
-            paths = [(fields[0], fields[1]), (fields[0], fields[2])]
-        elif len(fields) == 4:
-            paths = [(fields[0], fields[1]), (fields[2], fields[3])]
-        else:
-            raise ValueError(f"{pairs_file}:{number}: expected 3 or 4 fields, got {fields}")
-        images += [fit_to_size(read_image(_pair_image(images_root, *p)), image_size) for p in paths]
-        issame.append(len(fields) == 3)
-    return VerificationSet(
-        Path(pairs_file).stem, np.stack(images), np.asarray(issame, dtype=bool), "pairs"
-    )
-
-
-def synthetic_verification_set(
-    num_identities: int = 20,
-    images_per_identity: int = 4,
-    seed: int = 1_000,
-    num_pairs: int = 200,
-    image_size: int = IMAGE_SIZE,
-) -> VerificationSet:
-    """Half matched, half mismatched pairs of synthetic identities; use a `seed` other than
-    the training set's to get identities the network has never seen."""
-    dataset = SyntheticFaceDataset(num_identities, images_per_identity, seed, image_size=image_size)
-    rng = np.random.default_rng(seed)
-    images, issame = [], []
-    for pair in range(num_pairs):
-        same = pair % 2 == 0
-        first = int(rng.integers(num_identities))
-        second = first if same else int((first + rng.integers(1, num_identities)) % num_identities)
-        a, b = (
-            rng.choice(images_per_identity, size=2, replace=False)
-            if same
-            else rng.integers(images_per_identity, size=2)
-        )
-        images.append(dataset.load(first * images_per_identity + int(a))[0])
-        images.append(dataset.load(second * images_per_identity + int(b))[0])
-        issame.append(same)
-    return VerificationSet(f"synthetic-{seed}", np.stack(images), np.asarray(issame), "synthetic")

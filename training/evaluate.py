@@ -23,7 +23,6 @@ its mirror image).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +32,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.data import (
-    IMAGE_SIZE,
+from service.packs.verification_sets import false_matches_allowed, threshold_at_fmr
+from training.data import IMAGE_SIZE, to_batch
+from training.embeddings import l2_normalize
+from training.verification import (
     VerificationSet,
     load_bin,
     load_pairs,
     synthetic_verification_set,
-    to_batch,
 )
-from training.embeddings import l2_normalize
 
 # LFW's protocol: 10 folds (Huang et al. 2007, "View 2").
 NUM_FOLDS = 10
@@ -223,17 +222,13 @@ def resolve_protocol(protocol: str, source_format: str) -> str:
 
 
 def threshold_at_far(scores: np.ndarray, issame: np.ndarray, far: float) -> float | None:
-    """Threshold accepting (score ≥ threshold, as `service.matching.decide` does) at most a
-    `far` fraction of mismatched pairs; None when there are fewer than 1/far mismatched pairs
-    to tell."""
-    negatives = np.sort(scores[~issame])[::-1]
-    allowed = math.floor(far * len(negatives) + 1e-9)
-    if allowed < 1:
+    """The lowest threshold accepting (score >= threshold, as `service.matching.decide` does)
+    at most a `far` fraction of mismatched pairs (`threshold_at_fmr`, edges included); None
+    when the mismatched pairs are too few to show one false match at that rate."""
+    impostor = scores[~issame]
+    if false_matches_allowed(len(impostor), far) < 1:
         return None
-    if allowed >= len(negatives):
-        return float(negatives[-1])
-    # Just above the first rejected mismatched score: the `allowed` higher ones are accepted.
-    return float(np.nextafter(negatives[allowed], np.inf))
+    return threshold_at_fmr(impostor, far)
 
 
 def roc_curve(scores: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -293,6 +293,7 @@ class SphereFaceHead(MarginHead):
     """
 
     name = "sphereface"
+    title: ClassVar[str] = "SphereFace"
 
     iteration: torch.Tensor
 
@@ -306,7 +307,7 @@ class SphereFaceHead(MarginHead):
     ) -> None:
         super().__init__()
         if int(m) != m or m < 1:
-            raise ValueError(f"SphereFace's margin m must be a positive integer, got {m}")
+            raise ValueError(f"{self.title}'s margin m must be a positive integer, got {m}")
         self.m = int(m)
         self.annealing = LambdaAnnealing(base, gamma, power, lambda_min)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
@@ -334,22 +335,19 @@ class SphereFaceHead(MarginHead):
         return {"head": self.name, "m": self.m, **self.annealing.describe()}
 
 
-class LSoftmaxHead(MarginHead):
-    """L-Softmax (Liu et al. 2016): un-normalised logits with a multiplicative angular margin,
+class LSoftmaxHead(SphereFaceHead):
+    """L-Softmax (Liu et al. 2016): SphereFace with the class centres' norms kept,
 
-        target ‖W_y‖·‖x‖·ψ(θ_y),  others ‖W_j‖·‖x‖·cos θ_j = W_jᵀx  (no bias),
-        ψ(θ) = (−1)^k·cos(m·θ) − 2k  for θ ∈ [kπ/m, (k+1)π/m], k ∈ {0, …, m−1},
+        target ‖W_y‖·‖x‖·(λ·cos θ_y + ψ(θ_y)) / (1 + λ),  others ‖W_j‖·‖x‖·cos θ_j = W_jᵀx,
 
-    annealed as in the authors' Caffe layer: target ‖W_y‖‖x‖·(λ·cos θ_y + ψ(θ_y)) / (1 + λ)
-    with λ = max(λ_min, base·(1 + γ·iter)^(−power)), iter counted before use. It is
-    SphereFace without normalising W: the class centres' norms stay in the logits, so the FC
-    passes them (`needs_weight_norms`).
+    with SphereFace's ψ and λ annealing (no bias); only its defaults differ (m = 2 and the
+    authors' L-Softmax schedule). W is not normalised, so the FC passes the centres' norms
+    (`needs_weight_norms`).
     """
 
     name = "lsoftmax"
+    title = "L-Softmax"
     needs_weight_norms = True
-
-    iteration: torch.Tensor
 
     def __init__(
         self,
@@ -359,18 +357,9 @@ class LSoftmaxHead(MarginHead):
         power: float = LSOFTMAX_LAMBDA_POWER,
         lambda_min: float = LSOFTMAX_LAMBDA_MIN,
     ) -> None:
-        super().__init__()
-        if int(m) != m or m < 1:
-            raise ValueError(f"L-Softmax's margin m must be a positive integer, got {m}")
-        self.m = int(m)
-        self.annealing = LambdaAnnealing(base, gamma, power, lambda_min)
-        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+        super().__init__(m, base, gamma, power, lambda_min)
 
-    def current_lambda(self) -> float:
-        """λ at the current value of the step counter."""
-        return self.annealing.at(int(self.iteration))
-
-    def forward(
+    def forward(  # type: ignore[override]
         self,
         cosine: torch.Tensor,
         labels: torch.Tensor,
@@ -379,16 +368,7 @@ class LSoftmaxHead(MarginHead):
     ) -> torch.Tensor:
         if weight_norms is None:
             raise ValueError("L-Softmax needs the class centres' norms: pass weight_norms")
-        if self.training:
-            self.iteration += 1  # before use, as the authors' layer does
-        rows, cols = _target_index(labels)
-        target = cosine[rows, cols]
-        lam = self.current_lambda()
-        annealed = (lam * target + multiplicative_psi(angle(target), self.m)) / (1.0 + lam)
-        return norms * weight_norms[None, :] * _replace(cosine, rows, cols, annealed)
-
-    def describe(self) -> dict[str, object]:
-        return {"head": self.name, "m": self.m, **self.annealing.describe()}
+        return super().forward(cosine, labels, norms * weight_norms[None, :])
 
 
 class CurricularFaceHead(MarginHead):

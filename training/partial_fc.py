@@ -77,36 +77,73 @@ def _gather_labels(labels: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-class _DistributedCrossEntropy(torch.autograd.Function):
-    """Mean softmax cross-entropy over logits whose classes are sharded across ranks.
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """Mean softmax cross-entropy in one (N, C) buffer: the logits' own (as arcface_torch's
+    `DistCrossEntropyFunc`, partial_fc_v2.py).
 
-    Rows with label -1 have their target on another rank. The max, the sum of exponentials
-    and the target logit are all-reduced, so every rank gets the same loss; the gradient of
-    the local logits is (softmax − one-hot) / N.
+    Forward turns the logits in place into probabilities: subtract the row max, exp, divide
+    by the row sum; the loss is log Σ exp − (target − max), computed before the division.
+    Backward turns the same buffer in place into the gradient, (softmax − one-hot) · g / N, so
+    the loss keeps no other tensor of the logits' size. At 1 M classes that buffer is the
+    memory Partial FC is about.
+
+    Sharded (`distributed`): each rank holds some classes of every row (label -1: the target
+    is on another rank); the row max, the sum of exponentials and the target logit are
+    all-reduced, so every rank gets the same loss.
+
+    The logits given are consumed: do not read them afterwards. With `in_place_backward`,
+    one backward per forward (retain_graph is refused with a clear error); without it,
+    backward allocates the gradient (gradient checks run backward twice).
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        row_max = logits.detach().max(dim=1, keepdim=True).values
-        torch.distributed.all_reduce(row_max, op=ReduceOp.MAX)
-        shifted = logits.detach() - row_max
-        exp = shifted.exp()
-        sum_exp = exp.sum(dim=1, keepdim=True)
-        torch.distributed.all_reduce(sum_exp, op=ReduceOp.SUM)
+    def forward(  # type: ignore[override]
+        ctx, logits: torch.Tensor, labels: torch.Tensor, distributed: bool, in_place_backward: bool
+    ) -> torch.Tensor:
+        buffer = logits.detach()  # the same storage: every step below is in place
+        row_max = buffer.max(dim=1, keepdim=True).values
+        if distributed:
+            torch.distributed.all_reduce(row_max, op=ReduceOp.MAX)
+        buffer.sub_(row_max)
         rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
-        target = torch.zeros(logits.shape[0], device=logits.device, dtype=logits.dtype)
-        target[rows] = shifted[rows, labels[rows]]
-        torch.distributed.all_reduce(target, op=ReduceOp.SUM)
-        ctx.save_for_backward(exp / sum_exp, labels)
+        target = torch.zeros(buffer.shape[0], device=buffer.device, dtype=buffer.dtype)
+        target[rows] = buffer[rows, labels[rows]]
+        buffer.exp_()
+        sum_exp = buffer.sum(dim=1, keepdim=True)
+        if distributed:
+            torch.distributed.all_reduce(target, op=ReduceOp.SUM)
+            torch.distributed.all_reduce(sum_exp, op=ReduceOp.SUM)
+        buffer.div_(sum_exp)
+        ctx.save_for_backward(buffer, labels)
+        ctx.in_place_backward, ctx.used = in_place_backward, False
         return (sum_exp.squeeze(1).log() - target).mean()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        if ctx.used and ctx.in_place_backward:
+            raise RuntimeError(
+                "the softmax cross-entropy computed its gradient in its forward buffer: "
+                "backward runs once per forward (no retain_graph); build the classifier with "
+                "in_place_backward=False to differentiate twice"
+            )
+        ctx.used = True
         probabilities, labels = ctx.saved_tensors
+        gradient = probabilities if ctx.in_place_backward else probabilities.clone()
         rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
-        probabilities = probabilities.clone()
-        probabilities[rows, labels[rows]] -= 1.0
-        return probabilities * (grad / probabilities.shape[0]), None
+        gradient[rows, labels[rows]] -= 1.0
+        gradient.mul_(grad / gradient.shape[0])
+        return gradient, None, None, None
+
+
+def softmax_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    distributed: bool = False,
+    in_place_backward: bool = True,
+) -> torch.Tensor:
+    """`F.cross_entropy(logits, labels)` (mean over rows) in the logits' own buffer, which it
+    consumes; labels -1 mark rows whose target class is on another rank (`distributed`)."""
+    return _SoftmaxCrossEntropy.apply(logits, labels, distributed, in_place_backward)
 
 
 def _target_cosine_of_every_row(cosine: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -138,8 +175,11 @@ class MarginSoftmaxClassifier(nn.Module):
         sample_rate: float = 1.0,
         rank: int = 0,
         world_size: int = 1,
+        in_place_backward: bool = True,
     ) -> None:
         super().__init__()
+        # False only for gradient checks, which run backward twice (softmax_cross_entropy).
+        self.in_place_backward = in_place_backward
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         if num_classes < world_size:
@@ -232,6 +272,4 @@ class MarginSoftmaxClassifier(nn.Module):
         labels = self._local_labels(labels.long())
         with torch.autocast(embeddings.device.type, enabled=False):
             logits, labels = self.head_logits(embeddings, labels)
-            if self.sharded:
-                return _DistributedCrossEntropy.apply(logits, labels)
-            return F.cross_entropy(logits, labels)
+            return softmax_cross_entropy(logits, labels, self.sharded, self.in_place_backward)

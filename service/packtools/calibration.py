@@ -15,7 +15,6 @@ n * FMR >= 3; smaller targets are listed as unsupported.
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +26,14 @@ import numpy as np
 from service.errors import ServiceError
 from service.faces.pipeline import FacePipeline
 from service.packs.thresholds import Calibration, FmrThreshold
+from service.packs.verification_sets import (
+    IMAGE_SUFFIXES,
+    VerificationSetError,
+    false_match_rate,
+    read_bin,
+    read_pairs_list,
+    threshold_at_fmr,
+)
 
 DEFAULT_FMRS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 # Rule of three (Hanley & Lippman-Hand 1983): 0 errors in n trials bound the rate by 3/n (95%).
@@ -34,8 +41,10 @@ MIN_ERRORS_EXPECTED = 3.0
 DEFAULT_BOOTSTRAP_ROUNDS = 1000
 # Different-identity pairs of a folder beyond which a random sample is used.
 DEFAULT_MAX_IMPOSTOR_PAIRS = 200_000
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 REPORT_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(1, 9))
+# Decimals of a stored threshold (pack.json stays readable; 1e-6 is far below any FMR step).
+THRESHOLD_DECIMALS = 6
+THRESHOLD_SCALE = 10**THRESHOLD_DECIMALS
 
 
 class CalibrationError(Exception):
@@ -103,42 +112,29 @@ def score_bin(path: Path, pipeline: FacePipeline) -> ScoredPairs:
     """An InsightFace verification `.bin`: a pickle of (encoded aligned crops, issame list).
     Only open `.bin` files from sources you trust: unpickling can run code."""
     try:
-        with open(path, "rb") as stream:
-            encoded, issame = pickle.load(stream, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, ValueError, EOFError) as exc:
-        raise CalibrationError(f"{path}: not an InsightFace .bin ({exc})") from exc
+        contents = read_bin(path)
+    except (OSError, VerificationSetError) as exc:
+        raise CalibrationError(str(exc)) from exc
     size = pipeline.embedder.input_size
-    crops = []
-    for index, item in enumerate(encoded):
-        buffer = np.frombuffer(item, np.uint8) if isinstance(item, bytes | bytearray) else item
-        image = cv2.imdecode(np.ascontiguousarray(buffer, dtype=np.uint8).ravel(), cv2.IMREAD_COLOR)
-        if image is None:
-            raise CalibrationError(f"{path}: image {index} cannot be decoded")
-        if image.shape[:2] != (size, size):
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        crops.append(image)
+    crops = [
+        image
+        if image.shape[:2] == (size, size)
+        else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        for image in contents.images
+    ]
     embeddings = pipeline.embedder.embed(crops).embeddings
     scores = np.clip(np.sum(embeddings[0::2] * embeddings[1::2], axis=1), -1.0, 1.0)
-    same = np.asarray(issame, dtype=bool)[: len(scores)]
-    return ScoredPairs(path.stem, scores[same], scores[~same])
-
-
-def _lfw_image(images: Path, name: str, number: str) -> Path:
-    stem = images / name / f"{name}_{int(number):04d}"
-    for suffix in IMAGE_SUFFIXES:
-        if stem.with_suffix(suffix).is_file():
-            return stem.with_suffix(suffix)
-    raise CalibrationError(
-        f"pair image {stem}.jpg not found (layout: <images>/<name>/<name>_N.jpg)"
-    )
+    same = contents.issame[: len(scores)]
+    return ScoredPairs(contents.name, scores[same], scores[~same])
 
 
 def score_pairs_file(pairs_file: Path, images: Path, pipeline: FacePipeline) -> ScoredPairs:
     """An LFW-style `pairs.txt`: `name n1 n2` (same person) or `name1 n1 name2 n2`
     (different), after an optional `folds pairs` header line."""
-    lines = [line.split() for line in pairs_file.read_text().splitlines() if line.strip()]
-    if lines and len(lines[0]) <= 2:
-        lines = lines[1:]
+    try:
+        pairs = read_pairs_list(pairs_file, images)
+    except (OSError, VerificationSetError) as exc:
+        raise CalibrationError(str(exc)) from exc
     cache: dict[Path, np.ndarray | None] = {}
 
     def embedding(path: Path) -> np.ndarray | None:
@@ -147,18 +143,12 @@ def score_pairs_file(pairs_file: Path, images: Path, pipeline: FacePipeline) -> 
         return cache[path]
 
     genuine, impostor = [], []
-    for number, fields in enumerate(lines, start=1):
-        if len(fields) == 3:
-            paths = (_lfw_image(images, fields[0], fields[1]), _lfw_image(images, *fields[::2]))
-        elif len(fields) == 4:
-            paths = (_lfw_image(images, *fields[:2]), _lfw_image(images, *fields[2:]))
-        else:
-            raise CalibrationError(f"{pairs_file}:{number}: expected 3 or 4 fields, got {fields}")
-        first, second = (embedding(path) for path in paths)
+    for pair in pairs:
+        first, second = embedding(pair.first), embedding(pair.second)
         if first is None or second is None:
             continue
         score = float(np.clip(np.dot(first, second), -1.0, 1.0))
-        (genuine if len(fields) == 3 else impostor).append(score)
+        (genuine if pair.same else impostor).append(score)
     skipped = sum(value is None for value in cache.values())
     return ScoredPairs(pairs_file.stem, np.array(genuine), np.array(impostor), skipped)
 
@@ -181,10 +171,6 @@ def score_source(
 # --- rates and thresholds ---------------------------------------------------------------------
 
 
-def false_match_rate(impostor: np.ndarray, threshold: float) -> float:
-    return float(np.mean(impostor >= threshold)) if len(impostor) else math.nan
-
-
 def false_non_match_rate(genuine: np.ndarray, threshold: float) -> float:
     return float(np.mean(genuine < threshold)) if len(genuine) else math.nan
 
@@ -195,13 +181,18 @@ def supports(impostor_pairs: int, fmr: float) -> bool:
 
 
 def threshold_for_fmr(impostor: np.ndarray, fmr: float) -> float:
-    """The lowest threshold whose FMR on these impostor scores is at most `fmr`: just above
-    the (k+1)-th highest score, k = floor(fmr * n) false matches allowed."""
-    ranked = np.sort(np.asarray(impostor, dtype=np.float64))[::-1]
-    allowed = math.floor(fmr * len(ranked))
-    if allowed >= len(ranked):
-        return -1.0
-    return float(min(np.nextafter(ranked[allowed], np.inf), 1.0))
+    """`threshold_at_fmr` within the cosine range a pack stores: an impostor pair at 1.0 (a
+    duplicate photo) cannot be refused by any threshold <= 1.0, and `measured_fmr` shows it."""
+    return min(threshold_at_fmr(impostor, fmr), 1.0)
+
+
+def stored_threshold(threshold: float) -> float:
+    """`threshold` as the pack stores it, 6 decimals, rounded up: rounding down could accept
+    the impostor score the threshold was placed just above."""
+    stored = math.ceil(threshold * THRESHOLD_SCALE) / THRESHOLD_SCALE
+    while stored < threshold:  # x * 1e6 rounded down in floating point
+        stored = round(stored + 1 / THRESHOLD_SCALE, THRESHOLD_DECIMALS)
+    return min(stored, 1.0)
 
 
 def bootstrap_interval(
@@ -239,11 +230,11 @@ def calibrate(
         if not supports(len(pairs.impostor), fmr):
             unsupported.append(fmr)
             continue
-        threshold = threshold_for_fmr(pairs.impostor, fmr)
+        threshold = stored_threshold(threshold_for_fmr(pairs.impostor, fmr))
         entries.append(
             FmrThreshold(
                 fmr=fmr,
-                threshold=round(threshold, 6),
+                threshold=threshold,
                 measured_fmr=false_match_rate(pairs.impostor, threshold),
                 fnmr=false_non_match_rate(pairs.genuine, threshold),
                 interval=bootstrap_interval(pairs.impostor, fmr, bootstrap_rounds, rng),

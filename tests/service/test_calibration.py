@@ -45,6 +45,21 @@ def test_the_threshold_is_the_lowest_that_keeps_the_fmr_under_the_target():
     assert 0.989 < threshold < 0.990 + 1e-9
 
 
+def test_a_target_whose_pair_count_rounds_under_an_integer_still_allows_that_many_matches():
+    impostor = np.arange(100) / 100.0  # 0.29 x 100 = 28.999999999999996 in floating point
+    assert false_match_rate(impostor, threshold_for_fmr(impostor, 0.29)) == pytest.approx(0.29)
+
+
+def test_the_stored_threshold_keeps_the_fmr_it_reports_and_stays_under_the_target():
+    # The 11th highest impostor, 0.3000004, must be refused; 6 decimals rounded to nearest
+    # would store 0.3 and accept it (FMR 0.011 for a target of 0.01).
+    impostor = np.concatenate([np.full(10, 0.9), [0.3000004], np.zeros(989)])
+    pairs = ScoredPairs("edge", np.full(10, 0.95), impostor)
+    (entry,) = calibrate(pairs, fmrs=(0.01,), bootstrap_rounds=0).thresholds
+    assert entry.threshold == 0.300001
+    assert false_match_rate(impostor, entry.threshold) == entry.measured_fmr == 0.01
+
+
 def test_targets_beyond_what_the_impostor_pairs_support_are_listed_not_guessed():
     assert supports(3000, 1e-3) and not supports(2999, 1e-3)
     calibration = calibrate(_pairs(impostor=5000), bootstrap_rounds=50)

@@ -14,26 +14,26 @@ import torch
 from training_helpers import png_bytes, solid_image
 
 from training.data import (
-    RECORDIO_MAGIC,
     ImageFolderDataset,
     LabelListDataset,
-    RecordHeader,
     RecordIODataset,
     ResumableSampler,
     SyntheticFaceDataset,
-    _write_record,
     check_num_classes,
-    load_bin,
-    load_pairs,
     make_loader,
     open_dataset,
+    to_tensor,
+)
+from training.recordio import (
+    RECORDIO_MAGIC,
+    RecordHeader,
+    _write_record,
     pack_record,
     read_record,
-    synthetic_verification_set,
-    to_tensor,
     unpack_record,
     write_recordio,
 )
+from training.verification import load_bin, load_pairs, synthetic_verification_set
 
 
 def test_to_tensor_converts_bgr_to_rgb_in_minus_one_to_one() -> None:
@@ -305,6 +305,14 @@ def test_load_pairs_reads_lfw_style_pairs_and_folders(tmp_path: Path) -> None:
     verification = load_pairs(tmp_path / "pairs.txt", tmp_path / "lfw")
     assert verification.issame.tolist() == [True, False]
     assert verification.images.shape == (4, 112, 112, 3)
+
+
+def test_load_pairs_names_a_bad_line_by_its_number_in_a_list_without_header(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "pairs.txt").write_text("Ann_A\t1\t2\tBo_B\t1\nAnn_A\t1\t2\n")
+    with pytest.raises(ValueError, match=r"pairs\.txt:1: expected 3 or 4 fields"):
+        load_pairs(tmp_path / "pairs.txt", tmp_path)
 
 
 def test_load_pairs_names_the_missing_image(tmp_path: Path, shared_assets: Path) -> None:

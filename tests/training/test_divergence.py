@@ -23,7 +23,8 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig
 from training.divergence import DivergenceGuard, StepHealth, TrainingDiverged
-from training.train import Trainer, make_grad_scaler
+from training.schedule import make_grad_scaler
+from training.trainer import Trainer
 
 
 def tiny_config(tmp_path: Path, **changes: object) -> TrainConfig:

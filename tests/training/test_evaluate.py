@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from training.backbones import create_backbone
-from training.data import VerificationSet, load_bin
 from training.evaluate import (
     TorchEmbedder,
     embed,
@@ -22,6 +21,7 @@ from training.evaluate import (
     threshold_at_far,
     verification_result,
 )
+from training.verification import VerificationSet, load_bin
 
 
 def test_separable_scores_give_full_accuracy_in_every_fold() -> None:
@@ -140,6 +140,13 @@ def test_threshold_at_far_is_unknown_without_enough_mismatched_pairs() -> None:
     issame = np.array([True] * 10)
     assert threshold_at_far(np.linspace(0, 1, 10), issame, 1e-3) is None
     assert verification_result("all matched", np.linspace(0, 1, 10), issame).tar_at_far == {}
+
+
+def test_threshold_at_far_where_every_mismatch_may_match_refuses_no_pair() -> None:
+    # Calibration's rule (service.packs.verification_sets.threshold_at_fmr): the lowest
+    # threshold; the lowest mismatched score would refuse the matched pair at 0.1.
+    scores, issame = np.array([0.1, 0.3, 0.5]), np.array([True, False, False])
+    assert threshold_at_far(scores, issame, 1.0) == -1.0
 
 
 def test_pooled_threshold_uses_the_pairs_of_every_set() -> None:

@@ -30,7 +30,7 @@ from training.evaluate import (
     verification_result,
 )
 from training.export import ParityError, check_parity, choose_threshold, export_pack
-from training.train import Trainer
+from training.trainer import Trainer
 
 FACE_BOX = (200.0, 160.0, 424.0, 384.0)  # where the synthetic detector reports the face
 TARGET_FAR = 0.01  # the synthetic evaluation set has 100 mismatched pairs

@@ -241,7 +241,10 @@ def test_lsoftmax_classifier_uses_unnormalised_centres_without_bias() -> None:
 
 def test_lsoftmax_classifier_passes_gradcheck_in_float64() -> None:
     head = LSoftmaxHead(m=3, base=2.0, gamma=0.0, lambda_min=0.0).eval()
-    classifier = MarginSoftmaxClassifier(head, embedding_size=5, num_classes=4).double().eval()
+    classifier = MarginSoftmaxClassifier(
+        head, embedding_size=5, num_classes=4, in_place_backward=False
+    ).double()
+    classifier = classifier.eval()
     with torch.no_grad():
         classifier.weight.mul_(50.0)
     embeddings = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
@@ -387,7 +390,9 @@ def test_heads_pass_gradcheck_in_float64(head: torch.nn.Module) -> None:
 
 
 def test_classifier_passes_gradcheck_through_normalisation_in_float64() -> None:
-    classifier = MarginSoftmaxClassifier(ArcFaceHead(s=8.0), embedding_size=5, num_classes=4)
+    classifier = MarginSoftmaxClassifier(
+        ArcFaceHead(s=8.0), embedding_size=5, num_classes=4, in_place_backward=False
+    )
     classifier = classifier.double()
     embeddings = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 3, 1])

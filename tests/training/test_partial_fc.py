@@ -25,7 +25,7 @@ from training.heads import (
     NormFaceHead,
     SoftmaxHead,
 )
-from training.partial_fc import MarginSoftmaxClassifier, shard_range
+from training.partial_fc import MarginSoftmaxClassifier, shard_range, softmax_cross_entropy
 
 
 def test_full_fc_loss_is_cross_entropy_of_the_head_on_normalised_cosines() -> None:
@@ -35,6 +35,69 @@ def test_full_fc_loss_is_cross_entropy_of_the_head_on_normalised_cosines() -> No
     cosine = l2_normalize(embeddings) @ l2_normalize(classifier.weight).T
     expected = F.cross_entropy(16.0 * (cosine - 0.2 * F.one_hot(labels, 5)), labels)
     assert classifier(embeddings, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("in_place_backward", [True, False])
+def test_one_buffer_cross_entropy_matches_torch_forward_and_backward(
+    in_place_backward: bool,
+) -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(16, 300, generator=generator) * 20).requires_grad_(True)
+    labels = torch.randint(0, 300, (16,), generator=generator)
+    upstream = torch.tensor(0.7)
+    expected = F.cross_entropy(logits, labels)
+    (expected_grad,) = torch.autograd.grad(expected * upstream, logits)
+    consumed = logits.detach().clone().requires_grad_(True)
+    loss = softmax_cross_entropy(consumed * 1.0, labels, in_place_backward=in_place_backward)
+    (loss * upstream).backward()
+    assert abs(loss.item() - expected.item()) < 1e-6
+    assert torch.allclose(consumed.grad, expected_grad, rtol=0, atol=1e-6)
+
+
+def test_one_buffer_cross_entropy_keeps_no_other_logits_sized_tensor() -> None:
+    logits = torch.randn(8, 1000).requires_grad_(True)
+    scaled = logits * 2.0  # a head's output: its buffer becomes the probabilities, then the grad
+    loss = softmax_cross_entropy(scaled, torch.arange(8))
+    probabilities, _ = loss.grad_fn.saved_tensors
+    assert probabilities.data_ptr() == scaled.data_ptr()
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(8))
+
+
+def test_one_buffer_cross_entropy_refuses_a_second_backward_instead_of_a_wrong_gradient() -> None:
+    logits = torch.randn(4, 10).requires_grad_(True)
+    loss = softmax_cross_entropy(logits * 1.0, torch.tensor([1, 2, 3, 4]))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward runs once per forward"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("name", ["arcface", "curricularface", "adaface", "softmax", "lsoftmax"])
+def test_classifier_loss_and_gradients_match_plain_cross_entropy_for_every_head(
+    name: str,
+) -> None:
+    factories = {
+        "arcface": lambda: ArcFaceHead(s=8.0),
+        "curricularface": lambda: CurricularFaceHead(s=8.0),
+        "adaface": lambda: AdaFaceHead(s=8.0),
+        "softmax": SoftmaxHead,
+        "lsoftmax": lambda: LSoftmaxHead(m=2, base=5.0),
+    }
+    torch.manual_seed(0)
+    classifier = MarginSoftmaxClassifier(factories[name](), 6, num_classes=9)
+    embeddings, labels = torch.randn(5, 6) * 3, torch.tensor([0, 8, 3, 3, 5])
+    state = {key: value.clone() for key, value in classifier.state_dict().items()}
+    x = embeddings.clone().requires_grad_(True)
+    loss = classifier(x, labels)
+    loss.backward()
+    weight_grad, classifier.weight.grad = classifier.weight.grad, None
+    classifier.load_state_dict(state)  # the heads' step counters and EMAs as before
+    reference_x = embeddings.clone().requires_grad_(True)
+    logits, _ = classifier.head_logits(reference_x, labels)
+    reference = F.cross_entropy(logits, labels)
+    reference.backward()
+    assert abs(loss.item() - reference.item()) < 1e-6
+    assert torch.allclose(x.grad, reference_x.grad, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(weight_grad, classifier.weight.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_shards_cover_all_classes_once() -> None:

@@ -17,22 +17,19 @@ stopped: weights, optimizer, scheduler, scaler, step, position in the data and R
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
-import os
 import random
 import shutil
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from training.backbones import create_backbone
@@ -49,6 +46,12 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig
 from training.data import ResumableSampler, check_num_classes, make_loader, open_dataset
+from training.distributed import (
+    DdpCommunication,
+    DistributedContext,
+    data_parallel,
+    init_distributed,
+)
 from training.divergence import (
     DivergenceGuard,
     StepHealth,
@@ -59,171 +62,13 @@ from training.divergence import (
 from training.evaluate import TorchEmbedder, evaluate_set, load_verification_set
 from training.heads import CenterLoss, create_head
 from training.partial_fc import MarginSoftmaxClassifier
-
-# GradScaler: double the float16 loss scale after 100 overflow-free steps (arcface_torch
-# train_v2.py: `GradScaler(growth_interval=100)`; PyTorch's default is 2000), halve it on an
-# overflow (PyTorch's default backoff, also arcface_torch's).
-GRAD_SCALER_GROWTH_INTERVAL = 100
-GRAD_SCALER_BACKOFF = 0.5
-
-
-@dataclass(frozen=True)
-class DistributedContext:
-    """Where this process sits: rank, local rank, world size and its device."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def select_device(requested: str, local_rank: int = 0) -> torch.device:
-    """`auto` (CUDA when available), `cpu` or `cuda`; under torchrun, GPU = local rank."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                "--device cuda asked for, but PyTorch sees no CUDA GPU: use --device cpu"
-            )
-        return torch.device("cuda", local_rank if requested == "cuda" else int(requested[5:]))
-    if requested != "cpu":
-        raise ValueError(f"unknown device {requested!r}: use auto, cpu or cuda")
-    return torch.device("cpu")
-
-
-def init_distributed(requested_device: str = "auto") -> DistributedContext:
-    """Read torchrun's environment; join the process group when WORLD_SIZE > 1 (NCCL on CUDA,
-    Gloo on CPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = select_device(requested_device, local_rank)
-    if world_size > 1 and not torch.distributed.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world_size)
-    return DistributedContext(rank, local_rank, world_size, device)
-
-
-@dataclass
-class LrSchedule:
-    """Multiplier of the base learning rate at a step: linear warm-up from 0, then a
-    polynomial decay to 0, (1 − progress)^power, or steps down by `gamma` at milestones."""
-
-    total_steps: int
-    warmup_steps: int = 0
-    kind: str = "poly"
-    power: float = 2.0
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.kind == "step":
-            return self.gamma ** sum(step >= milestone for milestone in self.milestones)
-        span = max(self.total_steps - self.warmup_steps, 1)
-        return max(0.0, 1.0 - (step - self.warmup_steps) / span) ** self.power
-
-
-def make_grad_scaler(
-    device_type: str, enabled: bool, init_scale: float = 2.0**16
-) -> torch.amp.GradScaler:
-    """The float16 loss scaler of arcface_torch: growth every 100 steps, backoff 0.5."""
-    return torch.amp.GradScaler(
-        device_type,
-        init_scale=init_scale,
-        growth_interval=GRAD_SCALER_GROWTH_INTERVAL,
-        backoff_factor=GRAD_SCALER_BACKOFF,
-        enabled=enabled,
-    )
-
-
-def scale_learning_rate(
-    lr: float, global_batch: int, recipe_global_batch: int | None, mode: str
-) -> tuple[float, str | None]:
-    """The learning rate for this run's global batch, and a note to print when it differs
-    from the recipe's: linear scaling (lr × global / recipe, Goyal et al. 2017) or a warning."""
-    if recipe_global_batch is None or recipe_global_batch == global_batch:
-        return lr, None
-    if mode == "linear":
-        scaled = lr * global_batch / recipe_global_batch
-        return scaled, (
-            f"lr scaled linearly with the global batch: {lr:g} x {global_batch}/"
-            f"{recipe_global_batch} = {scaled:g} (lr_scaling='warn' keeps {lr:g})"
-        )
-    if mode == "warn":
-        return lr, (
-            f"WARNING: global batch {global_batch} differs from the recipe's "
-            f"{recipe_global_batch}, and lr {lr:g} is kept (lr_scaling='warn'); use "
-            f"gradient_accumulation or more processes to match it, or lr_scaling='linear'"
-        )
-    raise ValueError(f"unknown lr_scaling {mode!r}: use linear or warn")
-
-
-class RunLogger:
-    """CSV logs (`train_log.csv`, `eval_log.csv`) and TensorBoard events when installed."""
-
-    def __init__(self, output_dir: Path, enabled: bool) -> None:
-        self.enabled, self.output_dir = enabled, output_dir
-        self.writer: Any = None
-        if not enabled:
-            return
-        output_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional: CSV logs are always written
-            SummaryWriter = None
-        if SummaryWriter is not None:
-            self.writer = SummaryWriter(str(output_dir / "tensorboard"))
-
-    def _append(self, name: str, row: dict[str, object]) -> None:
-        path = self.output_dir / name
-        new = not path.exists()
-        with open(path, "a", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
-    def train(self, row: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self._append("train_log.csv", row)
-        if self.writer is not None:
-            for key in ("loss", "lr", "samples_per_s", "skipped_steps"):
-                self.writer.add_scalar(f"train/{key}", row[key], int(row["step"]))
-
-    def evaluation(self, step: int, results: dict[str, dict[str, object]]) -> None:
-        if not self.enabled:
-            return
-        for name, result in results.items():
-            self._append(
-                "eval_log.csv",
-                {
-                    "step": step,
-                    "set": name,
-                    "accuracy": result["accuracy"],
-                    "accuracy_std": result["accuracy_std"],
-                    "threshold_at_target_far": result["threshold_at_target_far"],
-                },
-            )
-            if self.writer is not None:
-                self.writer.add_scalar(f"eval/{name}/accuracy", result["accuracy"], step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+from training.runlog import RunLogger
+from training.schedule import (
+    GRAD_SCALER_BACKOFF,
+    LrSchedule,
+    make_grad_scaler,
+    scale_learning_rate,
+)
 
 
 @dataclass
@@ -277,10 +122,6 @@ class Trainer:
             seed=config.seed,
         )
         self.num_classes = check_num_classes(self.dataset, config.num_classes, str(config.data))
-        if config.gradient_accumulation < 1:
-            raise ValueError(
-                f"gradient_accumulation must be at least 1, got {config.gradient_accumulation}"
-            )
         self.sampler = ResumableSampler(
             len(self.dataset), config.seed, context.rank, context.world_size, flip=config.flip
         )
@@ -327,11 +168,12 @@ class Trainer:
         )
         self.model: nn.Module = self.backbone
         if context.distributed:
-            self.model = DistributedDataParallel(
-                self.backbone,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
+            communication = DdpCommunication(
+                fp16_compress=config.ddp_fp16_compress,
+                bucket_cap_mb=config.ddp_bucket_cap_mb,
+                static_graph=config.ddp_static_graph,
             )
+            self.model = data_parallel(self.backbone, context, communication)
 
     def _build_optimization(self) -> None:
         config = self.config
@@ -368,10 +210,7 @@ class Trainer:
         )
         self.guard = DivergenceGuard(config.max_bad_steps)
         self._buffer_snapshot: list[torch.Tensor] = []
-        if config.on_divergence not in ("stop", "rollback"):
-            raise ValueError(
-                f"unknown on_divergence {config.on_divergence!r}: use stop or rollback"
-            )
+        self._synchronised_once = False  # see train_step
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -423,10 +262,14 @@ class Trainer:
         for index, (images, labels) in enumerate(batches):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-            last = index == len(batches) - 1
-            # DDP all-reduces the backbone's gradients once per step, on the last micro-batch.
+            # DDP all-reduces the backbone's gradients once per step, on the last micro-batch;
+            # with static_graph also on the process's first backward, because DDP must record
+            # one synchronised iteration before any no_sync (the extra all-reduce averages
+            # gradients that are then equal on every rank, which leaves them as they are).
+            first = self.config.ddp_static_graph and not self._synchronised_once
+            synchronise = index == len(batches) - 1 or first
             no_sync = getattr(self.model, "no_sync", None)
-            sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
+            sync = contextlib.nullcontext() if synchronise or no_sync is None else no_sync()
             with sync:
                 with torch.autocast(
                     self.device.type, dtype=self.autocast_dtype, enabled=self.use_amp
@@ -437,6 +280,7 @@ class Trainer:
                     loss = loss + self.center_loss(embeddings, labels)
                 self.scaler.scale(loss / len(batches)).backward()
             total += loss.detach()
+            self._synchronised_once = True
         loss = total / len(batches)
         self.scaler.unscale_(self.optimizer)
         health = step_health(loss, self._gradient_norms(), self.context.distributed)
