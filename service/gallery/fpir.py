@@ -40,7 +40,7 @@ import numpy as np
 
 from service.errors import ErrorCode, ServiceError
 from service.packs.thresholds import Calibration, FmrThreshold
-from service.packtools.calibration import threshold_for_fmr
+from service.packs.verification_sets import threshold_at_fmr
 
 # False positives a leave-one-out threshold must rest on: with k expected among the probes the
 # FPIR actually reached varies by about 1/sqrt(k), so 10 keeps it within 2x of the target (3,
@@ -115,7 +115,7 @@ class FpirEstimate:
             raise ServiceError(ErrorCode.VALIDATION_ERROR, "target_fpir must be in (0, 1)")
         scores = self.stranger_scores
         if len(scores) * target_fpir >= MIN_STRANGER_ERRORS:
-            threshold = threshold_for_fmr(scores, target_fpir)
+            threshold = threshold_at_fmr(scores, target_fpir)
             fpir = float(np.mean(scores >= threshold))
             rng = np.random.default_rng(self.seed)
             low, high = _bootstrap(scores, threshold, self.bootstrap_rounds, rng)

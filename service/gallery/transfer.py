@@ -40,9 +40,9 @@ import numpy as np
 from pydantic import Field, ValidationError, model_validator
 from tqdm import tqdm
 
-from service.api.schemas_gallery import EmbeddingEnrol, IdentityCreate
 from service.gallery import milvus
 from service.gallery.interface import GalleryStore, NewFace
+from service.gallery.records import EmbeddingEnrol, IdentityCreate
 from service.matching import l2_normalize
 
 # Faces written per store call: one SQLite transaction (one fsync) or one Milvus insert each.

@@ -25,6 +25,7 @@ import numpy as np
 
 from service.errors import ServiceError
 from service.faces.pipeline import FacePipeline
+from service.matching import paired_similarities
 from service.packs.thresholds import Calibration, FmrThreshold
 from service.packs.verification_sets import (
     IMAGE_SUFFIXES,
@@ -123,7 +124,7 @@ def score_bin(path: Path, pipeline: FacePipeline) -> ScoredPairs:
         for image in contents.images
     ]
     embeddings = pipeline.embedder.embed(crops).embeddings
-    scores = np.clip(np.sum(embeddings[0::2] * embeddings[1::2], axis=1), -1.0, 1.0)
+    scores = paired_similarities(embeddings[0::2], embeddings[1::2])
     same = contents.issame[: len(scores)]
     return ScoredPairs(contents.name, scores[same], scores[~same])
 

@@ -20,20 +20,18 @@ from service.api.deps import (
 from service.api.errors import GALLERY_ERRORS, GALLERY_INFERENCE_ERRORS, documented
 from service.api.liveness import LIVENESS_FIELD, liveness_wanted, require_live
 from service.api.schemas_gallery import (
-    EmbeddingEnrol,
     EnrolledFace,
     EnrolledFaceRecord,
-    IdentityCreate,
     IdentityOut,
     IdentityPage,
     IdentitySummary,
-    IdentityUpdate,
 )
 from service.api.uploads import read_upload
 from service.errors import ErrorCode, ServiceError
 from service.gallery import Gallery
 from service.gallery.enrolment import choose_enrolment_face, enrolment_level
 from service.gallery.interface import ID_MAX_LENGTH, ID_PATTERN
+from service.gallery.records import EmbeddingEnrol, IdentityCreate, IdentityUpdate
 
 router = APIRouter(tags=["gallery"])
 

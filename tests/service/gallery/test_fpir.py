@@ -21,7 +21,7 @@ from service.gallery.fpir import (
     per_comparison_fmr,
 )
 from service.packs.thresholds import Calibration, FmrThreshold
-from service.packtools.calibration import threshold_for_fmr
+from service.packs.verification_sets import threshold_at_fmr
 
 DIM = 16  # different identities then spread around 0 with sd 0.25: a real impostor tail
 
@@ -68,7 +68,7 @@ def test_leave_one_out_threshold_keeps_new_strangers_unknown_at_the_asked_rate(
         assert 0.025 <= measured <= 0.1, measured  # within 2x of the target
 
         # The threshold that keeps a 1:1 comparison at FMR 0.05 lets most strangers through.
-        one_to_one = threshold_for_fmr(estimate.pair_scores, 0.05)
+        one_to_one = threshold_at_fmr(estimate.pair_scores, 0.05)
         assert float(np.mean(best >= one_to_one)) > 0.9
     finally:
         gallery.close()

@@ -17,10 +17,10 @@ import pytest
 from gallery_support import backend_settings, clustered, probe_near
 from synthetic_models import make_manifest_pack
 
-from service.api.schemas_gallery import EmbeddingEnrol
 from service.cli import main
 from service.gallery.gallery import Gallery
 from service.gallery.milvus import MilvusSearch, MilvusStore
+from service.gallery.records import EmbeddingEnrol
 from service.gallery.store import SqliteStore
 from service.gallery.transfer import EXTERNAL_ID_PATTERN, ImportLine
 from service.packs import load_pack
@@ -242,8 +242,8 @@ def test_import_stores_names_as_the_api_does_and_keeps_a_quality_it_was_given(
 
 def test_every_line_the_schemas_accept_fits_the_milvus_columns():
     """The import's column check is a guard: the API's own limits are inside the columns."""
-    from service.api.schemas_gallery import MAX_METADATA_BYTES, MAX_NAME_LENGTH
     from service.gallery import milvus
+    from service.gallery.records import MAX_METADATA_BYTES, MAX_NAME_LENGTH
 
     utf8_max_bytes_per_char = 4
     assert MAX_NAME_LENGTH * utf8_max_bytes_per_char <= milvus.NAME_LENGTH

@@ -9,8 +9,8 @@ import pytest
 from gallery_support import noise_photo
 from synthetic_models import SyntheticFace, make_manifest_pack
 
-from service.api.schemas_gallery import MAX_METADATA_DEPTH, MAX_METADATA_KEYS
 from service.api.uploads import MAX_JSON_BODY_BYTES
+from service.gallery.records import MAX_METADATA_DEPTH, MAX_METADATA_KEYS
 
 FACE = SyntheticFace.from_box((100.0, 120.0, 340.0, 400.0), score=0.8)
 
