@@ -16,11 +16,11 @@ from service.api.schemas import (
 from service.faces.types import EmbeddedFace
 from service.gallery import Candidate, IdentityDetails
 from service.gallery.fpir import FpirThreshold
+from service.gallery.interface import FaceRecord, Identity
 from service.gallery.records import (
     MAX_METADATA_DEPTH,
     metadata_shape,
 )
-from service.gallery.store import FaceRecord, Identity
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,6 @@ from service.gallery.interface import (
     ExportedIdentity,
     FaceLabel,
     FaceRecord,
-    GalleryStore,
     Identity,
     IdentityEmbeddings,
     NewFace,
@@ -70,7 +69,6 @@ from service.gallery.store_files import (
     DATABASE_NAME,
     MARKER_NAME,
     GalleryStoreError,
-    check_data_dir,
     marker_path,
     prepare,
     tighten,
@@ -81,26 +79,6 @@ if TYPE_CHECKING:
     from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-# Names of the interface and of store_files re-exported where they were first defined (older
-# imports keep working).
-__all__ = [
-    "DATABASE_NAME",
-    "MARKER_NAME",
-    "Change",
-    "ChangesSince",
-    "ExportedIdentity",
-    "FaceLabel",
-    "FaceRecord",
-    "GalleryStore",
-    "GalleryStoreError",
-    "Identity",
-    "IdentityEmbeddings",
-    "NewFace",
-    "Snapshot",
-    "SqliteStore",
-    "check_data_dir",
-]
 
 SCHEMA_VERSION = 1
 

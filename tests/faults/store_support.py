@@ -22,7 +22,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service" / "gallery"))
 from gallery_support import Server, photo_upload, running_server
 
-from service.gallery.store import DATABASE_NAME
+from service.gallery.store_files import DATABASE_NAME
 
 __all__ = [
     "Server",

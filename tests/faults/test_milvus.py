@@ -36,7 +36,7 @@ from milvus_support import (
 )
 from synthetic_models import SyntheticFace, make_manifest_pack
 
-from service.api.deps import GALLERY_WAITING_PER_THREAD, GalleryCalls
+from service.api.gallery_calls import GALLERY_WAITING_PER_THREAD, GalleryCalls
 from service.errors import ErrorCode, ServiceError
 from service.gallery.interface import new_id, valid_id
 

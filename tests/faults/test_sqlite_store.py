@@ -32,7 +32,8 @@ from store_support import (
 from synthetic_models import SyntheticFace, make_manifest_pack
 
 from service.app import create_app
-from service.gallery.store import DATABASE_NAME, MARKER_NAME, SqliteStore
+from service.gallery.store import SqliteStore
+from service.gallery.store_files import DATABASE_NAME, MARKER_NAME
 from service.settings import Settings
 
 FACE = SyntheticFace.from_box((100.0, 120.0, 340.0, 400.0), score=0.8)

@@ -15,7 +15,8 @@ from gallery_support import Server, enrol_until_killed, noise_photo, running_ser
 from synthetic_models import SyntheticFace, make_manifest_pack
 
 from service.gallery.gallery import Gallery
-from service.gallery.store import DATABASE_NAME, SqliteStore
+from service.gallery.store import SqliteStore
+from service.gallery.store_files import DATABASE_NAME
 
 pytestmark = pytest.mark.slow
 

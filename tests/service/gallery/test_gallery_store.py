@@ -12,13 +12,12 @@ import pytest
 from gallery_support import MODEL, OTHER_MODEL, open_test_gallery, unit
 
 from service.errors import ErrorCode, ServiceError
-from service.gallery.store import (
+from service.gallery.interface import NewFace
+from service.gallery.store import POOL_IDLE_CONNECTIONS, SqliteStore
+from service.gallery.store_files import (
     DATABASE_NAME,
     MARKER_NAME,
-    POOL_IDLE_CONNECTIONS,
     GalleryStoreError,
-    NewFace,
-    SqliteStore,
     check_data_dir,
 )
 from service.metrics import Metrics
