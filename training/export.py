@@ -86,20 +86,21 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def export_onnx(backbone: nn.Module, path: Path, input_size: int = 112) -> Path:
-    """Write `backbone` (in eval mode) as ONNX: input `input` [batch, 3, S, S] float32 RGB
-    normalised to [-1, 1], output `embedding` [batch, d] un-normalised."""
-    backbone = backbone.eval().cpu()
-    example = torch.randn(2, 3, input_size, input_size)  # batch 2: 1 would be specialised
+def write_onnx(
+    model: nn.Module, path: Path, example: torch.Tensor, input_name: str, output_name: str
+) -> Path:
+    """Write `model` (in eval mode, on CPU) as ONNX with a dynamic batch axis, weights inside
+    the file. `example` must have a batch of 2: a batch of 1 would be specialised."""
+    model = model.eval().cpu()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _quiet_exporter(), torch.no_grad():
         torch.onnx.export(
-            backbone,
+            model,
             (example,),
             str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            input_names=[input_name],
+            output_names=[output_name],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
             opset_version=ONNX_OPSET,
             external_data=False,
@@ -107,6 +108,13 @@ def export_onnx(backbone: nn.Module, path: Path, input_size: int = 112) -> Path:
             verbose=False,
         )
     return path
+
+
+def export_onnx(backbone: nn.Module, path: Path, input_size: int = 112) -> Path:
+    """Write `backbone` as ONNX: input `input` [batch, 3, S, S] float32 RGB normalised to
+    [-1, 1], output `embedding` [batch, d] un-normalised."""
+    example = torch.randn(2, 3, input_size, input_size)
+    return write_onnx(backbone, path, example, INPUT_NAME, OUTPUT_NAME)
 
 
 def check_parity(

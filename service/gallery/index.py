@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import faiss
@@ -241,33 +242,38 @@ class FaceIndex:
         found_ids: list[np.ndarray] = []
         found_vectors: list[np.ndarray] = []
         if self._index is not None and ids.size:
-            if self.kind == "ivf":
-                ivf = faiss.extract_index_ivf(self._index)
-                lists = ivf.invlists
-                for number in range(ivf.nlist):
-                    size = lists.list_size(number)
-                    if not size:
-                        continue
-                    list_ids = faiss.rev_swig_ptr(lists.get_ids(number), size)
-                    hits = np.flatnonzero(np.isin(list_ids, ids))
-                    if hits.size:
-                        codes = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size)
-                        rows = codes.reshape(size, lists.code_size)[hits]
-                        found_vectors.append(rows.view(np.float32).reshape(-1, self.dim))
-                        found_ids.append(list_ids[hits].astype(np.int64))
-            else:
-                storage = faiss.downcast_index(
-                    self._hnsw.storage if self._hnsw else self._index.index
-                )
-                total = int(storage.ntotal)
-                id_map = faiss.rev_swig_ptr(self._index.id_map.data(), total)
-                positions = np.flatnonzero(np.isin(id_map, ids))
-                stored = faiss.rev_swig_ptr(storage.get_xb(), total * self.dim)
-                found_vectors.append(stored.reshape(total, self.dim)[positions].copy())
-                found_ids.append(id_map[positions].astype(np.int64))
+            for stored, rows, found in self._located(ids):
+                found_vectors.append(stored[rows].copy())
+                found_ids.append(found)
         if not found_ids:
             return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
         return np.concatenate(found_ids), np.concatenate(found_vectors)
+
+    def _located(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Where `ids` are stored: per block of storage (an IVF list, or the flat/HNSW
+        storage), a writable (n, dim) float32 view of it, the rows of `ids` in it and their
+        ids."""
+        assert self._index is not None
+        if self.kind == "ivf":
+            ivf = faiss.extract_index_ivf(self._index)
+            lists = ivf.invlists
+            for number in range(ivf.nlist):
+                size = lists.list_size(number)
+                if not size:
+                    continue
+                list_ids = faiss.rev_swig_ptr(lists.get_ids(number), size)
+                hits = np.flatnonzero(np.isin(list_ids, ids))
+                if hits.size:
+                    codes = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size)
+                    stored = codes.reshape(size, lists.code_size).view(np.float32)
+                    yield stored, hits, list_ids[hits].astype(np.int64)
+            return
+        storage = faiss.downcast_index(self._hnsw.storage if self._hnsw else self._index.index)
+        total = int(storage.ntotal)
+        id_map = faiss.rev_swig_ptr(self._index.id_map.data(), total)
+        positions = np.flatnonzero(np.isin(id_map, ids))
+        stored = faiss.rev_swig_ptr(storage.get_xb(), total * self.dim).reshape(total, self.dim)
+        yield stored, positions, id_map[positions].astype(np.int64)
 
     # --- changes ---------------------------------------------------------------------------
 
@@ -311,28 +317,11 @@ class FaceIndex:
 
     def _zero_stored(self, ids: np.ndarray) -> np.ndarray:
         """Overwrite the stored vectors of `ids` with zeros in place; the ids found."""
-        assert self._index is not None
-        if self.kind == "ivf":
-            ivf = faiss.extract_index_ivf(self._index)
-            lists, found = ivf.invlists, []
-            for number in range(ivf.nlist):
-                size = lists.list_size(number)
-                if not size:
-                    continue
-                list_ids = faiss.rev_swig_ptr(lists.get_ids(number), size)
-                hits = np.flatnonzero(np.isin(list_ids, ids))
-                if hits.size:
-                    codes = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size)
-                    codes.reshape(size, lists.code_size)[hits] = 0
-                    found.append(list_ids[hits].copy())
-            return np.concatenate(found) if found else np.zeros(0, np.int64)
-        storage = faiss.downcast_index(self._hnsw.storage if self._hnsw else self._index.index)
-        total = int(storage.ntotal)
-        id_map = faiss.rev_swig_ptr(self._index.id_map.data(), total)
-        positions = np.flatnonzero(np.isin(id_map, ids))
-        stored = faiss.rev_swig_ptr(storage.get_xb(), total * self.dim).reshape(total, self.dim)
-        stored[positions] = 0.0
-        return id_map[positions].astype(np.int64)
+        found: list[np.ndarray] = []
+        for stored, rows, located in self._located(ids):
+            stored[rows] = 0.0
+            found.append(located)
+        return np.concatenate(found) if found else np.zeros(0, np.int64)
 
     # --- search ----------------------------------------------------------------------------
 

@@ -191,6 +191,20 @@ _FACE_COLUMNS = (
 )
 
 
+def _insert_identities(
+    db: sqlite3.Connection, identities: Sequence[tuple[str, str, dict[str, Any]]]
+) -> int:
+    """Insert the (id, name, metadata) identities not already there; how many were new."""
+    now = utc_now()
+    before = db.total_changes
+    db.executemany(
+        "INSERT OR IGNORE INTO identities(id, name, metadata, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [(i, name, json.dumps(metadata), now, now) for i, name, metadata in identities],
+    )
+    return db.total_changes - before
+
+
 def _identity(row: sqlite3.Row) -> Identity:
     return Identity(
         id=row["id"],
@@ -595,15 +609,8 @@ class SqliteStore:
         return identity if inserted else None
 
     def create_identities(self, identities: Sequence[tuple[str, str, dict[str, Any]]]) -> int:
-        now = utc_now()
         with self._write() as db:
-            before = db.total_changes
-            db.executemany(
-                "INSERT OR IGNORE INTO identities(id, name, metadata, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(i, name, json.dumps(metadata), now, now) for i, name, metadata in identities],
-            )
-            return db.total_changes - before
+            return _insert_identities(db, identities)
 
     def get_identity(self, identity_id: str) -> Identity | None:
         with self._connection() as db:
@@ -679,15 +686,8 @@ class SqliteStore:
         faces: Sequence[NewFace],
     ) -> tuple[int, int]:
         """Identities and their faces in one transaction: all of it is stored, or none."""
-        now = utc_now()
         with self._write() as db:
-            before = db.total_changes
-            db.executemany(
-                "INSERT OR IGNORE INTO identities(id, name, metadata, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(i, name, json.dumps(metadata), now, now) for i, name, metadata in identities],
-            )
-            created = db.total_changes - before
+            created = _insert_identities(db, identities)
             stored = sum(self._insert_face(db, face) is not None for face in faces)
         return created, stored
 

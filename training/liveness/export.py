@@ -13,11 +13,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +30,13 @@ from service.packs import (
     load_pack,
     sha256_file,
 )
-from training.export import ParityError
+from training.export import ParityError, write_onnx
 from training.liveness.minifasnet import LIVE_CLASS, NUM_CLASSES, MiniFASNet, load_minifasnet
 
 # Largest |softmax(ONNX) − softmax(PyTorch)| accepted: probabilities in [0, 1], float32
 # re-ordering gives ~1e-6; anything near 1e-4 is a changed operator, not rounding.
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCH_SIZES = (1, 3, 8)
-ONNX_OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 # The decision rule of the source (argmax of the averaged softmax is the live class) accepts
@@ -71,42 +67,12 @@ def centre_crops(folder: Path, size: int = 80, limit: int = 16) -> np.ndarray:
     return np.stack(crops)
 
 
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence the dynamo exporter's optional-dependency warnings and FutureWarnings."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def export_liveness_onnx(model: MiniFASNet, path: Path) -> Path:
     """Write `model` as ONNX: input `input` [batch, 3, S, S] float32 BGR 0-255, output
     `logits` [batch, classes] (softmax not included)."""
-    model = model.eval().cpu()
     size = model.input_size
-    example = torch.rand(2, 3, size, size) * 255  # batch 2: 1 would be specialised
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet_exporter(), torch.no_grad():
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-            opset_version=ONNX_OPSET,
-            external_data=False,
-            dynamo=True,
-            verbose=False,
-        )
-    return path
+    example = torch.rand(2, 3, size, size) * 255
+    return write_onnx(model, path, example, INPUT_NAME, OUTPUT_NAME)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
