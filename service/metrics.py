@@ -28,6 +28,10 @@ FACES_PER_IMAGE_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
 SIMILARITY_BUCKETS = tuple(round(-0.2 + 0.1 * i, 1) for i in range(13))  # -0.2 … 1.0
 LIVENESS_BUCKETS = tuple(round(0.1 * i, 1) for i in range(11))  # 0.0 … 1.0
 
+# Kinds of gallery storage failure (service.gallery.store): each series exists from the start at
+# 0, so rate() and alerts see the first failure as an increase.
+STORAGE_ERROR_KINDS = ("full", "busy", "readonly", "gone", "io", "corrupt")
+
 # How big the gallery is: GET /status shows it only to `gallery:read` keys, so with API keys on
 # the open scrape leaves these out (unless FACEVERIFY_METRICS_GALLERY_COUNTS says otherwise).
 GALLERY_COUNT_METRICS = frozenset(
@@ -83,6 +87,13 @@ class Metrics:
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
         reg = registry if registry is not None else CollectorRegistry()
+        metrics = cls._collectors(reg)
+        for kind in STORAGE_ERROR_KINDS:
+            metrics.storage_errors.labels(kind)
+        return metrics
+
+    @classmethod
+    def _collectors(cls, reg: CollectorRegistry) -> Metrics:
         return cls(
             registry=reg,
             requests=Counter(
