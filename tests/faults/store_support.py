@@ -40,12 +40,24 @@ __all__ = [
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def readiness(client: httpx.Client) -> tuple[int, str]:
-    """/readyz's status and, when not ready, its message."""
-    response = client.get("/readyz")
-    if response.status_code == 200:
-        return 200, ""
-    return response.status_code, response.json()["error"]["message"]
+# /readyz answers from a check at most a second old (service.api.gallery_calls): a change of
+# state shows within this.
+READINESS_SETTLE_S = 3.0
+
+
+def readiness(client: httpx.Client, *, ready: bool) -> tuple[int, str]:
+    """/readyz's status and, when not ready, its message, once it says `ready` (or not), or
+    its last answer after READINESS_SETTLE_S."""
+    deadline = time.monotonic() + READINESS_SETTLE_S
+    while True:
+        response = client.get("/readyz")
+        if response.status_code == 200:
+            answer = (200, "")
+        else:
+            answer = (response.status_code, response.json()["error"]["message"])
+        if (answer[0] == 200) == ready or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.1)
 
 
 def assert_refused(

@@ -106,14 +106,14 @@ def test_database_deleted_under_the_running_service_refuses_writes_until_it_is_p
         assert "gone" in message
         assert_refused(client.post("/identities", json={"name": "Bo"}), 503, "gallery_unavailable")
         assert_refused(client.delete(f"/identities/{ada}"), 503, "gallery_unavailable")
-        status, reason = readiness(client)
+        status, reason = readiness(client, ready=False)
         assert status == 503 and "gone" in reason, reason
         assert storage_errors(client, "gone") >= 3
         assert not (data_dir / DATABASE_NAME).exists()  # no new empty database either
 
         # Put back: the service adopts the copy (this gallery, every write) without a restart.
         shutil.copyfile(tmp_path / "backup.sqlite3", data_dir / DATABASE_NAME)
-        assert readiness(client) == (200, "")
+        assert readiness(client, ready=True) == (200, "")
         saved.face(client, ada, 11)
         assert {f["face_id"] for f in client.get(f"/identities/{ada}").json()["faces"]} == set(
             saved.faces
@@ -136,7 +136,7 @@ def test_a_stale_copy_put_back_is_not_adopted(tmp_path, pack):
         shutil.copyfile(tmp_path / "stale.sqlite3", data_dir / DATABASE_NAME)
         message = assert_refused(enrol(client, ada, 1), 503, "gallery_unavailable")
         assert "replaced" in message and "lacks the last 1" in message, message
-        status, reason = readiness(client)
+        status, reason = readiness(client, ready=False)
         assert status == 503 and "replaced" in reason
 
 
@@ -185,10 +185,10 @@ def test_database_locked_by_another_writer_answers_storage_busy_and_recovers(tmp
                 client.patch(f"/identities/{ada}", json={"name": "Ada L."}), 503, "storage_busy"
             )
             assert client.get(f"/identities/{ada}").status_code == 200  # reads go on
-            status, reason = readiness(client)
+            status, reason = readiness(client, ready=False)
             assert status == 503 and "lock" in reason, reason
             assert storage_errors(client, "busy") >= 3
-        assert readiness(client) == (200, "")
+        assert readiness(client, ready=True) == (200, "")
         saved.face(client, ada, 2)
     saved.assert_all_stored(pack, data_dir)
 
@@ -216,12 +216,12 @@ def test_disk_full_answers_insufficient_storage_and_recovers_when_space_is_freed
             refused(client.patch(f"/identities/{ada}", json={"name": "Ada L."}))
             refused(client.delete(f"/identities/{bo}"))
             assert client.get(f"/identities/{ada}").json()["faces"]  # data intact, readable
-            status, reason = readiness(client)
+            status, reason = readiness(client, ready=False)
             assert status == 503 and "full" in reason, reason
             assert storage_errors(client, "full") >= 4
 
             filler.unlink()
-            assert readiness(client) == (200, "")
+            assert readiness(client, ready=True) == (200, "")
             saved.face(client, ada, 2)
             assert client.delete(f"/identities/{bo}").status_code == 204
             saved.identities.discard(bo)
