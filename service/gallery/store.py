@@ -64,6 +64,7 @@ from service.gallery.interface import (
     new_id,
     utc_now,
 )
+from service.gallery.sqlite_pool import ConnectionPool
 from service.gallery.store_files import (
     DATABASE_MODE,
     DATABASE_NAME,
@@ -225,13 +226,8 @@ _IDENTITY_SELECT = (
 class SqliteStore:
     """`GalleryStore` on one SQLite file; safe for many threads and many processes.
 
-    Connections come from a small pool owned by the store: an operation borrows one (SQLite
-    connections must not be used by two threads at once) and gives it back when done. At most
-    `POOL_IDLE_CONNECTIONS` idle connections are kept; one borrowed beyond that (a burst wider
-    than the pool) is closed on return. So the open handles on the database file are bounded by
-    the store, not by how many threads the server has created over its life (anyio retires idle
-    worker threads and makes new ones, which leaked one connection each when they were
-    per-thread). All are closed by `close`.
+    Connections come from a small pool owned by the store (`service.gallery.sqlite_pool`, at
+    most `POOL_IDLE_CONNECTIONS` idle); all are closed by `close`.
 
     Connections are opened with `mode=rw`: after the store has created its file, a missing file
     is an error (503 `gallery_unavailable`), never a new empty database. One more connection,
@@ -251,11 +247,9 @@ class SqliteStore:
         self._uri = Path(os.path.abspath(self.path)).as_uri() + "?mode=rw"
         self._busy_ms = int(busy_timeout_s * 1000)
         self._metrics = metrics
-        self._idle: list[sqlite3.Connection] = []
-        self._pool_lock = threading.Lock()
-        self._generation = 0  # bumped when a restored file is adopted: older connections close
+        # A new generation when a restored file is adopted: older connections close.
+        self._pool = ConnectionPool(self._open_connection, POOL_IDLE_CONNECTIONS)
         self._file_lock = threading.Lock()  # serialises adoption and the anchor's use
-        self._closed = False
         # The last storage error (kind, error) until a write succeeds: `health()` reports it
         # meanwhile, unless its check finds it cleared.
         self._failure: tuple[str, ServiceError] | None = None
@@ -339,34 +333,11 @@ class SqliteStore:
     @contextmanager
     def _lease(self) -> Iterator[tuple[sqlite3.Connection, int]]:
         """`_connection`, with the generation of the file the connection is open on."""
-        with self._pool_lock:
-            if self._closed:
-                raise RuntimeError("the gallery store is closed")
-            generation = self._generation
-            db = self._idle.pop() if self._idle else None
         try:
-            if db is None:
-                db = self._open_connection()
+            with self._pool.lease() as leased:
+                yield leased
         except sqlite3.Error as exc:
             raise self._storage_error(exc) from exc
-        try:
-            yield db, generation
-        except sqlite3.Error as exc:
-            raise self._storage_error(exc) from exc
-        finally:
-            if db.in_transaction:  # an interrupted statement: never hand on an open transaction
-                with suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            with self._pool_lock:
-                keep = (
-                    not self._closed
-                    and generation == self._generation
-                    and len(self._idle) < POOL_IDLE_CONNECTIONS
-                )
-                if keep:
-                    self._idle.append(db)
-            if not keep:
-                db.close()
 
     @contextmanager
     def _write(self, *, record: bool = True) -> Iterator[sqlite3.Connection]:
@@ -382,7 +353,7 @@ class SqliteStore:
         with self._lease() as (db, generation):
             db.execute("BEGIN IMMEDIATE")
             try:
-                if record and generation != self._generation:
+                if record and generation != self._pool.generation:
                     self._require_file(generation)  # adopted meanwhile: refuse, nothing written
                 before = db.total_changes
                 yield db
@@ -494,7 +465,7 @@ class SqliteStore:
                 "restarts",
                 count=count,
             )
-        if generation is not None and generation != self._generation:
+        if generation is not None and generation != self._pool.generation:
             raise self._unavailable(
                 f"the gallery database {self.path} was put back while this write ran; retry",
                 count=count,
@@ -527,9 +498,7 @@ class SqliteStore:
             anchor = self._open_connection()
         except sqlite3.Error as exc:
             return f"it cannot be opened: {exc}"
-        with self._pool_lock:
-            self._generation += 1
-            stale, self._idle = self._idle, []
+        stale = self._pool.renew()
         # Connections on the replaced file: SQLite sees it moved and leaves the new -wal alone.
         for db in [*stale, self._anchor]:
             db.close()
@@ -951,9 +920,7 @@ class SqliteStore:
         return busy == 0
 
     def close(self) -> None:
-        with self._pool_lock:
-            connections, self._idle = self._idle, []
-            self._closed = True
+        connections = self._pool.close()
         anchor = getattr(self, "_anchor", None)
         if anchor is not None:
             connections.append(anchor)
