@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from service.cli import gallery_enrol
 from service.cli.common import CommandError, load_settings
 from service.errors import PackError
 from service.gallery.interface import GalleryStore
@@ -26,6 +27,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     move.add_argument("--to", choices=["milvus"], required=True, help="target backend")
     for sub in (export, imported, move):
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gallery_enrol.add_parser(actions)  # `enrol` sets its own `run`
 
 
 def open_store(settings: Settings, backend: str | None = None) -> GalleryStore:
