@@ -169,7 +169,15 @@ def _photos_of_folder(root: Path) -> tuple[list[Photo], list[Refusal]]:
 
 
 def _photo_files(folder: Path) -> Iterator[Path]:
+    """Photo files under `folder`, links followed, each real folder walked once (a link to a
+    folder above it would otherwise loop for ever)."""
+    seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames.clear()
+            continue
+        seen.add(real)
         dirnames.sort()
         for name in sorted(filenames):
             if Path(name).suffix.lower() in PHOTO_SUFFIXES:
@@ -237,14 +245,19 @@ def photo_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def plan(store: GalleryStore, photos: Iterable[Photo], model_id: str) -> Plan:
+def plan(store: GalleryStore, photos: Iterable[Photo], model_id: str, max_bytes: int) -> Plan:
     """Skip each photo whose sha256 the identity already has a face of with `model_id` (and
-    repeats within the input); the rest are to run."""
+    repeats within the input); refuse files over `max_bytes` (the upload limit) unread; the
+    rest are to run."""
     enrolled: dict[str, set[str]] = {}
     todo: list[tuple[Photo, str]] = []
     already, refused = 0, []
     for photo in photos:
         try:
+            size = photo.path.stat().st_size
+            if size > max_bytes:
+                refused.append(_too_large(photo, size, max_bytes))
+                continue
             sha = photo_sha256(photo.path)
         except OSError as error:
             refused.append(_unreadable(photo, error))
@@ -262,6 +275,15 @@ def plan(store: GalleryStore, photos: Iterable[Photo], model_id: str) -> Plan:
         known.add(sha)
         todo.append((photo, sha))
     return Plan(todo, already, refused)
+
+
+def _too_large(photo: Photo, size: int, limit: int) -> Refusal:
+    return Refusal(
+        photo.path,
+        photo.person,
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        f"the file is {size:,} bytes; the limit is {limit:,} bytes (FACEVERIFY_MAX_UPLOAD_BYTES)",
+    )
 
 
 def _unreadable(photo: Photo, error: OSError) -> Refusal:
@@ -373,7 +395,7 @@ def enrol_photos(
     started = time.perf_counter()
     refused = list(refused)
     result = BulkResult(photos=len(photos) + len(refused), refused=refused)
-    planned = plan(store, photos, model_id)
+    planned = plan(store, photos, model_id, spec.options.limits.max_bytes)
     result.already_there = planned.already_there
     result.refused.extend(planned.refused)
     workers = workers or os.cpu_count() or 1

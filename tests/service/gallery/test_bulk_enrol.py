@@ -240,6 +240,27 @@ def test_a_missing_source_fails_in_one_line(tmp_path, monkeypatch, pack, capsys)
     assert "no folder or CSV file" in capsys.readouterr().err
 
 
+def test_a_link_back_to_a_parent_folder_is_walked_once_not_for_ever(tmp_path):
+    source = people_folder(tmp_path / "people", {"ada": 1})
+    (source / "ada" / "again").symlink_to(source, target_is_directory=True)
+    photos, refused = find_photos(source)
+    assert [(photo.person, photo.path.name) for photo in photos] == [("ada", "0.png")]
+    assert refused == []
+
+
+def test_a_file_over_the_upload_limit_is_refused_as_payload_too_large(
+    tmp_path, monkeypatch, pack, capsys
+):
+    use(monkeypatch, pack, tmp_path / "data", max_upload_bytes=str(1 << 19))
+    source = people_folder(tmp_path / "people", {"ada": 1})
+    (source / "ada" / "huge.png").write_bytes(b"\x89PNG" + bytes(1 << 20))
+    assert main(["gallery", "enrol", str(source), "--no-progress"]) == 0
+    rows = read_report(tmp_path / "people-refused.csv")
+    assert [(Path(row["path"]).name, row["code"]) for row in rows] == [
+        ("huge.png", "payload_too_large")
+    ]
+
+
 # --- the shared photos, real pack ------------------------------------------------------------
 
 
