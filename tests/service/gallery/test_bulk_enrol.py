@@ -14,6 +14,7 @@ from gallery_support import backend_settings, noise_photo
 from synthetic_models import SyntheticFace, make_manifest_pack
 
 from service.cli import main
+from service.errors import ErrorCode, ServiceError
 from service.gallery.bulk import face_id_of, find_photos
 from service.gallery.interface import NewFace
 from service.gallery.milvus import MilvusStore
@@ -238,6 +239,41 @@ def test_a_missing_source_fails_in_one_line(tmp_path, monkeypatch, pack, capsys)
     use(monkeypatch, pack, tmp_path / "data")
     assert main(["gallery", "enrol", str(tmp_path / "nowhere"), "--no-progress"]) == 2
     assert "no folder or CSV file" in capsys.readouterr().err
+
+
+def test_a_batch_that_fails_part_way_leaves_no_identity_without_its_faces_and_a_rerun_completes(
+    tmp_path, monkeypatch, pack, capsys
+):
+    """The disk fills at the third face of the first batch (two people, two photos each)."""
+    use(monkeypatch, pack, tmp_path / "data")
+    source = people_folder(tmp_path / "people", {"p0": 2, "p1": 2, "p2": 2})
+    insert = SqliteStore._insert_face
+    calls = []
+
+    def fill_up(self, db, face):
+        calls.append(face.identity_id)
+        if len(calls) == 3:
+            raise ServiceError(ErrorCode.INSUFFICIENT_STORAGE, "the disk is full")
+        return insert(self, db, face)
+
+    monkeypatch.setattr(SqliteStore, "_insert_face", fill_up)
+    argv = ["gallery", "enrol", str(source), "--no-progress", "--batch-size", "4", "--workers", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [error] = [row for row in err.splitlines() if row.startswith("faceverify:")]
+    assert error.startswith("faceverify: insufficient_storage: the disk is full"), err
+    store = SqliteStore.in_directory(tmp_path / "data")
+    try:
+        assert store.counts() == (0, 0)  # p1 was not created without its faces, nor p0
+    finally:
+        store.close()
+
+    monkeypatch.setattr(SqliteStore, "_insert_face", insert)
+    assert main(argv) == 0
+    assert summary_of(capsys.readouterr().out).startswith(
+        "photos 6, enrolled 6, already there 0, refused 0, identities created 3,"
+    )
 
 
 def test_a_link_back_to_a_parent_folder_is_walked_once_not_for_ever(tmp_path):
