@@ -29,9 +29,9 @@ import os
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -365,11 +365,11 @@ def _bounded_map(
     executor: Executor, fn: Callable[[Path], Any], items: list[Path], in_flight: int
 ) -> Iterator[Any]:
     """`executor.map` in input order with at most `in_flight` items handed out at once."""
-    pending: list = []
+    pending: deque[Future] = deque()
     for item in items:
         pending.append(executor.submit(fn, item))
         if len(pending) >= in_flight:
-            yield pending.pop(0).result()
+            yield pending.popleft().result()
     for future in pending:
         yield future.result()
 
