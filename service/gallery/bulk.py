@@ -245,14 +245,21 @@ def photo_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def plan(store: GalleryStore, photos: Iterable[Photo], model_id: str, max_bytes: int) -> Plan:
+def plan(
+    store: GalleryStore,
+    photos: Iterable[Photo],
+    model_id: str,
+    max_bytes: int,
+    on_photo: Callable[[], object] = lambda: None,
+) -> Plan:
     """Skip each photo whose sha256 the identity already has a face of with `model_id` (and
     repeats within the input); refuse files over `max_bytes` (the upload limit) unread; the
-    rest are to run."""
+    rest are to run. `on_photo` is called as each photo is read (a progress bar)."""
     enrolled: dict[str, set[str]] = {}
     todo: list[tuple[Photo, str]] = []
     already, refused = 0, []
     for photo in photos:
+        on_photo()
         try:
             size = photo.path.stat().st_size
             if size > max_bytes:
@@ -395,9 +402,6 @@ def enrol_photos(
     started = time.perf_counter()
     refused = list(refused)
     result = BulkResult(photos=len(photos) + len(refused), refused=refused)
-    planned = plan(store, photos, model_id, spec.options.limits.max_bytes)
-    result.already_there = planned.already_there
-    result.refused.extend(planned.refused)
     workers = workers or os.cpu_count() or 1
     batch: list[NewFace] = []
     identities: dict[str, tuple[str, str, dict[str, Any]]] = {}
@@ -411,39 +415,40 @@ def enrol_photos(
         batch.clear()
         identities.clear()
 
-    with (
-        tqdm(
-            total=result.photos,
-            initial=result.photos - len(planned.todo),
-            unit="photo",
-            disable=not progress,
-            file=sys.stderr,
-        ) as bar,
-        _executor(pool, min(workers, max(1, len(planned.todo))), spec, policy) as executor,
-    ):
-        paths = [photo.path for photo, _ in planned.todo]
-        outcomes = _bounded_map(executor, _analyze, paths, workers * MAX_IN_FLIGHT_PER_WORKER)
-        for (photo, sha), outcome in zip(planned.todo, outcomes, strict=True):
-            bar.update(1)
-            if not isinstance(outcome, Embedded):
-                code, message = outcome
-                result.refused.append(Refusal(photo.path, photo.person, code, message))
-                continue
-            identities.setdefault(photo.person, (photo.person, photo.name, {}))
-            batch.append(
-                NewFace(
-                    identity_id=photo.person,
-                    model_id=model_id,
-                    embedding=outcome.embedding,
-                    quality=outcome.quality,
-                    det_score=outcome.det_score,
-                    image_sha256=sha,
-                    face_id=face_id_of(photo.person, model_id, sha),
+    bar = tqdm(total=len(photos), unit="photo", disable=not progress, file=sys.stderr)
+    with bar:
+        # First pass: read and hash every photo (the bar counts photos read), then run.
+        bar.set_description("reading")
+        planned = plan(store, photos, model_id, spec.options.limits.max_bytes, bar.update)
+        result.already_there = planned.already_there
+        result.refused.extend(planned.refused)
+        bar.reset(total=len(planned.todo))
+        bar.set_description("enrolling")
+        executor = _executor(pool, min(workers, max(1, len(planned.todo))), spec, policy)
+        with executor:
+            paths = [photo.path for photo, _ in planned.todo]
+            outcomes = _bounded_map(executor, _analyze, paths, workers * MAX_IN_FLIGHT_PER_WORKER)
+            for (photo, sha), outcome in zip(planned.todo, outcomes, strict=True):
+                bar.update(1)
+                if not isinstance(outcome, Embedded):
+                    code, message = outcome
+                    result.refused.append(Refusal(photo.path, photo.person, code, message))
+                    continue
+                identities.setdefault(photo.person, (photo.person, photo.name, {}))
+                batch.append(
+                    NewFace(
+                        identity_id=photo.person,
+                        model_id=model_id,
+                        embedding=outcome.embedding,
+                        quality=outcome.quality,
+                        det_score=outcome.det_score,
+                        image_sha256=sha,
+                        face_id=face_id_of(photo.person, model_id, sha),
+                    )
                 )
-            )
-            if len(batch) >= batch_faces:
-                flush()
-        flush()
+                if len(batch) >= batch_faces:
+                    flush()
+            flush()
     result.seconds = time.perf_counter() - started
     return result
 
