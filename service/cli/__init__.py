@@ -1,5 +1,5 @@
 """The command line, one parser: `python -m service [serve]`, `fetch-models NAME`,
-`check-pack [DIR]`, `gallery export|import|migrate`, `keys create|list|revoke`,
+`check-pack [DIR]`, `gallery export|import|migrate|enrol|report`, `keys create|list|revoke`,
 `calibrate --pack DIR --pairs SOURCE`, `batch-detector SRC DST --photos DIR`,
 `quantize-recognizer SRC_PACK DST_PACK --photos DIR`.
 

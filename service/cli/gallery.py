@@ -1,4 +1,4 @@
-"""`python -m service gallery export|import|migrate`: the gallery's bulk transfers
+"""`python -m service gallery export|import|migrate|enrol|report`: the gallery's bulk transfers
 (`service.gallery.transfer`) from the shell, with progress bars and one-line failures."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.cli import gallery_report
+from service.cli import gallery_enrol, gallery_report
 from service.cli.common import CommandError, load_settings
 from service.errors import PackError
 from service.gallery.interface import GalleryStore
@@ -16,7 +16,9 @@ from service.settings import Settings
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("gallery", help="export, import or migrate the gallery")
+    parser = commands.add_parser(
+        "gallery", help="export, import, migrate, enrol photos into, or report on the gallery"
+    )
     parser.set_defaults(run=run)
     actions = parser.add_subparsers(dest="action", required=True)
     export = actions.add_parser("export", help="write the gallery as JSON Lines (embeddings)")
@@ -28,6 +30,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     for sub in (export, imported, move):
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
     gallery_report.add_parser(actions)
+    gallery_enrol.add_parser(actions)  # `enrol` sets its own `run`
 
 
 def open_store(settings: Settings, backend: str | None = None) -> GalleryStore:
