@@ -13,11 +13,14 @@ from gallery_support import open_test_gallery, unit
 
 from service.errors import ErrorCode, ServiceError
 from service.gallery.fpir import (
+    PAIR_PROBES,
     FpirCalibrator,
     FpirEstimate,
     FpirOptions,
+    Probe,
     fpir_at_size,
     measure,
+    pair_scores,
     per_comparison_fmr,
 )
 from service.packs.thresholds import Calibration, FmrThreshold
@@ -148,3 +151,10 @@ def test_probes_are_distinct_identities_with_one_face_of_their_own(tmp_path: Pat
             assert float(probe.embedding @ own) > 0.8
     finally:
         gallery.close()
+
+
+def test_pairwise_scores_stay_bounded_however_many_probes() -> None:
+    rng = np.random.default_rng(6)
+    probes = [Probe(f"p{i}", unit(rng.standard_normal(DIM))) for i in range(PAIR_PROBES + 500)]
+    scores = pair_scores(probes)
+    assert len(scores) == PAIR_PROBES * (PAIR_PROBES - 1) // 2
