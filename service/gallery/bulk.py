@@ -41,12 +41,12 @@ import numpy as np
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from service.api.schemas_gallery import IdentityCreate
 from service.errors import ErrorCode, ServiceError
 from service.faces.pipeline import FacePipeline, PipelineOptions
 from service.faces.quality import QualityLevel
 from service.gallery.enrolment import choose_enrolment_face
 from service.gallery.interface import ID_PATTERN, GalleryStore, NewFace, valid_id
+from service.gallery.records import IdentityCreate
 from service.runtime import RuntimeOptions
 
 # What a photo may be: the formats the service decodes (service/faces/images.py).
