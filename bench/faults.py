@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -54,6 +55,7 @@ from faults_support import (
     SEED_SCRIPT,
     Acknowledged,
     Answer,
+    Photos,
     Service,
     alive,
     ask,
@@ -62,7 +64,6 @@ from faults_support import (
     files_holding,
     fill_disk,
     metric_lines,
-    noise_photo,
     port_free,
     run_in_checkout,
     running,
@@ -99,6 +100,7 @@ class Campaign:
     pack: Path
     work: Path
     freeze_s: float
+    photos: Photos
     # Everything a row started, ended after the row whatever happened in it.
     started: list = field(default_factory=list)
 
@@ -225,7 +227,7 @@ def gallery_answer(client: httpx.Client, identity: str):
 
 
 def milvus_killed(campaign: Campaign) -> Row:
-    acked = Acknowledged()
+    acked = Acknowledged(campaign.photos)
     with milvus_stack(campaign) as (milvus, service, data_dir):
         if service.wait_ready(60) is None:
             return Row("Milvus killed", "service never ready")
@@ -238,8 +240,9 @@ def milvus_killed(campaign: Campaign) -> Row:
                 milvus.kill()
                 killed = time.monotonic()
                 answer = gallery_answer(client, ada)
-                health = ask(client, "GET", "/healthz", CLIENT_TIMEOUT_S)
-                ready = readiness(client)
+                with httpx.Client(base_url=service.url) as probe:  # a connection of its own
+                    health = ask(probe, "GET", "/healthz", CLIENT_TIMEOUT_S)
+                    ready = readiness(probe)
                 time.sleep(max(0.0, 3.0 - (time.monotonic() - killed)))
                 milvus.start()
                 recovered = recover(client, ada, acked, 1)
@@ -259,7 +262,7 @@ def milvus_killed(campaign: Campaign) -> Row:
 
 
 def milvus_restarted(campaign: Campaign) -> Row:
-    acked = Acknowledged()
+    acked = Acknowledged(campaign.photos)
     with milvus_stack(campaign) as (milvus, service, data_dir):
         if service.wait_ready(60) is None:
             return Row("Milvus restarted on its data", "service never ready")
@@ -289,7 +292,7 @@ def milvus_restarted(campaign: Campaign) -> Row:
 
 
 def milvus_frozen(campaign: Campaign) -> Row:
-    acked = Acknowledged()
+    acked = Acknowledged(campaign.photos)
     freeze_s = campaign.freeze_s
     with milvus_stack(campaign) as (milvus, service, _):
         if service.wait_ready(60) is None:
@@ -313,8 +316,8 @@ def milvus_frozen(campaign: Campaign) -> Row:
                     "/verify",
                     freeze_s + 5,
                     files={
-                        "image1": ("a.png", noise_photo(1), "image/png"),
-                        "image2": ("b.png", noise_photo(2), "image/png"),
+                        "image1": campaign.photos.upload(1),
+                        "image2": campaign.photos.upload(2),
                     },
                 )
                 ready = readiness(client)
@@ -343,7 +346,7 @@ def milvus_frozen(campaign: Campaign) -> Row:
 
 
 def milvus_late(campaign: Campaign) -> Row:
-    acked = Acknowledged()
+    acked = Acknowledged(campaign.photos)
     with milvus_stack(campaign, start_milvus=False) as (milvus, service, _):
         if not service.wait_up(60):
             return Row("Milvus started after the service", "service never answered /healthz")
@@ -379,7 +382,7 @@ def backup(database: Path, target: Path) -> None:
 
 
 def sqlite_deleted(campaign: Campaign) -> Row:
-    acked = Acknowledged()
+    acked = Acknowledged(campaign.photos)
     data_dir = campaign.folder("data")
     with running(campaign.service(data_dir)) as service:
         if service.wait_ready(60) is None:
@@ -409,7 +412,7 @@ def sqlite_deleted(campaign: Campaign) -> Row:
 
 
 def sqlite_emptied(campaign: Campaign) -> Row:
-    acked = Acknowledged()
+    acked = Acknowledged(campaign.photos)
     data_dir = campaign.folder("data")
     with running(campaign.service(data_dir)) as service:
         if service.wait_ready(60) is None:
@@ -447,7 +450,7 @@ def sqlite_emptied(campaign: Campaign) -> Row:
 
 
 def sqlite_locked(campaign: Campaign) -> Row:
-    acked = Acknowledged()
+    acked = Acknowledged(campaign.photos)
     data_dir = campaign.folder("data")
     with running(campaign.service(data_dir)) as service:
         if service.wait_ready(60) is None:
@@ -479,7 +482,7 @@ def disk_full(campaign: Campaign) -> Row:
     fault = "Disk full (8 MiB tmpfs), then space freed"
     if not IS_ROOT:
         return Row(fault, "skipped: needs root")
-    acked = Acknowledged()
+    acked = Acknowledged(campaign.photos)
     with small_tmpfs("8m", campaign.work) as disk:
         data_dir = disk / "data"
         with running(campaign.service(data_dir)) as service:
@@ -523,7 +526,7 @@ class LargeGallery:
 def large_gallery(campaign: Campaign, cache: dict) -> LargeGallery | str:
     if "large" in cache:
         return cache["large"]
-    acked = Acknowledged()
+    acked = Acknowledged(campaign.photos)
     folder = campaign.folder("large")
     with running(campaign.service(folder)) as service:
         if service.wait_ready(60) is None:
@@ -542,8 +545,8 @@ def large_gallery(campaign: Campaign, cache: dict) -> LargeGallery | str:
     return cache["large"]
 
 
-def identified(client: httpx.Client, seed: int) -> tuple[str, float]:
-    files = {"image": ("p.png", noise_photo(seed), "image/png")}
+def identified(client: httpx.Client, photos: Photos, seed: int) -> tuple[str, float]:
+    files = {"image": photos.upload(seed)}
     answer = ask(client, "POST", "/identify", CLIENT_TIMEOUT_S, files=files)
     try:
         best = answer.body["results"][0]["candidates"][0]
@@ -572,7 +575,7 @@ def index_swapped(campaign: Campaign, cache: dict) -> Row:
         if ready is None:
             return Row(fault, "service never ready", lost=f"? of {large.acked.count}")
         with httpx.Client(base_url=service.url) as client:
-            who, similarity = identified(client, 1)
+            who, similarity = identified(client, campaign.photos, 1)
             live = large.acked.missing(client)
     rewritten = saved.read_bytes() != bytes(data)
     wrong = "yes" if who != large.a else "no"
@@ -602,9 +605,9 @@ def crash_after_delete(campaign: Campaign, cache: dict) -> Row:
         if ready is None:
             return Row(fault, "service never ready")
         with httpx.Client(base_url=service.url) as client:
-            who, _ = identified(client, 1)
+            who, _ = identified(client, campaign.photos, 1)
         holding = files_holding(folder, deleted)
-    acked = Acknowledged()
+    acked = Acknowledged(campaign.photos)
     acked.faces = {large.b: large.acked.faces[large.b]}
     return Row(
         fault,
@@ -741,6 +744,19 @@ def synthetic_pack(folder: Path) -> Path:
     return make_manifest_pack(folder / "pack", [face], embedding_size=32)
 
 
+def photo_files(folder: Path) -> list[Path]:
+    """The photos under `folder`, one folder (person) after another in turn, so that
+    consecutive seeds are different people: `A` (seed 1) and `B` (seed 2) must not match."""
+    by_folder: dict[Path, list[Path]] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in {".jpg", ".jpeg", ".png"} and not path.parent.name.startswith(
+            "_"
+        ):
+            by_folder.setdefault(path.parent, []).append(path)
+    turns = itertools.zip_longest(*by_folder.values())
+    return [path for turn in turns for path in turn if path is not None]
+
+
 def _alarm(signum, frame) -> None:
     raise RowTimeout
 
@@ -749,6 +765,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--service-root", type=Path, default=REPO, help="checkout to run")
     parser.add_argument("--pack", type=Path, help="a model pack (default: the synthetic one)")
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        help="folder of face photos, one face each, for a real --pack (default: noise photos)",
+    )
     parser.add_argument("--only", help="comma-separated scenario names: " + ", ".join(SCENARIOS))
     parser.add_argument("--freeze-s", type=float, default=15.0, help="Milvus frozen this long")
     parser.add_argument("--row-limit", type=int, default=75, help="seconds per row at most")
@@ -763,7 +784,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="faults-") as work:
         work_dir = Path(work)
         pack = args.pack or synthetic_pack(work_dir)
-        campaign = Campaign(args.service_root.resolve(), pack, work_dir, args.freeze_s)
+        files = photo_files(args.photos) if args.photos else []
+        campaign = Campaign(
+            args.service_root.resolve(), pack, work_dir, args.freeze_s, Photos(files)
+        )
         cache: dict = {}
         signal.signal(signal.SIGALRM, _alarm)
         for name in names:

@@ -42,6 +42,21 @@ def noise_photo(seed: int, size: int = 640) -> bytes:
     return buffer.tobytes()
 
 
+@dataclass
+class Photos:
+    """What a scenario uploads for a seed: the noise photos the synthetic pack sees a face in,
+    or, for a real pack (which finds no face in noise), the photos of a folder in turn."""
+
+    files: list[Path] = field(default_factory=list)
+
+    def upload(self, seed: int) -> tuple[str, bytes, str]:
+        if not self.files:
+            return ("p.png", noise_photo(seed), "image/png")
+        path = self.files[seed % len(self.files)]
+        kind = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+        return (path.name, path.read_bytes(), kind)
+
+
 class Service:
     """`python -m service` of the checkout `root`, on a free 127.0.0.1 port, in a process group
     of its own (so its workers end with it). Settings are FACEVERIFY_ variables; a checkout
@@ -169,8 +184,11 @@ class Answer:
 
 def ask(client: httpx.Client, method: str, path: str, timeout_s: float, **kwargs) -> Answer:
     started = time.perf_counter()
+    # A connection per request: a server that drops a connection after a 500 must not make
+    # the next request on it look unanswered.
+    headers = {"Connection": "close", **kwargs.pop("headers", {})}
     try:
-        response = client.request(method, path, timeout=timeout_s, **kwargs)
+        response = client.request(method, path, timeout=timeout_s, headers=headers, **kwargs)
     except httpx.TimeoutException:
         return Answer(0, None, None, time.perf_counter() - started)
     except httpx.HTTPError as error:
@@ -193,7 +211,8 @@ def ask(client: httpx.Client, method: str, path: str, timeout_s: float, **kwargs
 class Acknowledged:
     """Every identity and face the service answered 201 for, to look for afterwards."""
 
-    def __init__(self) -> None:
+    def __init__(self, photos: Photos) -> None:
+        self.photos = photos
         self.faces: dict[str, set[str]] = {}  # identity id -> face ids
 
     @property
@@ -208,7 +227,7 @@ class Acknowledged:
         return None
 
     def enrol(self, client: httpx.Client, identity: str, seed: int, timeout_s: float) -> Answer:
-        files = {"image": ("p.png", noise_photo(seed), "image/png")}
+        files = {"image": self.photos.upload(seed)}
         answer = ask(client, "POST", f"/identities/{identity}/faces", timeout_s, files=files)
         if answer.status == 201:
             self.faces.setdefault(identity, set()).add(answer.body["face_id"])
