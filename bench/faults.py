@@ -23,6 +23,11 @@ pydantic settings. Tmpfs rows need root; otherwise the row says so.
     git worktree add /tmp/before 9142732
     nice -n 10 python bench/faults.py --service-root /tmp/before
     nice -n 10 python bench/faults.py --only milvus_frozen,sqlite_locked --freeze-s 30
+    nice -n 10 python bench/faults.py --pack ../shared/assets/models/scrfd500m_mbf128 \
+        --photos ../shared/assets/images/deepface --only index_swapped
+
+A real pack finds no face in the synthetic noise photos: give it `--photos`, a folder of
+one-face photos (sub-folders are taken in turn, so consecutive uploads are different people).
 """
 
 from __future__ import annotations
@@ -144,6 +149,12 @@ def missing_after_restart(campaign: Campaign, data_dir: Path, acked: Acknowledge
             return acked.missing(client)
 
 
+def never_ready(service: Service) -> str:
+    """A row's answer when its service did not start: with the last line it wrote."""
+    lines = [line for line in service.output().splitlines() if line.strip()]
+    return "service never ready" + (f": `{lines[-1][-120:]}`" if lines else "")
+
+
 def in_time(answer: Answer) -> str:
     if answer.status == 0:
         return f"{answer.describe(CLIENT_TIMEOUT_S)} after {answer.seconds:.1f} s"
@@ -230,7 +241,7 @@ def milvus_killed(campaign: Campaign) -> Row:
     acked = Acknowledged(campaign.photos)
     with milvus_stack(campaign) as (milvus, service, data_dir):
         if service.wait_ready(60) is None:
-            return Row("Milvus killed", "service never ready")
+            return Row("Milvus killed", never_ready(service))
         with httpx.Client(base_url=service.url) as client:
             ada = acked.identity(client, "Ada")
             acked.enrol(client, ada, 1, CLIENT_TIMEOUT_S)
@@ -265,7 +276,7 @@ def milvus_restarted(campaign: Campaign) -> Row:
     acked = Acknowledged(campaign.photos)
     with milvus_stack(campaign) as (milvus, service, data_dir):
         if service.wait_ready(60) is None:
-            return Row("Milvus restarted on its data", "service never ready")
+            return Row("Milvus restarted on its data", never_ready(service))
         with httpx.Client(base_url=service.url) as client:
             ada = acked.identity(client, "Ada")
             acked.enrol(client, ada, 1, CLIENT_TIMEOUT_S)
@@ -296,7 +307,7 @@ def milvus_frozen(campaign: Campaign) -> Row:
     freeze_s = campaign.freeze_s
     with milvus_stack(campaign) as (milvus, service, _):
         if service.wait_ready(60) is None:
-            return Row("Milvus frozen", "service never ready")
+            return Row("Milvus frozen", never_ready(service))
         with httpx.Client(base_url=service.url) as client:
             ada = acked.identity(client, "Ada")
             acked.enrol(client, ada, 1, CLIENT_TIMEOUT_S)
@@ -386,7 +397,7 @@ def sqlite_deleted(campaign: Campaign) -> Row:
     data_dir = campaign.folder("data")
     with running(campaign.service(data_dir)) as service:
         if service.wait_ready(60) is None:
-            return Row("SQLite database deleted", "service never ready")
+            return Row("SQLite database deleted", never_ready(service))
         with httpx.Client(base_url=service.url) as client:
             ada = acked.identity(client, "Ada")
             for seed in range(3):
@@ -416,7 +427,7 @@ def sqlite_emptied(campaign: Campaign) -> Row:
     data_dir = campaign.folder("data")
     with running(campaign.service(data_dir)) as service:
         if service.wait_ready(60) is None:
-            return Row("SQLite database emptied while stopped", "service never ready")
+            return Row("SQLite database emptied while stopped", never_ready(service))
         with httpx.Client(base_url=service.url) as client:
             ada = acked.identity(client, "Ada")
             for seed in range(3):
@@ -454,7 +465,7 @@ def sqlite_locked(campaign: Campaign) -> Row:
     data_dir = campaign.folder("data")
     with running(campaign.service(data_dir)) as service:
         if service.wait_ready(60) is None:
-            return Row("SQLite database locked", "service never ready")
+            return Row("SQLite database locked", never_ready(service))
         with httpx.Client(base_url=service.url) as client:
             ada = acked.identity(client, "Ada")
             acked.enrol(client, ada, 0, CLIENT_TIMEOUT_S)
@@ -487,7 +498,7 @@ def disk_full(campaign: Campaign) -> Row:
         data_dir = disk / "data"
         with running(campaign.service(data_dir)) as service:
             if service.wait_ready(60) is None:
-                return Row(fault, "service never ready")
+                return Row(fault, never_ready(service))
             with httpx.Client(base_url=service.url) as client:
                 ada = acked.identity(client, "Ada")
                 acked.enrol(client, ada, 0, CLIENT_TIMEOUT_S)
@@ -530,7 +541,7 @@ def large_gallery(campaign: Campaign, cache: dict) -> LargeGallery | str:
     folder = campaign.folder("large")
     with running(campaign.service(folder)) as service:
         if service.wait_ready(60) is None:
-            return "service never ready"
+            return never_ready(service)
         with httpx.Client(base_url=service.url) as client:
             a, b = acked.identity(client, "A"), acked.identity(client, "B")
             acked.enrol(client, a, 1, CLIENT_TIMEOUT_S)
@@ -573,7 +584,7 @@ def index_swapped(campaign: Campaign, cache: dict) -> Row:
     with running(campaign.service(folder)) as service:
         ready = service.wait_ready(90)
         if ready is None:
-            return Row(fault, "service never ready", lost=f"? of {large.acked.count}")
+            return Row(fault, never_ready(service), lost=f"? of {large.acked.count}")
         with httpx.Client(base_url=service.url) as client:
             who, similarity = identified(client, campaign.photos, 1)
             live = large.acked.missing(client)
@@ -603,7 +614,7 @@ def crash_after_delete(campaign: Campaign, cache: dict) -> Row:
     with running(campaign.service(folder)) as service:
         ready = service.wait_ready(90)
         if ready is None:
-            return Row(fault, "service never ready")
+            return Row(fault, never_ready(service))
         with httpx.Client(base_url=service.url) as client:
             who, _ = identified(client, campaign.photos, 1)
         holding = files_holding(folder, deleted)
@@ -628,7 +639,7 @@ def master_killed(campaign: Campaign) -> Row:
     service = campaign.service(campaign.folder("data"), workers=2)
     with running(service):
         if service.wait_ready(90) is None:
-            return Row(fault, "service never ready")
+            return Row(fault, never_ready(service))
         workers = children(service.process.pid)
         os.kill(service.process.pid, signal.SIGKILL)
         service.process.wait(timeout=10)
@@ -666,7 +677,7 @@ def slow_upload(campaign: Campaign) -> Row:
     service = campaign.service(campaign.folder("data"), body_timeout_s=10)
     with running(service):
         if service.wait_ready(60) is None:
-            return Row(fault, "service never ready")
+            return Row(fault, never_ready(service))
         answer, elapsed = b"", None
         with socket.create_connection(("127.0.0.1", service.port), timeout=1.0) as sock:
             sock.sendall(request_head(service.port, "/verify", 50_000))
@@ -700,7 +711,7 @@ def aborted_upload(campaign: Campaign) -> Row:
     service = campaign.service(campaign.folder("data"))
     with running(service):
         if service.wait_ready(60) is None:
-            return Row(fault, "service never ready")
+            return Row(fault, never_ready(service))
         before = metric_lines(service.url, "faceverify_errors_total")
         for _ in range(3):
             with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
@@ -783,7 +794,8 @@ def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="faults-") as work:
         work_dir = Path(work)
-        pack = args.pack or synthetic_pack(work_dir)
+        # The service runs in its checkout: relative paths are this shell's.
+        pack = args.pack.resolve() if args.pack else synthetic_pack(work_dir)
         files = photo_files(args.photos) if args.photos else []
         campaign = Campaign(
             args.service_root.resolve(), pack, work_dir, args.freeze_s, Photos(files)
