@@ -135,7 +135,23 @@ class Service:
             self.log.close()
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live processes of the process group `pgid`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    found.append(int(entry.name))
+    return found
+
+
 def signal_group(pgid: int, signum: int) -> None:
+    """Signal a group this bench started, only while a process of it runs: a group whose
+    processes are all gone may have its number reused by someone else's."""
+    if not group_members(pgid):
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
 
