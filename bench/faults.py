@@ -318,7 +318,12 @@ def milvus_frozen(campaign: Campaign) -> Row:
                 gallery = threading.Thread(
                     target=lambda: results.update(g=gallery_answer(client, ada)), daemon=True
                 )
+                # A probe in flight while /healthz and /verify are asked, as an orchestrator's.
+                probe = threading.Thread(
+                    target=lambda: ask(client, "GET", "/readyz", CLIENT_TIMEOUT_S), daemon=True
+                )
                 gallery.start()
+                probe.start()
                 time.sleep(0.5)
                 health = ask(client, "GET", "/healthz", freeze_s + 5)
                 pair = ask(
@@ -337,6 +342,7 @@ def milvus_frozen(campaign: Campaign) -> Row:
                 milvus.thaw()
             thawed = time.monotonic()
             gallery.join(CLIENT_TIMEOUT_S + 5)
+            probe.join(CLIENT_TIMEOUT_S + 5)
             done = wait_until(
                 lambda: acked.enrol(client, ada, 2, 5.0).status == 201, RECOVERY_LIMIT_S, 0.5
             )
