@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -101,11 +101,12 @@ class Settings(BaseSettings):
         0.0, ge=0.0, description="Min embedding norm (quality) to enrol; 0 disables the check."
     )
     gallery_busy_timeout_s: float = Field(
-        5.0,
+        2.0,
         gt=0.0,
         le=60.0,
         description="How long a gallery write waits for another process's lock on the SQLite "
-        "database before answering 503 `storage_busy`.",
+        "database before answering 503 `storage_busy`; shorter than `gallery_timeout_s`, "
+        "or the request's own bound answers first (`gallery_unavailable`).",
     )
     gallery_allow_empty: bool = Field(
         False,
@@ -258,6 +259,16 @@ class Settings(BaseSettings):
         description="Seconds a request's whole body may take to arrive; beyond, 408 "
         "`request_timeout`.",
     )
+
+    @model_validator(mode="after")
+    def _busy_timeout_within_the_gallery_timeout(self) -> Settings:
+        if self.gallery_busy_timeout_s >= self.gallery_timeout_s:
+            raise ValueError(
+                f"FACEVERIFY_GALLERY_BUSY_TIMEOUT_S ({self.gallery_busy_timeout_s:g}) must be "
+                f"shorter than FACEVERIFY_GALLERY_TIMEOUT_S ({self.gallery_timeout_s:g}): a "
+                "locked database would otherwise answer gallery_unavailable, not storage_busy"
+            )
+        return self
 
     @field_validator("api_keys")
     @classmethod

@@ -85,8 +85,9 @@ SCHEMA_VERSION = 1
 
 # How long a connection waits for another process's write lock before answering 503
 # `storage_busy` (FACEVERIFY_GALLERY_BUSY_TIMEOUT_S). A write holds it for one fsync (~1-20 ms
-# on SSDs); 5 s is far beyond normal contention and shorter than a client's own timeout.
-BUSY_TIMEOUT_S = 5.0
+# on SSDs); 2 s is far beyond normal contention and well inside the request's own bound
+# (FACEVERIFY_GALLERY_TIMEOUT_S, 5 s), so the client hears `storage_busy`, not a timeout.
+BUSY_TIMEOUT_S = 2.0
 
 # Retry-After (seconds) of a busy database, and of a database that is gone or unreadable (an
 # operator has to act; clients should not hammer it meanwhile).

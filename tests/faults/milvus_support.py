@@ -90,6 +90,7 @@ def service_on(
     options = {
         **backend_settings("milvus", data_dir, milvus.uri),
         "gallery_timeout_s": GALLERY_TIMEOUT_S,
+        "gallery_busy_timeout_s": GALLERY_TIMEOUT_S / 3,
         "gallery_concurrency": GALLERY_CONCURRENCY,
         **settings,
     }

@@ -367,7 +367,9 @@ def test_stalled_sqlite_gallery_answers_503_in_bounded_time_and_leaves_verify_it
         stall.wait(10.0)
         return None
 
-    with app_client(pack, gallery_timeout_s=1.0, gallery_concurrency=2) as client:
+    with app_client(
+        pack, gallery_timeout_s=1.0, gallery_busy_timeout_s=0.5, gallery_concurrency=2
+    ) as client:
         identity = client.post("/identities", json={"name": "Ada"}).json()["id"]
         monkeypatch.setattr(SqliteStore, "get_identity", stalled)
         try:

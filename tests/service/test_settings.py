@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from service.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -25,3 +28,10 @@ def test_readme_table_lists_every_setting_and_no_other():
     }
     expected = {f"FACEVERIFY_{name.upper()}" for name in Settings.model_fields}
     assert documented == expected
+
+
+def test_a_busy_timeout_not_shorter_than_the_gallery_timeout_is_refused() -> None:
+    defaults = Settings(_env_file=None)
+    assert defaults.gallery_busy_timeout_s < defaults.gallery_timeout_s
+    with pytest.raises(ValidationError, match="must be shorter than FACEVERIFY_GALLERY_TIMEOUT_S"):
+        Settings(_env_file=None, gallery_busy_timeout_s=5, gallery_timeout_s=5)
