@@ -12,12 +12,13 @@ import os
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+
+from bench.faults_support import small_tmpfs  # one tmpfs helper for the suite and the bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service" / "gallery"))
 from gallery_support import Server, photo_upload, running_server
@@ -105,22 +106,6 @@ def held_write_lock(database: Path) -> Iterator[None]:
         holder.execute("ROLLBACK")
     finally:
         holder.close()
-
-
-@contextlib.contextmanager
-def small_tmpfs(size: str, parent: Path) -> Iterator[Path]:
-    """A tmpfs of `size` mounted on a new folder under `parent`, unmounted afterwards."""
-    mount_point = Path(tempfile.mkdtemp(prefix="tmpfs-", dir=parent))
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)],
-        check=True,
-        timeout=10,
-    )
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False, timeout=10)
-        mount_point.rmdir()
 
 
 def remount(mount_point: Path, mode: str) -> None:
