@@ -48,12 +48,17 @@ class Services:
         return self.default_threshold()[0]
 
     def default_threshold(self) -> tuple[float, str]:
-        """(threshold, source) when a request names none: FACEVERIFY_THRESHOLD (`settings`),
-        else the pack's (`pack default`). The one place the default is chosen."""
-        configured = self.settings.threshold
-        if configured is not None:
-            return configured, "settings"
-        return self.pack.manifest.threshold, "pack default"
+        """(threshold, source) when a request names none (`default_threshold`)."""
+        return default_threshold(self.settings, self.pack)
+
+
+def default_threshold(settings: Settings, pack: ModelPack) -> tuple[float, str]:
+    """(threshold, source) when a request names none: FACEVERIFY_THRESHOLD (`settings`), else
+    the pack's (`pack default`). The one place the default is chosen (the CLI's gallery report
+    uses it too)."""
+    if settings.threshold is not None:
+        return settings.threshold, "settings"
+    return pack.manifest.threshold, "pack default"
 
 
 def startup_failure(request: Request) -> str | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from service.api.deps import default_threshold
 from service.cli.common import CommandError, load_settings
 from service.errors import PackError
 from service.gallery.report import ReportOptions, build_report, format_text
@@ -68,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
         pack = load_pack(settings.pack_dir, verify_checksums=False)
     except PackError as error:
         raise CommandError(str(error)) from error
-    # The 1:1 default threshold, as the service chooses it (api.deps.Services.default_threshold).
-    threshold = settings.threshold if settings.threshold is not None else pack.manifest.threshold
+    threshold, _ = default_threshold(settings, pack)  # the 1:1 default, as the service's
     options = ReportOptions(
         min_score=args.min_score,
         max_faces=args.max_faces,
