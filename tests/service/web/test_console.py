@@ -109,9 +109,45 @@ def identify(page, photo: Path) -> str:
     page.goto(page.url.split("#")[0] + "#identify")
     page.locator("#identify-result .placeholder, #identify-result .face-results").first.wait_for()
     page.set_input_files("#identify-file", photo)
-    who = page.get_by_test_id("who").first
+    # Only the answer to this photo: the result is busy from the moment the photo is chosen.
+    who = page.locator('#identify-result[aria-busy="false"] [data-testid="who"]').first
     who.wait_for(timeout=TIMEOUT_MS)
     return who.inner_text()
+
+
+def left_on_screen_when_chosen(page, file_input: str, answer: str) -> None:
+    """Counts, the moment the console has handled a new photo, the old answers still shown."""
+    page.evaluate(
+        """([input, answer]) => document.querySelector(input).addEventListener("change", () => {
+            window.leftOnScreen = document.querySelectorAll(answer).length;
+        })""",
+        [file_input, answer],
+    )
+
+
+def test_a_new_photo_takes_the_previous_answer_away_at_once(service_url, open_page, photos):
+    """A verdict or a name beside a photo it does not belong to is a wrong answer on screen."""
+    page, network = open_page(service_url)
+    page.goto(f"{service_url}/console/#identify")
+    identify(page, photos / "obama" / "obama3.jpg")
+    left_on_screen_when_chosen(page, "#identify-file", '#identify-result [data-testid="who"]')
+    page.set_input_files("#identify-file", photos / "biden" / "biden.jpg")
+    assert page.evaluate("window.leftOnScreen") == 0
+    page.locator('#identify-result[aria-busy="false"] [data-testid="who"]').wait_for(
+        timeout=TIMEOUT_MS
+    )
+
+    page.goto(f"{service_url}/console/#verify")
+    choose_pair(page, photos / "obama" / "obama.jpg", photos / "obama" / "obama2.jpg")
+    page.get_by_test_id("decision").wait_for(timeout=TIMEOUT_MS)
+    left_on_screen_when_chosen(page, "#verify-file-2", '[data-testid="decision"]')
+    page.set_input_files("#verify-file-2", photos / "biden" / "biden.jpg")
+    assert page.evaluate("window.leftOnScreen") == 0
+    decision = page.get_by_test_id("decision")
+    decision.wait_for(timeout=TIMEOUT_MS)
+    assert decision.inner_text() == "Not the same person"
+    assert_offline(network)
+    assert network.errors == [] and network.console_errors == []
 
 
 def test_enrol_two_people_identify_a_third_photo_then_delete_and_see_unknown(

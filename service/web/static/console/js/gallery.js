@@ -175,10 +175,10 @@ function identityView(identity) {
   const enrolInfo = element("div", { class: "face-info", "aria-live": "polite" });
   let image = null;
   dropZone(drop, drop.querySelector("input"), async (file) => {
+    enrolInfo.replaceChildren(element("p", { class: "hint" }, "Enrolling…"));
     forgetImage(image);
     image = await loadImage(file);
     drawFaces(canvas, image, { label: `${file.name}: enrolling` });
-    enrolInfo.replaceChildren(element("p", { class: "hint" }, "Enrolling…"));
     try {
       const face = await request(`identities/${identity.id}/faces`, { method: "POST", body: photoForm(file) });
       drawFaces(canvas, image, { faces: [face], highlight: [0], label: `${file.name}: the enrolled face is boxed` });

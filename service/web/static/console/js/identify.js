@@ -16,10 +16,14 @@ export function setupIdentify() {
 
   async function choose(file) {
     const mine = ++run;
-    forgetImage(image);
-    image = await loadImage(file);
-    drawFaces(canvas, image, { label: `${file.name}: searching` });
+    // The previous answer goes before anything is awaited: it must never stand beside a new photo.
+    result.setAttribute("aria-busy", "true");
     result.replaceChildren(element("p", { class: "hint" }, "Searching the gallery…"));
+    forgetImage(image);
+    const loaded = await loadImage(file);
+    if (mine !== run) return;
+    image = loaded;
+    drawFaces(canvas, image, { label: `${file.name}: searching` });
     try {
       const answer = await request("identify", {
         method: "POST",
@@ -37,6 +41,8 @@ export function setupIdentify() {
       if (mine !== run) return;
       drawFaces(canvas, image, { label: `${file.name}: no result` });
       result.replaceChildren(errorElement(error));
+    } finally {
+      if (mine === run) result.setAttribute("aria-busy", "false");
     }
   }
 

@@ -48,17 +48,24 @@ export function setupVerify() {
   }
 
   async function choose(slot, file) {
-    forgetImage(slot.image);
-    Object.assign(slot, { file, image: await loadImage(file), detected: null, chosen: null });
-    redraw(slot);
+    // The previous verdict goes before anything is awaited: it must never stand beside a new photo.
+    run++;
     slot.info.replaceChildren(element("p", { class: "hint" }, "Looking for faces…"));
     result.replaceChildren(element("p", { class: "placeholder" }, "Waiting for both photos…"));
+    forgetImage(slot.image);
+    Object.assign(slot, { file, image: null, detected: null, chosen: null });
+    const image = await loadImage(file);
+    if (slot.file !== file) return;
+    slot.image = image;
+    redraw(slot);
     try {
-      slot.detected = await request("detect", { method: "POST", body: photoForm(file) });
+      const detected = await request("detect", { method: "POST", body: photoForm(file) });
+      if (slot.file !== file) return;
+      slot.detected = detected;
       redraw(slot);
       showInfo(slot, null);
     } catch (error) {
-      slot.info.replaceChildren(errorElement(error, `Photo ${slot.n}`));
+      if (slot.file === file) slot.info.replaceChildren(errorElement(error, `Photo ${slot.n}`));
       return;
     }
     if (slots.every((s) => s.detected)) compare();
