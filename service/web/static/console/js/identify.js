@@ -21,7 +21,7 @@ export function setupIdentify() {
     result.replaceChildren(element("p", { class: "hint" }, "Searching the gallery…"));
     forgetImage(image);
     const loaded = await loadImage(file);
-    if (mine !== run) return;
+    if (mine !== run) return forgetImage(loaded);
     image = loaded;
     drawFaces(canvas, image, { label: `${file.name}: searching` });
     try {

@@ -55,7 +55,7 @@ export function setupVerify() {
     forgetImage(slot.image);
     Object.assign(slot, { file, image: null, detected: null, chosen: null });
     const image = await loadImage(file);
-    if (slot.file !== file) return;
+    if (slot.file !== file) return forgetImage(image);
     slot.image = image;
     redraw(slot);
     try {
